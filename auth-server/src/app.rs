@@ -1,0 +1,210 @@
+//! Assembly and lifecycle: opening storage, choosing the ephemeral store, loading (and
+//! hot-reloading) the runtime configuration, and serving with graceful shutdown.
+
+use crate::auth::clock::{SharedClock, SystemClock};
+use crate::auth::keys::{SigningKey, load_or_generate_dev_key};
+use crate::auth::password::PasswordHasher;
+use crate::auth::{AuthService, Runtime};
+use crate::ephemeral::{Ephemeral, MemoryEphemeral, RedisEphemeral};
+use crate::http::{AppState, router};
+use crate::settings::{ServeSettings, StorageSettings};
+use crate::store::SqlStore;
+use keygate_config::{Format, RuntimeConfig};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Start-up failed; the message says what to fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartError(pub String);
+
+fn fail(context: &str) -> impl Fn(String) -> StartError + '_ {
+    move |e| StartError(format!("{context}: {e}"))
+}
+
+/// Reads and validates the runtime configuration file (absent: defaults).
+pub fn load_config(path: Option<&Path>) -> Result<RuntimeConfig, StartError> {
+    let Some(path) = path else {
+        return Ok(RuntimeConfig::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| StartError(format!("cannot read configuration {}: {e}", path.display())))?;
+    RuntimeConfig::parse(&text, Format::from_path(&path.to_string_lossy()))
+        .map_err(|e| StartError(format!("{}: {e}", path.display())))
+}
+
+/// Everything opened from the storage settings: database, configuration, development key.
+#[derive(Debug)]
+pub struct Opened {
+    /// Durable storage, migrated.
+    pub store: SqlStore,
+    /// The runtime configuration.
+    pub config: RuntimeConfig,
+    /// The development key, when the configuration has none.
+    pub dev_key: Option<SigningKey>,
+    /// Password hashing with the configured parameters and pepper.
+    pub hasher: PasswordHasher,
+}
+
+/// Opens storage (creating the data directory and applying migrations), loads the
+/// configuration and, if it names no signing keys, the development key.
+pub async fn open(storage: &StorageSettings) -> Result<Opened, StartError> {
+    std::fs::create_dir_all(&storage.data_dir).map_err(|e| {
+        StartError(format!(
+            "cannot create the data directory {}: {e}",
+            storage.data_dir.display()
+        ))
+    })?;
+    let config = load_config(storage.config.as_deref())?;
+    let store = SqlStore::open(&storage.effective_database_url())
+        .await
+        .map_err(|e| StartError(format!("database: {e}")))?;
+    let dev_key = if config.signing_keys.is_empty() {
+        Some(load_or_generate_dev_key(&storage.data_dir, storage.signing_alg).map_err(|e| StartError(e.to_string()))?)
+    } else {
+        None
+    };
+    let pepper = storage.password_pepper.as_ref().map(|p| p.as_bytes().to_vec());
+    let hasher = PasswordHasher::new(&config.password_hashing, pepper)
+        .map_err(|e| StartError(e.to_string()))?;
+    Ok(Opened {
+        store,
+        config,
+        dev_key,
+        hasher,
+    })
+}
+
+/// Builds the domain service from opened storage.
+pub async fn service(
+    opened: Opened,
+    redis_url: Option<&str>,
+    issuer: String,
+    clock: SharedClock,
+) -> Result<(AuthService, Option<SigningKey>), StartError> {
+    let ephemeral = match redis_url {
+        Some(url) => Ephemeral::Redis(
+            RedisEphemeral::connect(url)
+                .await
+                .map_err(|e| StartError(format!("redis: {e}")))?,
+        ),
+        None => Ephemeral::Memory(MemoryEphemeral::new(clock.clone())),
+    };
+    let runtime = Runtime::build(opened.config, opened.dev_key.as_ref()).map_err(fail("configuration"))?;
+    Ok((
+        AuthService::new(opened.store, ephemeral, clock, opened.hasher, runtime, issuer),
+        opened.dev_key,
+    ))
+}
+
+/// Runs the server until SIGTERM or SIGINT, then lets in-flight requests finish.
+pub async fn serve(storage: StorageSettings, settings: ServeSettings) -> Result<(), StartError> {
+    let opened = open(&storage).await?;
+    if opened.dev_key.is_some() && opened.store.backend() == crate::store::Backend::Postgres {
+        tracing::warn!(
+            "no signing keys are configured: using this replica's development key; replicas \
+             sharing a database must share keys through the runtime configuration"
+        );
+    }
+    let (auth, dev_key) = service(
+        opened,
+        settings.redis_url.as_deref(),
+        settings.effective_issuer(),
+        Arc::new(SystemClock),
+    )
+    .await?;
+    if let Some(path) = storage.config.clone() {
+        tokio::spawn(watch_config(auth.clone(), path, dev_key));
+    }
+    tokio::spawn(purge_expired(auth.clone()));
+    let state = AppState::new(auth.clone(), &settings.base_path);
+    let app = router(state);
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| StartError(format!("cannot listen on {}: {e}", settings.listen)))?;
+    let local = listener.local_addr().map_err(|e| StartError(e.to_string()))?;
+    tracing::info!(
+        addr = %local,
+        issuer = auth.issuer(),
+        database = ?auth.store.backend(),
+        ephemeral = auth.ephemeral.kind(),
+        "keygate auth-server listening"
+    );
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: finishing in-flight requests");
+            let _ = stop_tx.send(true);
+        });
+    let grace = Duration::from_secs(settings.shutdown_grace_seconds);
+    tokio::select! {
+        r = server => r.map_err(|e| StartError(e.to_string()))?,
+        () = async {
+            let _ = stop_rx.wait_for(|stopped| *stopped).await;
+            tokio::time::sleep(grace).await;
+        } => tracing::warn!("shutdown grace period over: closing remaining connections"),
+    }
+    auth.store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// Polls the configuration file and swaps in each valid new version; an invalid one is
+/// logged and the last good configuration stays in force.
+async fn watch_config(auth: AuthService, path: PathBuf, dev_key: Option<SigningKey>) {
+    let mut last = std::fs::read(&path).ok();
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let current = std::fs::read(&path).ok();
+        if current == last || current.is_none() {
+            continue;
+        }
+        last = current;
+        let result = load_config(Some(&path)).and_then(|config| {
+            Runtime::build(config, dev_key.as_ref()).map_err(StartError)
+        });
+        match result.map(|rt| auth.replace_runtime(rt)) {
+            Ok(Ok(())) => tracing::info!(path = %path.display(), "runtime configuration reloaded"),
+            Ok(Err(e)) => tracing::error!(error = %e, "runtime configuration rejected; keeping the last good one"),
+            Err(e) => tracing::error!(error = %e, "runtime configuration rejected; keeping the last good one"),
+        }
+    }
+}
+
+/// Deletes ended sessions and refresh tokens once an hour.
+async fn purge_expired(auth: AuthService) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        match auth.store.purge_expired(auth.clock.unix()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "purged ended sessions and refresh tokens"),
+            Err(e) => tracing::warn!(error = %e, "purge of ended sessions failed"),
+        }
+    }
+}

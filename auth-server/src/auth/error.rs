@@ -1,0 +1,105 @@
+//! The domain's error type: every way a sign-in, token or account operation can fail, without
+//! any notion of HTTP (the http layer maps each to a status and a problem body).
+
+use crate::ephemeral::EphemeralError;
+use crate::store::StoreError;
+
+/// One rejected input field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// Dot/array path of the field.
+    pub field: String,
+    /// `required`, `format`, `range` or `conflict`.
+    pub code: &'static str,
+    /// What rule was broken, for people.
+    pub description: String,
+}
+
+impl FieldViolation {
+    /// A violation of `field`.
+    pub fn new(field: impl Into<String>, code: &'static str, description: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            code,
+            description: description.into(),
+        }
+    }
+}
+
+/// Why an operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Input fields break the rules.
+    #[error("invalid request")]
+    Validation(Vec<FieldViolation>),
+    /// The tenant does not exist.
+    #[error("unknown tenant")]
+    UnknownTenant,
+    /// Wrong identity or password (indistinguishable by design).
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    /// The password was right but the account may not sign in.
+    #[error("account disabled")]
+    AccountDisabled,
+    /// The password was sent in a mode the tenant does not accept.
+    #[error("password transmission mode not accepted")]
+    TransmissionNotAccepted,
+    /// Unknown, expired or revoked refresh token.
+    #[error("invalid refresh token")]
+    InvalidRefreshToken,
+    /// A rotated refresh token was replayed; its whole session is now revoked.
+    #[error("refresh token reuse detected")]
+    RefreshTokenReused,
+    /// No bearer token, or one that does not verify.
+    #[error("authentication required: {0}")]
+    Unauthenticated(&'static str),
+    /// The bearer token was revoked (logout).
+    #[error("token revoked")]
+    TokenRevoked,
+    /// Authenticated, but not allowed.
+    #[error("forbidden")]
+    Forbidden,
+    /// A unique value is taken.
+    #[error("{0} already exists")]
+    Conflict(&'static str),
+    /// A resource does not exist.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// A backing service needed for this operation is down.
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    /// A bug or an unexpected failure; details are logged, never sent.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for AuthError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(f) => Self::Conflict(f),
+            StoreError::NotFound(what) => Self::NotFound(what),
+            StoreError::Database(m) | StoreError::Migration(m) => Self::Unavailable(m),
+        }
+    }
+}
+
+impl From<EphemeralError> for AuthError {
+    fn from(e: EphemeralError) -> Self {
+        Self::Unavailable(e.0)
+    }
+}
+
+impl From<super::password::HashError> for AuthError {
+    fn from(e: super::password::HashError) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
+impl From<super::tokens::TokenError> for AuthError {
+    fn from(e: super::tokens::TokenError) -> Self {
+        match e {
+            super::tokens::TokenError::Invalid(_) => Self::Unauthenticated("invalid token"),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}

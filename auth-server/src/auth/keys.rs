@@ -1,0 +1,344 @@
+//! JWT signing keys: loading them from the runtime configuration or generating the development
+//! key in the data directory, choosing the active key by the clock, and publishing the JWKS
+//! (every pending, active and retiring key).
+
+use jsonwebtoken::jwk::{Jwk, JwkSet, PublicKeyUse, ThumbprintHash};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+use keygate_config::{SigningAlgorithm, SigningKeyConfig};
+use std::path::Path;
+
+/// A key that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The PEM does not hold a private key of the declared algorithm.
+    #[error("signing key {kid}: {reason}")]
+    Invalid {
+        /// The key id.
+        kid: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Reading or writing the development key failed.
+    #[error("development signing key at {path}: {reason}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// One usable signing key.
+#[derive(Clone)]
+pub struct SigningKey {
+    /// `kid` in the JWT header and the JWKS.
+    pub kid: String,
+    /// The JOSE algorithm.
+    pub algorithm: Algorithm,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    jwk: Jwk,
+    activates_at: Option<i64>,
+    retires_at: Option<i64>,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .field("algorithm", &self.algorithm)
+            .field("activates_at", &self.activates_at)
+            .field("retires_at", &self.retires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SigningKey {
+    /// Builds a key from its configuration; fails if the PEM does not match the algorithm.
+    pub fn from_config(c: &SigningKeyConfig) -> Result<Self, KeyError> {
+        let invalid = |reason: String| KeyError::Invalid {
+            kid: c.kid.clone(),
+            reason,
+        };
+        let pem = c.private_key_pem.as_bytes();
+        let (algorithm, encoding) = match c.algorithm {
+            SigningAlgorithm::ES256 => (Algorithm::ES256, EncodingKey::from_ec_pem(pem)),
+            SigningAlgorithm::EdDSA => (Algorithm::EdDSA, EncodingKey::from_ed_pem(pem)),
+            SigningAlgorithm::RS256 => (Algorithm::RS256, EncodingKey::from_rsa_pem(pem)),
+        };
+        let encoding = encoding.map_err(|e| invalid(format!("not a {} private key: {e}", c.algorithm.as_str())))?;
+        let mut jwk = Jwk::from_encoding_key(&encoding, algorithm)
+            .map_err(|e| invalid(format!("cannot derive the public key: {e}")))?;
+        jwk.common.key_id = Some(c.kid.clone());
+        jwk.common.public_key_use = Some(PublicKeyUse::Signature);
+        let decoding = DecodingKey::from_jwk(&jwk)
+            .map_err(|e| invalid(format!("cannot build the verification key: {e}")))?;
+        let key = Self {
+            kid: c.kid.clone(),
+            algorithm,
+            encoding,
+            decoding,
+            jwk,
+            activates_at: c.activates_at,
+            retires_at: c.retires_at,
+        };
+        key.self_test().map_err(invalid)?;
+        Ok(key)
+    }
+
+    /// Signs and verifies a probe token so that a key whose private and public halves do
+    /// not match never goes into service.
+    fn self_test(&self) -> Result<(), String> {
+        let header = jsonwebtoken::Header::new(self.algorithm);
+        let claims = serde_json::json!({"probe": true});
+        let token = jsonwebtoken::encode(&header, &claims, &self.encoding).map_err(|e| e.to_string())?;
+        let mut v = jsonwebtoken::Validation::new(self.algorithm);
+        v.required_spec_claims.clear();
+        v.validate_exp = false;
+        v.validate_aud = false;
+        jsonwebtoken::decode::<serde_json::Value>(&token, &self.decoding, &v)
+            .map(|_| ())
+            .map_err(|e| format!("signature self-test failed: {e}"))
+    }
+
+    /// The key signs at `now`.
+    fn is_active(&self, now: i64) -> bool {
+        self.activates_at.is_none_or(|a| a <= now) && self.is_published(now)
+    }
+
+    /// The key is in the JWKS at `now` (pending, active or retiring).
+    fn is_published(&self, now: i64) -> bool {
+        self.retires_at.is_none_or(|r| now < r)
+    }
+
+    /// The private half, for signing.
+    pub fn encoding_key(&self) -> &EncodingKey {
+        &self.encoding
+    }
+}
+
+/// Every configured key, immutable; a configuration reload builds a new ring.
+#[derive(Debug)]
+pub struct KeyRing {
+    keys: Vec<SigningKey>,
+}
+
+impl KeyRing {
+    /// A ring of these keys; at least one must be usable now or later.
+    pub fn new(keys: Vec<SigningKey>) -> Self {
+        Self { keys }
+    }
+
+    /// The key to sign with at `now`: among active keys, the one activated last.
+    pub fn signing_key(&self, now: i64) -> Option<&SigningKey> {
+        self.keys
+            .iter()
+            .filter(|k| k.is_active(now))
+            .max_by_key(|k| k.activates_at.unwrap_or(i64::MIN))
+    }
+
+    /// The verification key for a `kid`, if it is published at `now`.
+    pub fn verification_key(&self, kid: &str, now: i64) -> Option<(&DecodingKey, Algorithm)> {
+        self.keys
+            .iter()
+            .find(|k| k.kid == kid && k.is_published(now))
+            .map(|k| (&k.decoding, k.algorithm))
+    }
+
+    /// The JWKS document at `now`.
+    pub fn jwks(&self, now: i64) -> JwkSet {
+        JwkSet {
+            keys: self
+                .keys
+                .iter()
+                .filter(|k| k.is_published(now))
+                .map(|k| k.jwk.clone())
+                .collect(),
+        }
+    }
+
+    /// Algorithms of the published keys, for discovery.
+    pub fn algorithms(&self, now: i64) -> Vec<&'static str> {
+        let mut algs: Vec<&'static str> = self
+            .keys
+            .iter()
+            .filter(|k| k.is_published(now))
+            .map(|k| alg_name(k.algorithm))
+            .collect();
+        algs.sort_unstable();
+        algs.dedup();
+        algs
+    }
+}
+
+fn alg_name(a: Algorithm) -> &'static str {
+    match a {
+        Algorithm::ES256 => "ES256",
+        Algorithm::EdDSA => "EdDSA",
+        Algorithm::RS256 => "RS256",
+        _ => "unsupported",
+    }
+}
+
+/// Generates a new PKCS#8 PEM private key for `alg`.
+pub fn generate_pem(alg: SigningAlgorithm) -> Result<String, String> {
+    use rand::rngs::OsRng;
+    let pem = match alg {
+        SigningAlgorithm::ES256 => {
+            use p256::pkcs8::{EncodePrivateKey, LineEnding};
+            p256::SecretKey::random(&mut OsRng)
+                .to_pkcs8_pem(LineEnding::LF)
+                .map_err(|e| e.to_string())?
+                .to_string()
+        }
+        SigningAlgorithm::EdDSA => {
+            use ed25519_dalek::pkcs8::{EncodePrivateKey, KeypairBytes, spki::der::pem::LineEnding};
+            let sk = ed25519_dalek::SigningKey::generate(&mut OsRng);
+            KeypairBytes {
+                secret_key: sk.to_bytes(),
+                public_key: None,
+            }
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(|e| e.to_string())?
+            .to_string()
+        }
+        SigningAlgorithm::RS256 => {
+            use rsa::pkcs8::{EncodePrivateKey, LineEnding};
+            rsa::RsaPrivateKey::new(&mut OsRng, 2048)
+                .map_err(|e| e.to_string())?
+                .to_pkcs8_pem(LineEnding::LF)
+                .map_err(|e| e.to_string())?
+                .to_string()
+        }
+    };
+    Ok(pem)
+}
+
+/// Loads the development key for `alg` from `data_dir`, generating and persisting it (mode
+/// 0600) on first start. Its `kid` is the RFC 7638 thumbprint, so it is stable across restarts.
+pub fn load_or_generate_dev_key(data_dir: &Path, alg: SigningAlgorithm) -> Result<SigningKey, KeyError> {
+    let path = data_dir.join(format!("signing-key-{}.pem", alg.as_str().to_ascii_lowercase()));
+    let io = |reason: String| KeyError::Io {
+        path: path.display().to_string(),
+        reason,
+    };
+    let pem = match std::fs::read_to_string(&path) {
+        Ok(pem) => pem,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(data_dir).map_err(|e| io(e.to_string()))?;
+            let pem = generate_pem(alg).map_err(io)?;
+            write_private(&path, &pem).map_err(|e| io(e.to_string()))?;
+            tracing::info!(path = %path.display(), algorithm = alg.as_str(), "generated a development signing key");
+            pem
+        }
+        Err(e) => return Err(io(e.to_string())),
+    };
+    let provisional = SigningKey::from_config(&SigningKeyConfig {
+        kid: "dev".into(),
+        algorithm: alg,
+        private_key_pem: pem.clone(),
+        activates_at: None,
+        retires_at: None,
+    })?;
+    let kid = provisional
+        .jwk
+        .thumbprint(ThumbprintHash::SHA256)
+        .map_err(|e| io(e.to_string()))?;
+    SigningKey::from_config(&SigningKeyConfig {
+        kid,
+        algorithm: alg,
+        private_key_pem: pem,
+        activates_at: None,
+        retires_at: None,
+    })
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(kid: &str, alg: SigningAlgorithm, a: Option<i64>, r: Option<i64>) -> SigningKey {
+        SigningKey::from_config(&SigningKeyConfig {
+            kid: kid.into(),
+            algorithm: alg,
+            private_key_pem: generate_pem(alg).unwrap(),
+            activates_at: a,
+            retires_at: r,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn every_algorithm_generates_a_usable_key() {
+        for alg in [SigningAlgorithm::ES256, SigningAlgorithm::EdDSA, SigningAlgorithm::RS256] {
+            let k = key("k", alg, None, None);
+            let jwk = serde_json::to_value(&k.jwk).unwrap();
+            assert_eq!(jwk["kid"], "k");
+            assert_eq!(jwk["use"], "sig");
+            assert_eq!(jwk["alg"], alg.as_str());
+            assert!(jwk.get("d").is_none(), "private part must never be published: {jwk}");
+        }
+    }
+
+    #[test]
+    fn a_pem_of_the_wrong_type_is_refused() {
+        let err = SigningKey::from_config(&SigningKeyConfig {
+            kid: "x".into(),
+            algorithm: SigningAlgorithm::RS256,
+            private_key_pem: generate_pem(SigningAlgorithm::ES256).unwrap(),
+            activates_at: None,
+            retires_at: None,
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("RS256"), "{err}");
+    }
+
+    #[test]
+    fn rotation_windows_choose_the_signing_key_and_the_jwks() {
+        let ring = KeyRing::new(vec![
+            key("old", SigningAlgorithm::ES256, Some(0), Some(2000)),
+            key("new", SigningAlgorithm::ES256, Some(1000), None),
+        ]);
+        // Before the new key activates it is published but not used.
+        assert_eq!(ring.signing_key(500).unwrap().kid, "old");
+        assert_eq!(ring.jwks(500).keys.len(), 2);
+        // After activation the newest active key signs; the old one is still published.
+        assert_eq!(ring.signing_key(1500).unwrap().kid, "new");
+        assert!(ring.verification_key("old", 1500).is_some());
+        // After retirement the old key is gone.
+        assert!(ring.verification_key("old", 2000).is_none());
+        assert_eq!(ring.jwks(2000).keys.len(), 1);
+    }
+
+    #[test]
+    fn the_development_key_persists_with_a_stable_kid() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = load_or_generate_dev_key(dir.path(), SigningAlgorithm::ES256).unwrap();
+        let b = load_or_generate_dev_key(dir.path(), SigningAlgorithm::ES256).unwrap();
+        assert_eq!(a.kid, b.kid);
+        assert_eq!(a.kid.len(), 43);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join("signing-key-es256.pem"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+}

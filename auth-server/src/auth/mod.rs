@@ -1,0 +1,407 @@
+//! The authentication domain: password sign-in, sessions with rotating refresh tokens,
+//! access-token issue and verification, and account creation. No HTTP and no SQL types here;
+//! time comes from the injected clock and randomness from `random`.
+
+pub mod clock;
+pub mod error;
+pub mod keys;
+pub mod password;
+pub mod random;
+pub mod tokens;
+pub mod users;
+
+use crate::ephemeral::{Ephemeral, denied_jti_key, denied_sid_key};
+use crate::store::{NewRefresh, NewUser, Session, SqlStore, User, status};
+use arc_swap::ArcSwap;
+use clock::SharedClock;
+use error::{AuthError, FieldViolation};
+use keygate_config::RuntimeConfig;
+use keys::{KeyRing, SigningKey};
+use password::{PasswordHasher, Verified, canonical_digest};
+use std::sync::Arc;
+use std::time::Duration;
+use tokens::{AccessClaims, Actor};
+
+/// The runtime configuration together with what is derived from it.
+#[derive(Debug)]
+pub struct Runtime {
+    /// The configuration as loaded.
+    pub config: RuntimeConfig,
+    /// Signing keys built from it (or the development key).
+    pub keys: KeyRing,
+}
+
+impl Runtime {
+    /// Builds the key ring; `dev_key` is used when the configuration has no keys.
+    pub fn build(config: RuntimeConfig, dev_key: Option<&SigningKey>) -> Result<Self, String> {
+        let keys = if config.signing_keys.is_empty() {
+            match dev_key {
+                Some(k) => vec![k.clone()],
+                None => return Err("the configuration has no signing keys".into()),
+            }
+        } else {
+            config
+                .signing_keys
+                .iter()
+                .map(SigningKey::from_config)
+                .collect::<Result<_, _>>()
+                .map_err(|e| e.to_string())?
+        };
+        Ok(Self {
+            config,
+            keys: KeyRing::new(keys),
+        })
+    }
+}
+
+/// Refresh tokens carry 256 bits.
+const REFRESH_TOKEN_BYTES: usize = 32;
+
+/// Tokens handed out at sign-in or refresh.
+#[derive(Debug, Clone)]
+pub struct IssuedTokens {
+    /// Signed JWT.
+    pub access_token: String,
+    /// Opaque refresh token.
+    pub refresh_token: String,
+    /// Access-token lifetime in seconds.
+    pub expires_in: u64,
+    /// Session id.
+    pub session_id: String,
+}
+
+/// A successful sign-in.
+#[derive(Debug, Clone)]
+pub struct SignedIn {
+    /// The account.
+    pub user: User,
+    /// Its tokens.
+    pub tokens: IssuedTokens,
+}
+
+/// How a password arrived.
+#[derive(Debug, Clone)]
+pub struct PasswordLogin {
+    /// Username, email or phone.
+    pub identity: String,
+    /// The password (plain transmission).
+    pub password: String,
+    /// Tenant asked for (body, header or the default).
+    pub tenant_id: String,
+}
+
+/// The authentication service shared by every handler.
+#[derive(Debug, Clone)]
+pub struct AuthService {
+    /// Durable storage.
+    pub store: SqlStore,
+    /// Ephemeral state.
+    pub ephemeral: Ephemeral,
+    /// Time.
+    pub clock: SharedClock,
+    /// Password hashing.
+    pub hasher: PasswordHasher,
+    runtime: Arc<ArcSwap<Runtime>>,
+    issuer: Arc<str>,
+}
+
+impl AuthService {
+    /// Assembles the service.
+    pub fn new(
+        store: SqlStore,
+        ephemeral: Ephemeral,
+        clock: SharedClock,
+        hasher: PasswordHasher,
+        runtime: Runtime,
+        issuer: String,
+    ) -> Self {
+        Self {
+            store,
+            ephemeral,
+            clock,
+            hasher,
+            runtime: Arc::new(ArcSwap::from_pointee(runtime)),
+            issuer: issuer.into(),
+        }
+    }
+
+    /// The runtime configuration in force.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Swaps in a new runtime configuration (hot reload).
+    pub fn replace_runtime(&self, runtime: Runtime) -> Result<(), AuthError> {
+        self.hasher.update_params(&runtime.config.password_hashing)?;
+        self.runtime.store(Arc::new(runtime));
+        Ok(())
+    }
+
+    /// Token issuer.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// Signs in with identity and password.
+    pub async fn login_password(&self, req: PasswordLogin) -> Result<SignedIn, AuthError> {
+        let mut errors = Vec::new();
+        if req.identity.trim().is_empty() {
+            errors.push(FieldViolation::new("identity", "required", "identity is required"));
+        } else if req.identity.chars().count() > users::MAX_IDENTITY_CHARS {
+            errors.push(FieldViolation::new(
+                "identity",
+                "range",
+                format!("at most {} characters", users::MAX_IDENTITY_CHARS),
+            ));
+        }
+        if req.password.is_empty() {
+            errors.push(FieldViolation::new("password", "required", "password is required"));
+        } else if req.password.len() > password::MAX_PASSWORD_BYTES {
+            errors.push(FieldViolation::new(
+                "password",
+                "range",
+                format!("at most {} bytes", password::MAX_PASSWORD_BYTES),
+            ));
+        }
+        if !errors.is_empty() {
+            return Err(AuthError::Validation(errors));
+        }
+        let tenant = self
+            .store
+            .tenant(&req.tenant_id)
+            .await?
+            .ok_or(AuthError::UnknownTenant)?;
+        let (kind, identity) = users::classify_identity(&req.identity);
+        let user = self.store.user_by_identity(&tenant.id, kind, &identity).await?;
+        let digest = canonical_digest(&req.password, &tenant.id);
+        let stored = user.as_ref().and_then(|u| u.password_hash.clone());
+        let verified = self.hasher.verify(digest, stored).await?;
+        let user = match (verified, user) {
+            (Verified::No, _) | (_, None) => return Err(AuthError::InvalidCredentials),
+            (Verified::Yes, Some(u)) => u,
+            (Verified::YesRehashed(phc), Some(u)) => {
+                self.store.set_password_hash(&u.id, &phc, self.clock.unix()).await?;
+                u
+            }
+        };
+        if user.status != status::ACTIVE {
+            return Err(AuthError::AccountDisabled);
+        }
+        let tokens = self.open_session(&user, vec!["pwd".into()], None).await?;
+        Ok(SignedIn { user, tokens })
+    }
+
+    /// Opens a session for `user` and issues its first tokens.
+    pub async fn open_session(
+        &self,
+        user: &User,
+        amr: Vec<String>,
+        act: Option<Actor>,
+    ) -> Result<IssuedTokens, AuthError> {
+        let rt = self.runtime();
+        let policy = &rt.config.tokens;
+        let now = self.clock.unix();
+        let session = Session {
+            id: random::id("ses"),
+            tenant_id: user.tenant_id.clone(),
+            user_id: user.id.clone(),
+            amr,
+            created_at: now,
+            expires_at: now + secs(policy.session_max_lifetime_seconds),
+            revoked_at: None,
+        };
+        let refresh_token = random::secret(REFRESH_TOKEN_BYTES);
+        let first = NewRefresh {
+            token_hash: random::secret_hash(&refresh_token),
+            created_at: now,
+            expires_at: (now + secs(policy.refresh_token_ttl_seconds)).min(session.expires_at),
+        };
+        self.store.create_session(&session, &first).await?;
+        let access_token = self.sign_access(&rt, &session, now, act)?;
+        Ok(IssuedTokens {
+            access_token,
+            refresh_token,
+            expires_in: policy.access_token_ttl_seconds,
+            session_id: session.id,
+        })
+    }
+
+    fn sign_access(
+        &self,
+        rt: &Runtime,
+        session: &Session,
+        now: i64,
+        act: Option<Actor>,
+    ) -> Result<String, AuthError> {
+        let claims = AccessClaims {
+            iss: self.issuer.to_string(),
+            sub: session.user_id.clone(),
+            aud: rt.config.tokens.audience.clone(),
+            exp: now + secs(rt.config.tokens.access_token_ttl_seconds),
+            iat: now,
+            nbf: now,
+            jti: random::secret(16),
+            tid: session.tenant_id.clone(),
+            sid: session.id.clone(),
+            amr: session.amr.clone(),
+            act,
+        };
+        Ok(tokens::sign(&rt.keys, &claims)?)
+    }
+
+    /// Exchanges a refresh token for new tokens. The presented token is rotated; presenting
+    /// it again within the grace window yields another token of the same session, later
+    /// revokes the whole session.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<SignedIn, AuthError> {
+        if refresh_token.is_empty() || refresh_token.len() > 512 {
+            return Err(AuthError::InvalidRefreshToken);
+        }
+        let rt = self.runtime();
+        let policy = &rt.config.tokens;
+        let now = self.clock.unix();
+        let hash = random::secret_hash(refresh_token);
+        let record = self
+            .store
+            .refresh_token(&hash)
+            .await?
+            .ok_or(AuthError::InvalidRefreshToken)?;
+        let session = record.session;
+        if session.revoked_at.is_some() || session.expires_at <= now || record.expires_at <= now {
+            return Err(AuthError::InvalidRefreshToken);
+        }
+        let user = self
+            .store
+            .user(&session.user_id)
+            .await?
+            .filter(|u| u.status == status::ACTIVE)
+            .ok_or(AuthError::InvalidRefreshToken)?;
+        let next_token = random::secret(REFRESH_TOKEN_BYTES);
+        let next = NewRefresh {
+            token_hash: random::secret_hash(&next_token),
+            created_at: now,
+            expires_at: (now + secs(policy.refresh_token_ttl_seconds)).min(session.expires_at),
+        };
+        let rotated_now = record.rotated_at.is_none()
+            && self.store.rotate_refresh(&session.id, &hash, now, &next).await?;
+        if !rotated_now {
+            // Rotated before: by a concurrent request (just now) or earlier.
+            let rotated_at = record.rotated_at.unwrap_or(now);
+            if now - rotated_at > secs(policy.refresh_reuse_grace_seconds) {
+                self.revoke_session(&session.id, "refresh_token_reuse").await?;
+                tracing::warn!(session = %session.id, user = %user.id, "refresh token reuse: session revoked");
+                return Err(AuthError::RefreshTokenReused);
+            }
+            self.store.add_refresh(&session.id, &next).await?;
+        }
+        let access_token = self.sign_access(&rt, &session, now, None)?;
+        Ok(SignedIn {
+            user,
+            tokens: IssuedTokens {
+                access_token,
+                refresh_token: next_token,
+                expires_in: policy.access_token_ttl_seconds,
+                session_id: session.id,
+            },
+        })
+    }
+
+    /// Revokes a session in storage and denies its access tokens until they expire.
+    async fn revoke_session(&self, session_id: &str, reason: &str) -> Result<(), AuthError> {
+        let rt = self.runtime();
+        self.store.revoke_session(session_id, self.clock.unix(), reason).await?;
+        let ttl = rt.config.tokens.access_token_ttl_seconds + tokens::LEEWAY_SECONDS;
+        self.ephemeral
+            .set(&denied_sid_key(session_id), reason, Duration::from_secs(ttl))
+            .await?;
+        Ok(())
+    }
+
+    /// Ends the caller's session (and, if given, the session of `refresh_token` when it
+    /// belongs to the same user); the access token is refused from now on.
+    pub async fn logout(&self, claims: &AccessClaims, refresh_token: Option<&str>) -> Result<(), AuthError> {
+        let now = self.clock.unix();
+        let ttl = u64::try_from(claims.exp - now).unwrap_or(0) + tokens::LEEWAY_SECONDS;
+        self.ephemeral
+            .set(&denied_jti_key(&claims.jti), "logout", Duration::from_secs(ttl))
+            .await?;
+        self.revoke_session(&claims.sid, "logout").await?;
+        if let Some(token) = refresh_token.filter(|t| !t.is_empty() && t.len() <= 512)
+            && let Some(record) = self.store.refresh_token(&random::secret_hash(token)).await?
+            && record.session.user_id == claims.sub
+            && record.session.id != claims.sid
+        {
+            self.revoke_session(&record.session.id, "logout").await?;
+        }
+        Ok(())
+    }
+
+    /// Verifies a bearer token and that it was not revoked.
+    pub async fn authenticate(&self, bearer: &str) -> Result<AccessClaims, AuthError> {
+        let rt = self.runtime();
+        let claims = tokens::verify(
+            &rt.keys,
+            bearer,
+            &self.issuer,
+            &rt.config.tokens.audience,
+            self.clock.unix(),
+        )?;
+        if self
+            .ephemeral
+            .exists_any(&[denied_jti_key(&claims.jti), denied_sid_key(&claims.sid)])
+            .await?
+        {
+            return Err(AuthError::TokenRevoked);
+        }
+        Ok(claims)
+    }
+
+    /// The active account behind verified claims.
+    pub async fn current_user(&self, claims: &AccessClaims) -> Result<User, AuthError> {
+        self.store
+            .user(&claims.sub)
+            .await?
+            .filter(|u| u.tenant_id == claims.tid && u.status == status::ACTIVE)
+            .ok_or(AuthError::Unauthenticated("account no longer active"))
+    }
+
+    /// The current user, who must hold `role`.
+    pub async fn require_role(&self, claims: &AccessClaims, role: &str) -> Result<User, AuthError> {
+        let user = self.current_user(claims).await?;
+        if user.has_role(role) {
+            Ok(user)
+        } else {
+            Err(AuthError::Forbidden)
+        }
+    }
+
+    /// Creates a user in `tenant_id` after validation.
+    pub async fn create_user(&self, tenant_id: &str, input: users::UserInput) -> Result<User, AuthError> {
+        let valid = users::validate_user(input)?;
+        if self.store.tenant(tenant_id).await?.is_none() {
+            return Err(AuthError::UnknownTenant);
+        }
+        let password_hash = match &valid.password {
+            Some(pw) => Some(self.hasher.hash(canonical_digest(pw, tenant_id)).await?),
+            None => None,
+        };
+        let new = NewUser {
+            id: random::id("usr"),
+            tenant_id: tenant_id.to_owned(),
+            username: valid.username,
+            email: valid.email,
+            phone: valid.phone,
+            password_hash,
+            roles: valid.roles,
+            must_change_password: valid.must_change_password,
+            created_at: self.clock.unix(),
+        };
+        self.store.create_user(&new).await.map_err(|e| match e {
+            crate::store::StoreError::NotFound(_) => AuthError::UnknownTenant,
+            other => other.into(),
+        })
+    }
+}
+
+fn secs(s: u64) -> i64 {
+    i64::try_from(s).unwrap_or(i64::MAX / 4)
+}

@@ -1,0 +1,267 @@
+//! Password hashing: the canonical client digest every transmission mode reduces to, argon2id
+//! over it (with an optional pepper) on the blocking pool behind a concurrency cap, and the
+//! dummy verification that makes unknown identities cost the same as wrong passwords.
+
+use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use keygate_config::PasswordHashing;
+use sha2::{Digest, Sha256};
+use std::sync::{Arc, Mutex};
+use tokio::sync::Semaphore;
+
+/// Longest password accepted, in bytes (NIST asks for at least 64 characters).
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// The canonical digest: lowercase hex SHA-256 of `password + "|" + tenant_id`. The `hash`
+/// transmission mode sends exactly this; the server computes it for every other mode, so one
+/// stored hash verifies them all.
+pub fn canonical_digest(password: &str, tenant_id: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(password.as_bytes());
+    h.update(b"|");
+    h.update(tenant_id.as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// Hashing failed for a reason other than a wrong password.
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    /// Parameters or stored hash unusable.
+    #[error("password hashing: {0}")]
+    Argon(String),
+    /// The blocking task died.
+    #[error("password hashing task failed")]
+    Join,
+}
+
+/// Outcome of a verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verified {
+    /// Wrong password, unknown user or unusable stored hash.
+    No,
+    /// Correct; the stored hash uses the current parameters.
+    Yes,
+    /// Correct, and here is a new hash with the current parameters to store.
+    YesRehashed(String),
+}
+
+/// Hashes and verifies canonical digests with argon2id, at most `permits` at a time.
+#[derive(Debug, Clone)]
+pub struct PasswordHasher {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    pepper: Option<Vec<u8>>,
+    permits: Semaphore,
+    state: Mutex<ParamState>,
+}
+
+#[derive(Debug, Clone)]
+struct ParamState {
+    params: Params,
+    /// A hash of a random digest with the current parameters, verified against when the
+    /// identity is unknown so that the work done is the same.
+    dummy: Arc<str>,
+}
+
+impl PasswordHasher {
+    /// A hasher with these parameters; `pepper` is the server-side secret, if any.
+    pub fn new(config: &PasswordHashing, pepper: Option<Vec<u8>>) -> Result<Self, HashError> {
+        let permits = if config.max_concurrent == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            config.max_concurrent as usize
+        };
+        let params = to_params(config)?;
+        let dummy = hash_blocking(&params, pepper.as_deref(), &super::random::secret(16))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pepper,
+                permits: Semaphore::new(permits),
+                state: Mutex::new(ParamState {
+                    params,
+                    dummy: dummy.into(),
+                }),
+            }),
+        })
+    }
+
+    /// Switches to new parameters (runtime-config reload). Existing hashes keep verifying and
+    /// are upgraded on their next successful verification.
+    pub fn update_params(&self, config: &PasswordHashing) -> Result<(), HashError> {
+        let params = to_params(config)?;
+        if self.state().params == params {
+            return Ok(());
+        }
+        let dummy = hash_blocking(&params, self.inner.pepper.as_deref(), &super::random::secret(16))?;
+        if let Ok(mut s) = self.inner.state.lock() {
+            *s = ParamState {
+                params,
+                dummy: dummy.into(),
+            };
+        }
+        Ok(())
+    }
+
+    fn state(&self) -> ParamState {
+        match self.inner.state.lock() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Hashes a canonical digest for storage (PHC string).
+    pub async fn hash(&self, digest: String) -> Result<String, HashError> {
+        let state = self.state();
+        let inner = self.inner.clone();
+        let _permit = self.inner.permits.acquire().await.map_err(|_| HashError::Join)?;
+        tokio::task::spawn_blocking(move || {
+            hash_blocking(&state.params, inner.pepper.as_deref(), &digest)
+        })
+        .await
+        .map_err(|_| HashError::Join)?
+    }
+
+    /// Verifies a canonical digest against a stored PHC string; `None` (unknown identity, or a
+    /// user without a password) runs the same work against the dummy hash and answers `No`.
+    pub async fn verify(&self, digest: String, stored: Option<String>) -> Result<Verified, HashError> {
+        let state = self.state();
+        let inner = self.inner.clone();
+        let _permit = self.inner.permits.acquire().await.map_err(|_| HashError::Join)?;
+        tokio::task::spawn_blocking(move || {
+            let pepper = inner.pepper.as_deref();
+            let Some(stored) = stored else {
+                let _ = verify_blocking(pepper, &digest, &state.dummy);
+                return Ok(Verified::No);
+            };
+            match verify_blocking(pepper, &digest, &stored) {
+                Ok(true) => {}
+                Ok(false) => return Ok(Verified::No),
+                Err(e) => {
+                    tracing::error!(error = %e, "stored password hash is unusable");
+                    return Ok(Verified::No);
+                }
+            }
+            if uses_params(&stored, &state.params) {
+                Ok(Verified::Yes)
+            } else {
+                hash_blocking(&state.params, pepper, &digest).map(Verified::YesRehashed)
+            }
+        })
+        .await
+        .map_err(|_| HashError::Join)?
+    }
+}
+
+fn to_params(c: &PasswordHashing) -> Result<Params, HashError> {
+    Params::new(c.memory_kib, c.iterations, c.parallelism, None)
+        .map_err(|e| HashError::Argon(e.to_string()))
+}
+
+fn argon<'a>(params: &Params, pepper: Option<&'a [u8]>) -> Result<Argon2<'a>, HashError> {
+    match pepper {
+        None => Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())),
+        Some(p) => Argon2::new_with_secret(p, Algorithm::Argon2id, Version::V0x13, params.clone())
+            .map_err(|e| HashError::Argon(e.to_string())),
+    }
+}
+
+fn hash_blocking(params: &Params, pepper: Option<&[u8]>, digest: &str) -> Result<String, HashError> {
+    let salt = SaltString::encode_b64(&super::random::bytes(16))
+        .map_err(|e| HashError::Argon(e.to_string()))?;
+    argon(params, pepper)?
+        .hash_password(digest.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| HashError::Argon(e.to_string()))
+}
+
+fn verify_blocking(pepper: Option<&[u8]>, digest: &str, stored: &str) -> Result<bool, HashError> {
+    let parsed = PasswordHash::new(stored).map_err(|e| HashError::Argon(e.to_string()))?;
+    let params = Params::try_from(&parsed).map_err(|e| HashError::Argon(e.to_string()))?;
+    match argon(&params, pepper)?.verify_password(digest.as_bytes(), &parsed) {
+        Ok(()) => Ok(true),
+        Err(argon2::password_hash::Error::Password) => Ok(false),
+        Err(e) => Err(HashError::Argon(e.to_string())),
+    }
+}
+
+fn uses_params(stored: &str, params: &Params) -> bool {
+    PasswordHash::new(stored)
+        .ok()
+        .and_then(|h| Params::try_from(&h).ok())
+        .is_some_and(|p| {
+            p.m_cost() == params.m_cost()
+                && p.t_cost() == params.t_cost()
+                && p.p_cost() == params.p_cost()
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> PasswordHashing {
+        PasswordHashing {
+            memory_kib: 8192,
+            iterations: 1,
+            parallelism: 1,
+            max_concurrent: 2,
+        }
+    }
+
+    #[test]
+    fn canonical_digest_matches_the_documented_formula() {
+        // printf 'correct horse|default' | sha256sum
+        assert_eq!(
+            canonical_digest("correct horse", "default"),
+            "94d0ae21ee2a621d1118bbe8c4a3cc8dab96e96b800d1f8e6b7223042d734bd2"
+        );
+        let d = canonical_digest("correct horse", "default");
+        assert_eq!(d.len(), 64);
+        assert_ne!(d, canonical_digest("correct horse", "other"));
+    }
+
+    #[tokio::test]
+    async fn verify_accepts_the_right_digest_only() {
+        let h = PasswordHasher::new(&small(), None).unwrap();
+        let stored = h.hash(canonical_digest("pw-1", "default")).await.unwrap();
+        assert!(stored.starts_with("$argon2id$v=19$m=8192,t=1,p=1$"), "{stored}");
+        assert_eq!(
+            h.verify(canonical_digest("pw-1", "default"), Some(stored.clone())).await.unwrap(),
+            Verified::Yes
+        );
+        assert_eq!(
+            h.verify(canonical_digest("pw-2", "default"), Some(stored)).await.unwrap(),
+            Verified::No
+        );
+        assert_eq!(h.verify(canonical_digest("pw-1", "default"), None).await.unwrap(), Verified::No);
+    }
+
+    #[tokio::test]
+    async fn pepper_is_part_of_the_hash() {
+        let peppered = PasswordHasher::new(&small(), Some(b"pepper".to_vec())).unwrap();
+        let plain = PasswordHasher::new(&small(), None).unwrap();
+        let stored = peppered.hash("d".into()).await.unwrap();
+        assert_eq!(peppered.verify("d".into(), Some(stored.clone())).await.unwrap(), Verified::Yes);
+        assert_eq!(plain.verify("d".into(), Some(stored)).await.unwrap(), Verified::No);
+    }
+
+    #[tokio::test]
+    async fn changed_parameters_upgrade_on_success() {
+        let h = PasswordHasher::new(&small(), None).unwrap();
+        let stored = h.hash("d".into()).await.unwrap();
+        h.update_params(&PasswordHashing { iterations: 2, ..small() }).unwrap();
+        match h.verify("d".into(), Some(stored)).await.unwrap() {
+            Verified::YesRehashed(new) => assert!(new.contains("t=2"), "{new}"),
+            other => panic!("expected a rehash, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn garbage_in_storage_is_a_failed_verification() {
+        let h = PasswordHasher::new(&small(), None).unwrap();
+        assert_eq!(h.verify("d".into(), Some("not-a-phc".into())).await.unwrap(), Verified::No);
+    }
+}

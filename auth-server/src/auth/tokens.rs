@@ -1,0 +1,188 @@
+//! Access tokens: the claim set, signing with the active key, and strict verification
+//! (known `kid`, the key's own algorithm, issuer, audience, time window).
+
+use super::keys::KeyRing;
+use jsonwebtoken::{Header, Validation};
+use serde::{Deserialize, Serialize};
+
+/// The actor who signed in on someone's behalf (RFC 8693 §4.1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Actor {
+    /// The actor's subject.
+    pub sub: String,
+    /// Why (free text from the issuer of the ticket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Claims of a Keygate access token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccessClaims {
+    /// Issuer.
+    pub iss: String,
+    /// User id.
+    pub sub: String,
+    /// Audience.
+    pub aud: String,
+    /// Expiry (Unix seconds).
+    pub exp: i64,
+    /// Issued at.
+    pub iat: i64,
+    /// Not before.
+    pub nbf: i64,
+    /// Token id; denied after logout until `exp`.
+    pub jti: String,
+    /// Tenant id.
+    pub tid: String,
+    /// Session id.
+    pub sid: String,
+    /// Authentication methods (RFC 8176 style): `pwd`, `otp`, `ticket`, `fed`, ...
+    pub amr: Vec<String>,
+    /// Present when someone else signed in as the subject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Actor>,
+}
+
+/// Why a token was not accepted; all of them are a 401 to the caller.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    /// Not a JWT, bad signature, wrong claims or expired.
+    #[error("invalid access token: {0}")]
+    Invalid(String),
+    /// No key is active, so nothing can be signed.
+    #[error("no signing key is active")]
+    NoActiveKey,
+    /// Signing failed.
+    #[error("signing failed: {0}")]
+    Signing(String),
+}
+
+/// Seconds of clock skew tolerated between replicas and verifiers.
+pub const LEEWAY_SECONDS: u64 = 30;
+
+/// Signs `claims` with the key active at `claims.iat`.
+pub fn sign(ring: &KeyRing, claims: &AccessClaims) -> Result<String, TokenError> {
+    let key = ring.signing_key(claims.iat).ok_or(TokenError::NoActiveKey)?;
+    let mut header = Header::new(key.algorithm);
+    header.kid = Some(key.kid.clone());
+    header.typ = Some("at+jwt".to_owned());
+    jsonwebtoken::encode(&header, claims, key.encoding_key())
+        .map_err(|e| TokenError::Signing(e.to_string()))
+}
+
+/// Verifies signature, `kid`, algorithm, `iss`, `aud`, `exp` and `nbf` at `now`.
+pub fn verify(
+    ring: &KeyRing,
+    token: &str,
+    issuer: &str,
+    audience: &str,
+    now: i64,
+) -> Result<AccessClaims, TokenError> {
+    let invalid = |m: &str| TokenError::Invalid(m.to_owned());
+    let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("malformed token"))?;
+    let kid = header.kid.as_deref().ok_or_else(|| invalid("no kid"))?;
+    let (key, alg) = ring
+        .verification_key(kid, now)
+        .ok_or_else(|| invalid("unknown kid"))?;
+    if header.alg != alg {
+        return Err(invalid("algorithm does not match the key"));
+    }
+    let mut v = Validation::new(alg);
+    v.set_issuer(&[issuer]);
+    v.set_audience(&[audience]);
+    v.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
+    v.validate_nbf = true;
+    // Time is checked below against the injected clock, not the system clock.
+    v.validate_exp = false;
+    v.leeway = 0;
+    let claims = jsonwebtoken::decode::<AccessClaims>(token, key, &v)
+        .map_err(|e| TokenError::Invalid(e.to_string()))?
+        .claims;
+    let leeway = LEEWAY_SECONDS as i64;
+    if claims.exp + leeway <= now {
+        return Err(invalid("expired"));
+    }
+    if claims.nbf - leeway > now {
+        return Err(invalid("not yet valid"));
+    }
+    Ok(claims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::keys::{SigningKey, generate_pem};
+    use keygate_config::{SigningAlgorithm, SigningKeyConfig};
+
+    fn ring(kid: &str) -> KeyRing {
+        KeyRing::new(vec![
+            SigningKey::from_config(&SigningKeyConfig {
+                kid: kid.into(),
+                algorithm: SigningAlgorithm::ES256,
+                private_key_pem: generate_pem(SigningAlgorithm::ES256).unwrap(),
+                activates_at: None,
+                retires_at: None,
+            })
+            .unwrap(),
+        ])
+    }
+
+    fn claims(now: i64) -> AccessClaims {
+        AccessClaims {
+            iss: "https://id.example".into(),
+            sub: "usr_1".into(),
+            aud: "keygate".into(),
+            exp: now + 1800,
+            iat: now,
+            nbf: now,
+            jti: "j1".into(),
+            tid: "default".into(),
+            sid: "ses_1".into(),
+            amr: vec!["pwd".into()],
+            act: None,
+        }
+    }
+
+    #[test]
+    fn round_trip_and_strict_checks() {
+        let r = ring("k1");
+        let now = 1_800_000_000;
+        let t = sign(&r, &claims(now)).unwrap();
+        let header = jsonwebtoken::decode_header(&t).unwrap();
+        assert_eq!(header.kid.as_deref(), Some("k1"));
+        assert_eq!(verify(&r, &t, "https://id.example", "keygate", now).unwrap(), claims(now));
+        assert!(verify(&r, &t, "https://other", "keygate", now).is_err());
+        assert!(verify(&r, &t, "https://id.example", "other", now).is_err());
+        assert!(verify(&r, &t, "https://id.example", "keygate", now + 1800 + 31).is_err());
+        assert!(verify(&r, &t, "https://id.example", "keygate", now - 31).is_err());
+        // A token from another key with the same kid is refused.
+        assert!(verify(&ring("k1"), &t, "https://id.example", "keygate", now).is_err());
+        // Tampering is refused.
+        let mut parts: Vec<&str> = t.split('.').collect();
+        let forged = base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            serde_json::to_vec(&AccessClaims { sub: "usr_admin".into(), ..claims(now) }).unwrap(),
+        );
+        parts[1] = &forged;
+        assert!(verify(&r, &parts.join("."), "https://id.example", "keygate", now).is_err());
+    }
+
+    #[test]
+    fn alg_none_and_hmac_confusion_are_refused() {
+        let r = ring("k1");
+        let now = 1_800_000_000;
+        let b64 = |v: &serde_json::Value| {
+            base64::Engine::encode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                serde_json::to_vec(v).unwrap(),
+            )
+        };
+        let body = b64(&serde_json::to_value(claims(now)).unwrap());
+        let none = format!("{}.{}.", b64(&serde_json::json!({"alg":"none","kid":"k1"})), body);
+        assert!(verify(&r, &none, "https://id.example", "keygate", now).is_err());
+        let mut h = Header::new(jsonwebtoken::Algorithm::HS256);
+        h.kid = Some("k1".into());
+        let hs = jsonwebtoken::encode(&h, &claims(now), &jsonwebtoken::EncodingKey::from_secret(b"k")).unwrap();
+        assert!(verify(&r, &hs, "https://id.example", "keygate", now).is_err());
+    }
+}

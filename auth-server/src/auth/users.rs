@@ -1,0 +1,219 @@
+//! Account rules: normalising and validating usernames, emails, phones and passwords, telling
+//! which kind an identity is, and creating users (shared by the admin API and the CLI).
+
+use super::error::{AuthError, FieldViolation};
+use super::password::MAX_PASSWORD_BYTES;
+use crate::store::IdentityKind;
+
+/// Longest identity accepted at login (an email address can be 320 characters).
+pub const MAX_IDENTITY_CHARS: usize = 320;
+/// Shortest password accepted when one is set (NIST SP 800-63B minimum).
+pub const MIN_PASSWORD_CHARS: usize = 8;
+/// Roles that exist.
+pub const KNOWN_ROLES: &[&str] = &["admin"];
+
+/// An identity as typed at login, normalised and classified: contains `@` → email
+/// (lowercased), starts with `+` → phone, otherwise username (lowercased).
+pub fn classify_identity(raw: &str) -> (IdentityKind, String) {
+    let s = raw.trim();
+    if s.contains('@') {
+        (IdentityKind::Email, s.to_lowercase())
+    } else if s.starts_with('+') {
+        (IdentityKind::Phone, s.to_owned())
+    } else {
+        (IdentityKind::Username, s.to_lowercase())
+    }
+}
+
+/// A request to create a user, before validation.
+#[derive(Debug, Clone, Default)]
+pub struct UserInput {
+    /// Username.
+    pub username: String,
+    /// Email address.
+    pub email: Option<String>,
+    /// Phone number (E.164).
+    pub phone: Option<String>,
+    /// Password; `None` for accounts that sign in without one.
+    pub password: Option<String>,
+    /// Roles.
+    pub roles: Vec<String>,
+    /// Require a password change at first login.
+    pub must_change_password: bool,
+}
+
+/// A validated, normalised user request.
+#[derive(Debug, Clone)]
+pub struct ValidUser {
+    /// Lowercase username.
+    pub username: String,
+    /// Lowercase email.
+    pub email: Option<String>,
+    /// E.164 phone.
+    pub phone: Option<String>,
+    /// Password as given.
+    pub password: Option<String>,
+    /// Known, deduplicated roles.
+    pub roles: Vec<String>,
+    /// Require a change.
+    pub must_change_password: bool,
+}
+
+/// Checks every field and returns all violations at once.
+pub fn validate_user(input: UserInput) -> Result<ValidUser, AuthError> {
+    let mut errors = Vec::new();
+    let username = input.username.trim().to_lowercase();
+    if username.is_empty() {
+        errors.push(FieldViolation::new("username", "required", "username is required"));
+    } else if username.chars().count() > 64
+        || !username
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        || !username.starts_with(|c: char| c.is_ascii_alphanumeric())
+    {
+        errors.push(FieldViolation::new(
+            "username",
+            "format",
+            "1 to 64 characters: letters, digits, '.', '_' or '-', starting with a letter or digit",
+        ));
+    }
+    let email = input.email.map(|e| e.trim().to_lowercase()).filter(|e| !e.is_empty());
+    if let Some(e) = &email
+        && !is_email(e)
+    {
+        errors.push(FieldViolation::new("email", "format", "must be a valid email address"));
+    }
+    let phone = input.phone.map(|p| p.trim().to_owned()).filter(|p| !p.is_empty());
+    if let Some(p) = &phone
+        && !is_e164(p)
+    {
+        errors.push(FieldViolation::new(
+            "phone",
+            "format",
+            "must be in E.164 form, e.g. +14155550123",
+        ));
+    }
+    if let Some(pw) = &input.password {
+        if pw.len() > MAX_PASSWORD_BYTES {
+            errors.push(FieldViolation::new(
+                "password",
+                "range",
+                format!("at most {MAX_PASSWORD_BYTES} bytes"),
+            ));
+        } else if pw.chars().count() < MIN_PASSWORD_CHARS {
+            errors.push(FieldViolation::new(
+                "password",
+                "range",
+                format!("at least {MIN_PASSWORD_CHARS} characters"),
+            ));
+        }
+    }
+    let mut roles: Vec<String> = Vec::new();
+    for (i, r) in input.roles.iter().enumerate() {
+        if !KNOWN_ROLES.contains(&r.as_str()) {
+            errors.push(FieldViolation::new(
+                format!("roles[{i}]"),
+                "format",
+                format!("unknown role; known roles: {}", KNOWN_ROLES.join(", ")),
+            ));
+        } else if !roles.contains(r) {
+            roles.push(r.clone());
+        }
+    }
+    if !errors.is_empty() {
+        return Err(AuthError::Validation(errors));
+    }
+    Ok(ValidUser {
+        username,
+        email,
+        phone,
+        password: input.password,
+        roles,
+        must_change_password: input.must_change_password,
+    })
+}
+
+/// A pragmatic email check: one `@`, a non-empty local part, a dotted domain, no spaces.
+pub fn is_email(s: &str) -> bool {
+    if s.len() > 254 || s.chars().any(char::is_whitespace) {
+        return false;
+    }
+    match s.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && local.len() <= 64
+                && !domain.contains('@')
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !domain.contains("..")
+        }
+        None => false,
+    }
+}
+
+/// E.164: `+`, a non-zero digit, then 6 to 14 more digits.
+pub fn is_e164(s: &str) -> bool {
+    let Some(digits) = s.strip_prefix('+') else {
+        return false;
+    };
+    (7..=15).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !digits.starts_with('0')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identities_are_classified_and_normalised() {
+        assert_eq!(classify_identity(" John.Doe "), (IdentityKind::Username, "john.doe".into()));
+        assert_eq!(classify_identity("John@Example.COM"), (IdentityKind::Email, "john@example.com".into()));
+        assert_eq!(classify_identity("+14155550123"), (IdentityKind::Phone, "+14155550123".into()));
+    }
+
+    #[test]
+    fn every_violation_is_reported_at_once() {
+        let err = validate_user(UserInput {
+            username: "bad name".into(),
+            email: Some("nope".into()),
+            phone: Some("0123".into()),
+            password: Some("short".into()),
+            roles: vec!["root".into()],
+            must_change_password: false,
+        })
+        .unwrap_err();
+        let AuthError::Validation(v) = err else { panic!() };
+        let fields: Vec<&str> = v.iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(fields, ["username", "email", "phone", "password", "roles[0]"]);
+    }
+
+    #[test]
+    fn good_input_is_normalised() {
+        let u = validate_user(UserInput {
+            username: "Alice".into(),
+            email: Some(" Alice@Example.com ".into()),
+            phone: Some("+4915112345678".into()),
+            password: Some("correct horse battery".into()),
+            roles: vec!["admin".into(), "admin".into()],
+            must_change_password: true,
+        })
+        .unwrap();
+        assert_eq!(u.username, "alice");
+        assert_eq!(u.email.as_deref(), Some("alice@example.com"));
+        assert_eq!(u.roles, ["admin"]);
+    }
+
+    #[test]
+    fn email_and_phone_shapes() {
+        assert!(is_email("a@b.co"));
+        assert!(!is_email("a@b"));
+        assert!(!is_email("a b@c.de"));
+        assert!(!is_email("@c.de"));
+        assert!(is_e164("+14155550123"));
+        assert!(!is_e164("14155550123"));
+        assert!(!is_e164("+0123456789"));
+        assert!(!is_e164("+1234"));
+    }
+}

@@ -1,0 +1,68 @@
+//! The in-process ephemeral store: a mutex-guarded map with per-entry expiry read from the
+//! injected clock, swept as it grows.
+
+use crate::auth::clock::SharedClock;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// Entries kept between sweeps of expired ones.
+const SWEEP_EVERY: usize = 1024;
+
+/// Ephemeral state of one process.
+#[derive(Debug, Clone)]
+pub struct MemoryEphemeral {
+    clock: SharedClock,
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    entries: HashMap<String, (String, i128)>,
+    writes_since_sweep: usize,
+}
+
+impl MemoryEphemeral {
+    /// An empty store on `clock`.
+    pub fn new(clock: SharedClock) -> Self {
+        Self {
+            clock,
+            inner: Arc::new(Mutex::new(Inner::default())),
+        }
+    }
+
+    fn now_ms(&self) -> i128 {
+        self.clock.now().unix_timestamp_nanos() / 1_000_000
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn set(&self, key: &str, value: &str, ttl: Duration) {
+        let now = self.now_ms();
+        let mut g = self.lock();
+        g.writes_since_sweep += 1;
+        if g.writes_since_sweep >= SWEEP_EVERY {
+            g.writes_since_sweep = 0;
+            g.entries.retain(|_, (_, exp)| *exp > now);
+        }
+        g.entries
+            .insert(key.to_owned(), (value.to_owned(), now + ttl.as_millis() as i128));
+    }
+
+    pub(super) fn exists_any(&self, keys: &[String]) -> bool {
+        let now = self.now_ms();
+        let g = self.lock();
+        keys.iter()
+            .any(|k| g.entries.get(k).is_some_and(|(_, exp)| *exp > now))
+    }
+
+    pub(super) fn take(&self, key: &str) -> Option<String> {
+        let now = self.now_ms();
+        self.lock()
+            .entries
+            .remove(key)
+            .and_then(|(v, exp)| (exp > now).then_some(v))
+    }
+}

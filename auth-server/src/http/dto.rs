@@ -1,0 +1,170 @@
+//! Wire shapes shared by several routes: `LoginResponse` and its parts, `UserInfo`, and the
+//! `DataResponse`/`SimpleResponse` envelopes, with field names exactly as the contract has them.
+
+use crate::auth::SignedIn;
+use crate::auth::clock::rfc3339;
+use crate::store::User;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// Basic account information.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct UserInfo {
+    /// User id (`usr_...`).
+    pub id: String,
+    /// Username.
+    pub username: String,
+    /// Email address.
+    pub email: Option<String>,
+    /// Phone number (E.164).
+    pub phone: Option<String>,
+    /// `active` or `disabled`.
+    pub status: String,
+    /// Account creation time (RFC 3339).
+    pub created_at: String,
+    /// A password change is required.
+    pub must_change_password: bool,
+    /// Days until the password expires; null when passwords do not expire.
+    pub password_expires_in: Option<i64>,
+    /// `expiring`, `expired_grace` or `expired`; null when none applies.
+    pub password_warning: Option<String>,
+}
+
+impl From<&User> for UserInfo {
+    fn from(u: &User) -> Self {
+        Self {
+            id: u.id.clone(),
+            username: u.username.clone(),
+            email: u.email.clone(),
+            phone: u.phone.clone(),
+            status: u.status.clone(),
+            created_at: rfc3339(u.created_at),
+            must_change_password: u.must_change_password,
+            password_expires_in: None,
+            password_warning: None,
+        }
+    }
+}
+
+/// Risk assessment of a sign-in.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RiskAssessmentInfo {
+    /// Score 0-100.
+    pub score: i64,
+    /// `low`, `medium` or `high`.
+    pub level: String,
+    /// Whether the score alone demands MFA.
+    pub require_mfa: bool,
+    /// MFA methods recommended at this level.
+    pub recommended_mfa_methods: Vec<String>,
+}
+
+/// Result of a sign-in or refresh.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct LoginResponse {
+    /// Access token (JWT); null while MFA is pending.
+    pub access_token: Option<String>,
+    /// Refresh token; null while MFA is pending.
+    pub refresh_token: Option<String>,
+    /// `Bearer`.
+    pub token_type: String,
+    /// Access-token lifetime in seconds.
+    pub expires_in: u64,
+    /// The account.
+    pub user: UserInfo,
+    /// Same as `user.id`.
+    pub user_id: String,
+    /// Adaptive MFA: another factor is required before tokens are issued.
+    pub requires_mfa: bool,
+    /// MFA challenge token when `requires_mfa`.
+    pub challenge_token: Option<String>,
+    /// Acceptable MFA methods when `requires_mfa`.
+    pub required_mfa_methods: Vec<String>,
+    /// Why MFA was required.
+    pub mfa_check_reason: Option<String>,
+    /// Risk level: `low`, `medium` or `high`.
+    pub risk_level: String,
+    /// Risk assessment.
+    pub risk_assessment: RiskAssessmentInfo,
+    /// A password change is required.
+    pub must_change_password: bool,
+    /// Days until the password expires; null when passwords do not expire.
+    pub password_expires_in: Option<i64>,
+    /// `expiring`, `expired_grace` or `expired`; null when none applies.
+    pub password_warning: Option<String>,
+}
+
+impl From<SignedIn> for LoginResponse {
+    fn from(s: SignedIn) -> Self {
+        let user = UserInfo::from(&s.user);
+        Self {
+            access_token: Some(s.tokens.access_token),
+            refresh_token: Some(s.tokens.refresh_token),
+            token_type: "Bearer".into(),
+            expires_in: s.tokens.expires_in,
+            user_id: user.id.clone(),
+            must_change_password: user.must_change_password,
+            password_expires_in: user.password_expires_in,
+            password_warning: user.password_warning.clone(),
+            user,
+            requires_mfa: false,
+            challenge_token: None,
+            required_mfa_methods: Vec::new(),
+            mfa_check_reason: None,
+            risk_level: "low".into(),
+            risk_assessment: RiskAssessmentInfo {
+                score: 0,
+                level: "low".into(),
+                require_mfa: false,
+                recommended_mfa_methods: Vec::new(),
+            },
+        }
+    }
+}
+
+/// Success envelope with data.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DataResponse<T> {
+    /// Always 0.
+    pub code: i64,
+    /// `success`.
+    pub message: String,
+    /// The payload.
+    pub data: T,
+    /// RFC 3339 time of the response.
+    pub timestamp: String,
+}
+
+impl<T> DataResponse<T> {
+    /// Wraps `data`.
+    pub fn new(data: T) -> Self {
+        Self {
+            code: 0,
+            message: "success".into(),
+            data,
+            timestamp: rfc3339(time::OffsetDateTime::now_utc().unix_timestamp()),
+        }
+    }
+}
+
+/// Success envelope without data.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SimpleResponse {
+    /// Always 0.
+    pub code: i64,
+    /// What happened.
+    pub message: String,
+    /// RFC 3339 time of the response.
+    pub timestamp: String,
+}
+
+impl SimpleResponse {
+    /// A success with `message`.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            code: 0,
+            message: message.into(),
+            timestamp: rfc3339(time::OffsetDateTime::now_utc().unix_timestamp()),
+        }
+    }
+}

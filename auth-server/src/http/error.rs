@@ -1,0 +1,383 @@
+//! The one place where failures become HTTP: the business-code table, the problem body
+//! (`application/problem+json`, a superset of both error schemas of the contract), the mapping
+//! from domain errors, and the middleware that stamps request ids onto every problem.
+
+use crate::auth::clock::rfc3339;
+use crate::auth::error::{AuthError, FieldViolation};
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// Name of this service in problem bodies.
+pub const SERVICE_NAME: &str = "keygate-auth";
+
+/// Every problem the API can answer with: status, stable business code, slug and title.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum ProblemKind {
+    InvalidRequest,
+    MalformedJson,
+    InvalidCredentials,
+    UnknownTenant,
+    RefreshTokenReused,
+    InvalidRefreshToken,
+    TransmissionNotAccepted,
+    Unauthenticated,
+    TokenRevoked,
+    Forbidden,
+    AccountDisabled,
+    NotFound,
+    MethodNotAllowed,
+    Conflict,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    RateLimited,
+    Internal,
+    Unavailable,
+}
+
+impl ProblemKind {
+    /// The table (documented in docs/errors.md; a test keeps the two in step).
+    pub const ALL: &'static [ProblemKind] = &[
+        Self::InvalidRequest,
+        Self::MalformedJson,
+        Self::InvalidCredentials,
+        Self::UnknownTenant,
+        Self::RefreshTokenReused,
+        Self::InvalidRefreshToken,
+        Self::TransmissionNotAccepted,
+        Self::Unauthenticated,
+        Self::TokenRevoked,
+        Self::Forbidden,
+        Self::AccountDisabled,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::Conflict,
+        Self::PayloadTooLarge,
+        Self::UnsupportedMediaType,
+        Self::RateLimited,
+        Self::Internal,
+        Self::Unavailable,
+    ];
+
+    /// (HTTP status, business code, slug, title).
+    pub fn spec(self) -> (StatusCode, u32, &'static str, &'static str) {
+        use StatusCode as S;
+        match self {
+            Self::InvalidRequest => (S::BAD_REQUEST, 40000001, "invalid-request", "Invalid request parameters"),
+            Self::MalformedJson => (S::BAD_REQUEST, 40000002, "malformed-json", "Malformed JSON body"),
+            Self::InvalidCredentials => (S::BAD_REQUEST, 40000101, "invalid-credentials", "Invalid credentials"),
+            Self::UnknownTenant => (S::BAD_REQUEST, 40000102, "unknown-tenant", "Unknown tenant"),
+            Self::RefreshTokenReused => (S::BAD_REQUEST, 40000201, "refresh-token-reused", "Refresh token reuse detected"),
+            Self::InvalidRefreshToken => (S::BAD_REQUEST, 40000202, "invalid-refresh-token", "Invalid refresh token"),
+            Self::TransmissionNotAccepted => (S::BAD_REQUEST, 61000104, "transmission-not-accepted", "Password transmission mode not accepted"),
+            Self::Unauthenticated => (S::UNAUTHORIZED, 40100001, "unauthenticated", "Authentication required"),
+            Self::TokenRevoked => (S::UNAUTHORIZED, 40100002, "token-revoked", "Token revoked"),
+            Self::Forbidden => (S::FORBIDDEN, 40300001, "forbidden", "Forbidden"),
+            Self::AccountDisabled => (S::FORBIDDEN, 40300002, "account-disabled", "Account disabled"),
+            Self::NotFound => (S::NOT_FOUND, 40400001, "not-found", "Not found"),
+            Self::MethodNotAllowed => (S::METHOD_NOT_ALLOWED, 40500001, "method-not-allowed", "Method not allowed"),
+            Self::Conflict => (S::CONFLICT, 40900001, "conflict", "Conflict"),
+            Self::PayloadTooLarge => (S::PAYLOAD_TOO_LARGE, 41300001, "payload-too-large", "Request body too large"),
+            Self::UnsupportedMediaType => (S::UNSUPPORTED_MEDIA_TYPE, 41500001, "unsupported-media-type", "Unsupported media type"),
+            Self::RateLimited => (S::TOO_MANY_REQUESTS, 42900001, "rate-limited", "Too many requests"),
+            Self::Internal => (S::INTERNAL_SERVER_ERROR, 50000001, "internal", "Internal server error"),
+            Self::Unavailable => (S::SERVICE_UNAVAILABLE, 50300001, "unavailable", "Service unavailable"),
+        }
+    }
+
+    fn for_status(status: StatusCode) -> Self {
+        match status.as_u16() {
+            400 => Self::InvalidRequest,
+            401 => Self::Unauthenticated,
+            403 => Self::Forbidden,
+            404 => Self::NotFound,
+            405 => Self::MethodNotAllowed,
+            409 => Self::Conflict,
+            413 => Self::PayloadTooLarge,
+            415 => Self::UnsupportedMediaType,
+            429 => Self::RateLimited,
+            503 => Self::Unavailable,
+            _ => Self::Internal,
+        }
+    }
+}
+
+/// One rejected field in a problem body.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FieldViolationBody {
+    /// Path of the field in dot/array notation, e.g. `user.email`.
+    pub field: String,
+    /// `required`, `format`, `range` or `conflict`.
+    pub code: String,
+    /// Which rule was broken.
+    pub description: String,
+}
+
+impl From<FieldViolation> for FieldViolationBody {
+    fn from(v: FieldViolation) -> Self {
+        Self {
+            field: v.field,
+            code: v.code.to_owned(),
+            description: v.description,
+        }
+    }
+}
+
+/// The error body of every 4xx and 5xx response (RFC 9457 plus the contract's extensions).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Problem {
+    /// URI reference naming the problem type.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// Short summary, the same for every instance of the type.
+    pub title: String,
+    /// HTTP status.
+    pub status: u16,
+    /// What went wrong this time.
+    pub detail: String,
+    /// Stable business code.
+    pub code: u32,
+    /// Same as `detail` (for clients of the simple error schema).
+    pub message: String,
+    /// RFC 3339 time of the error.
+    pub timestamp: String,
+    /// Path of the request.
+    pub instance: String,
+    /// Request id (also in the `X-Request-ID` header).
+    pub request_id: String,
+    /// Trace id, when tracing is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// Span id, when tracing is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub span_id: Option<String>,
+    /// Service name.
+    pub service: String,
+    /// Field violations (empty when none).
+    pub errors: Vec<FieldViolationBody>,
+    /// Seconds to wait (429 only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
+    /// Localisation key.
+    pub i18n_key: String,
+    /// Localisation arguments.
+    pub i18n_args: serde_json::Map<String, serde_json::Value>,
+}
+
+/// An error on its way out; finished into a [`Problem`] by [`request_context`].
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    kind: ProblemKind,
+    detail: String,
+    errors: Vec<FieldViolationBody>,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    /// A problem of `kind` with `detail`.
+    pub fn new(kind: ProblemKind, detail: impl Into<String>) -> Self {
+        Self {
+            kind,
+            detail: detail.into(),
+            errors: Vec::new(),
+            retry_after: None,
+        }
+    }
+
+    /// A 400 with field violations.
+    pub fn invalid(errors: Vec<FieldViolation>) -> Self {
+        let detail = match errors.as_slice() {
+            [one] => format!("{}: {}", one.field, one.description),
+            _ => format!("{} fields are invalid", errors.len()),
+        };
+        Self {
+            errors: errors.into_iter().map(Into::into).collect(),
+            ..Self::new(ProblemKind::InvalidRequest, detail)
+        }
+    }
+
+    /// Malformed or mistyped JSON, with the offending field when known.
+    pub fn malformed(detail: impl Into<String>, errors: Vec<FieldViolation>) -> Self {
+        Self {
+            errors: errors.into_iter().map(Into::into).collect(),
+            ..Self::new(ProblemKind::MalformedJson, detail)
+        }
+    }
+
+    /// The kind.
+    pub fn kind(&self) -> ProblemKind {
+        self.kind
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        use ProblemKind as K;
+        match e {
+            AuthError::Validation(v) => Self::invalid(v),
+            AuthError::UnknownTenant => Self::new(K::UnknownTenant, "the tenant does not exist"),
+            AuthError::InvalidCredentials => {
+                Self::new(K::InvalidCredentials, "the identity or the password is wrong")
+            }
+            AuthError::AccountDisabled => Self::new(K::AccountDisabled, "the account is disabled"),
+            AuthError::TransmissionNotAccepted => Self::new(
+                K::TransmissionNotAccepted,
+                "the tenant does not accept this password_transmission mode",
+            ),
+            AuthError::InvalidRefreshToken => Self::new(
+                K::InvalidRefreshToken,
+                "the refresh token is unknown, expired or revoked",
+            ),
+            AuthError::RefreshTokenReused => Self::new(
+                K::RefreshTokenReused,
+                "the refresh token was already used; the session has been revoked",
+            ),
+            AuthError::Unauthenticated(why) => Self::new(K::Unauthenticated, why),
+            AuthError::TokenRevoked => Self::new(K::TokenRevoked, "the access token has been revoked"),
+            AuthError::Forbidden => Self::new(K::Forbidden, "not allowed for this account"),
+            AuthError::Conflict(field) => Self {
+                errors: vec![FieldViolationBody {
+                    field: field.to_owned(),
+                    code: "conflict".into(),
+                    description: format!("this {field} is already taken"),
+                }],
+                ..Self::new(K::Conflict, format!("{field} already exists"))
+            },
+            AuthError::NotFound(what) => Self::new(K::NotFound, format!("{what} not found")),
+            AuthError::Unavailable(internal) => {
+                tracing::error!(error = %internal, "backing service unavailable");
+                Self::new(K::Unavailable, "a backing service is unavailable; retry later")
+            }
+            AuthError::Internal(internal) => {
+                tracing::error!(error = %internal, "internal error");
+                Self::new(K::Internal, "the request failed")
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, ..) = self.kind.spec();
+        let mut res = status.into_response();
+        res.extensions_mut().insert(self);
+        res
+    }
+}
+
+/// Marks an error response whose body is deliberately not a problem (readiness details).
+#[derive(Debug, Clone, Copy)]
+pub struct NotAProblem;
+
+/// The request id of the current request (set by [`request_context`]).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+fn acceptable_request_id(v: &HeaderValue) -> Option<String> {
+    let s = v.to_str().ok()?;
+    (!s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+    .then(|| s.to_owned())
+}
+
+/// Outermost middleware: gives every request an id (a well-formed incoming `X-Request-ID`
+/// is kept), echoes it, and turns every error response (ours, or axum's own such as 405)
+/// into a complete problem body.
+pub async fn request_context(mut req: Request, next: Next) -> Response {
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(acceptable_request_id)
+        .unwrap_or_else(|| crate::auth::random::id("req"));
+    let instance = req.uri().path().to_owned();
+    req.extensions_mut().insert(RequestId(request_id.clone()));
+    let mut res = next.run(req).await;
+    let status = res.status();
+    let draft = res.extensions_mut().remove::<ApiError>();
+    let is_problem = res.extensions().get::<NotAProblem>().is_some()
+        || res
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if let Some(draft) = draft.or_else(|| {
+        (status.as_u16() >= 400 && !is_problem).then(|| {
+            let kind = ProblemKind::for_status(status);
+            ApiError::new(kind, kind.spec().3.to_lowercase())
+        })
+    }) {
+        res = render_problem(draft, status, &instance, &request_id, res);
+    }
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        res.headers_mut().insert("x-request-id", v);
+    }
+    res
+}
+
+fn render_problem(e: ApiError, status: StatusCode, instance: &str, request_id: &str, res: Response) -> Response {
+    let (_, code, slug, title) = e.kind.spec();
+    let problem = Problem {
+        type_: format!("urn:keygate:problem:{slug}"),
+        title: title.to_owned(),
+        status: status.as_u16(),
+        detail: e.detail.clone(),
+        code,
+        message: e.detail,
+        timestamp: rfc3339(time::OffsetDateTime::now_utc().unix_timestamp()),
+        instance: instance.to_owned(),
+        request_id: request_id.to_owned(),
+        trace_id: None,
+        span_id: None,
+        service: SERVICE_NAME.to_owned(),
+        errors: e.errors,
+        retry_after: e.retry_after,
+        i18n_key: format!("error.{}", slug.replace('-', "_")),
+        i18n_args: serde_json::Map::new(),
+    };
+    let (mut parts, _) = res.into_parts();
+    let body = serde_json::to_vec(&problem).unwrap_or_default();
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    if let Some(secs) = problem.retry_after
+        && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+    {
+        parts.headers.insert(header::RETRY_AFTER, v);
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        parts
+            .headers
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    Response::from_parts(parts, axum::body::Body::from(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn business_codes_are_unique_and_documented() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/errors.md"))
+            .expect("docs/errors.md");
+        let mut seen = std::collections::BTreeSet::new();
+        for kind in ProblemKind::ALL {
+            let (status, code, slug, _) = kind.spec();
+            assert!(seen.insert(code), "duplicate code {code}");
+            let row = format!("| {code} | {} | `{slug}` |", status.as_u16());
+            assert!(doc.contains(&row), "docs/errors.md lacks the row {row}");
+        }
+    }
+
+    #[test]
+    fn deployed_client_codes_are_kept() {
+        assert_eq!(ProblemKind::RefreshTokenReused.spec().1, 40000201);
+        assert_eq!(ProblemKind::TransmissionNotAccepted.spec().1, 61000104);
+    }
+}

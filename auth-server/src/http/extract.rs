@@ -1,0 +1,188 @@
+//! Extractors: JSON bodies that fail as problems with field paths, the verified bearer
+//! token, and the tenant of an unauthenticated request.
+
+use super::AppState;
+use super::error::{ApiError, ProblemKind};
+use crate::auth::error::FieldViolation;
+use crate::auth::tokens::AccessClaims;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::{HeaderMap, header, request::Parts};
+use serde::de::DeserializeOwned;
+
+/// The default tenant's canonical id.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// A JSON body. Non-JSON content types are a 415, bodies over the limit a 413, syntax errors
+/// and wrong types a 400 naming the field.
+#[derive(Debug, Clone)]
+pub struct ApiJson<T>(pub T);
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|ct| {
+            let mime = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+            mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+        })
+        .unwrap_or(false)
+}
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !is_json(req.headers()) {
+            return Err(ApiError::new(
+                ProblemKind::UnsupportedMediaType,
+                "the body must be JSON (Content-Type: application/json)",
+            ));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(ProblemKind::PayloadTooLarge, "the body exceeds 64 KiB")
+            } else {
+                ApiError::new(ProblemKind::InvalidRequest, "the body could not be read")
+            }
+        })?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// Deserialises with field paths in the errors.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data => {
+                let msg = inner.to_string();
+                let base = if path == "." { String::new() } else { path };
+                let (field, code) = match msg
+                    .strip_prefix("missing field `")
+                    .and_then(|rest| rest.split('`').next())
+                {
+                    Some(name) if base.is_empty() => (name.to_owned(), "required"),
+                    Some(name) => (format!("{base}.{name}"), "required"),
+                    None if base.is_empty() => ("body".to_owned(), "format"),
+                    None => (base, "format"),
+                };
+                let description = strip_position(&msg);
+                ApiError::invalid(vec![FieldViolation::new(field, code, description)])
+            }
+            _ => ApiError::malformed(
+                format!("the body is not valid JSON: {}", strip_position(&inner.to_string())),
+                Vec::new(),
+            ),
+        }
+    })
+}
+
+fn strip_position(msg: &str) -> String {
+    match msg.find(" at line ") {
+        Some(i) => msg[..i].to_owned(),
+        None => msg.to_owned(),
+    }
+}
+
+/// The tenant of an unauthenticated request: the body's `tenant_id`, else `X-Tenant-ID`,
+/// else the default tenant.
+pub fn tenant_of(body_tenant: Option<&str>, headers: &HeaderMap) -> String {
+    body_tenant
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .or_else(|| {
+            headers
+                .get("x-tenant-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| DEFAULT_TENANT.to_owned())
+}
+
+/// Verified claims of the bearer token (and not revoked).
+#[derive(Debug, Clone)]
+pub struct Bearer(pub AccessClaims);
+
+impl FromRequestParts<AppState> for Bearer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let (scheme, token) = v.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            })
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ApiError::new(ProblemKind::Unauthenticated, "a bearer token is required"))?;
+        let claims = state.auth.authenticate(token).await?;
+        Ok(Bearer(claims))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Inner {
+        n: u32,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Body {
+        name: String,
+        inner: Option<Inner>,
+    }
+
+    fn field_of(e: &ApiError) -> (String, String) {
+        let dbg = format!("{e:?}");
+        (dbg.clone(), dbg)
+    }
+
+    #[test]
+    fn wrong_types_and_missing_fields_name_the_field() {
+        let e = parse_json::<Body>(br#"{"name": 5}"#).unwrap_err();
+        assert!(field_of(&e).0.contains("field: \"name\", code: \"format\""), "{e:?}");
+        let e = parse_json::<Body>(br#"{}"#).unwrap_err();
+        assert!(field_of(&e).0.contains("field: \"name\", code: \"required\""), "{e:?}");
+        let e = parse_json::<Body>(br#"{"name": "x", "inner": {"n": "y"}}"#).unwrap_err();
+        assert!(field_of(&e).0.contains("field: \"inner.n\""), "{e:?}");
+        let e = parse_json::<Body>(br#"{"name": "x", "inner": {}}"#).unwrap_err();
+        assert!(field_of(&e).0.contains("field: \"inner.n\", code: \"required\""), "{e:?}");
+    }
+
+    #[test]
+    fn syntax_errors_are_malformed_json() {
+        let e = parse_json::<Body>(br#"{"name": "#).unwrap_err();
+        assert_eq!(e.kind(), ProblemKind::MalformedJson);
+        let e = parse_json::<Body>(b"").unwrap_err();
+        assert_eq!(e.kind(), ProblemKind::MalformedJson);
+        let e = parse_json::<Body>(b"[1]").unwrap_err();
+        assert_eq!(e.kind(), ProblemKind::InvalidRequest);
+    }
+
+    #[test]
+    fn tenant_precedence() {
+        let mut h = HeaderMap::new();
+        assert_eq!(tenant_of(None, &h), "default");
+        h.insert("x-tenant-id", "acme".parse().unwrap());
+        assert_eq!(tenant_of(None, &h), "acme");
+        assert_eq!(tenant_of(Some("body"), &h), "body");
+        assert_eq!(tenant_of(Some(" "), &h), "acme");
+    }
+}

@@ -1,0 +1,93 @@
+//! `POST /auth/login`: password sign-in.
+
+use super::AppState;
+use super::dto::LoginResponse;
+use super::error::{ApiError, Problem};
+use super::extract::{ApiJson, tenant_of};
+use crate::auth::PasswordLogin;
+use crate::auth::error::{AuthError, FieldViolation};
+use axum::Json;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+/// Password sign-in request (`dto.LoginRequest`).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct LoginRequest {
+    /// Username, email or phone.
+    pub identity: String,
+    /// The password, or its digest or ciphertext depending on `password_transmission`.
+    pub password: String,
+    /// `plain` (default), `hash`, `symmetric` or `asymmetric`.
+    #[serde(default)]
+    pub password_transmission: Option<String>,
+    /// Tenant; else `X-Tenant-ID`; else `default`.
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+    /// CAPTCHA challenge id.
+    #[serde(default)]
+    pub captcha_challenge_id: Option<String>,
+    /// CAPTCHA provider (`pow` or `turnstile`).
+    #[serde(default)]
+    pub captcha_provider: Option<String>,
+    /// CAPTCHA solution.
+    #[serde(default)]
+    pub captcha_token: Option<String>,
+    /// hash mode: client nonce.
+    #[serde(default)]
+    pub client_nonce: Option<String>,
+    /// symmetric mode: the client's ephemeral ECDH public key.
+    #[serde(default)]
+    pub client_pub_key: Option<String>,
+    /// symmetric mode: the key-exchange id.
+    #[serde(default)]
+    pub key_exchange_id: Option<String>,
+    /// asymmetric mode: the transmission key id.
+    #[serde(default)]
+    pub key_id: Option<String>,
+}
+
+/// Sign in with identity and password.
+#[utoipa::path(
+    post,
+    path = "/auth/login",
+    tag = "auth",
+    request_body = LoginRequest,
+    params(("X-Tenant-ID" = Option<String>, Header, description = "Tenant when the body has none")),
+    responses(
+        (status = 200, description = "Signed in", body = LoginResponse),
+        (status = 400, description = "Invalid input, credentials or tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Account disabled", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<LoginRequest>,
+) -> Result<Json<LoginResponse>, ApiError> {
+    match req.password_transmission.as_deref().unwrap_or("plain") {
+        "plain" => {}
+        "hash" | "symmetric" | "asymmetric" => return Err(AuthError::TransmissionNotAccepted.into()),
+        _ => {
+            return Err(ApiError::invalid(vec![FieldViolation::new(
+                "password_transmission",
+                "format",
+                "one of plain, hash, symmetric, asymmetric",
+            )]));
+        }
+    }
+    let tenant_id = tenant_of(req.tenant_id.as_deref(), &headers);
+    let result = state
+        .auth
+        .login_password(PasswordLogin {
+            identity: req.identity,
+            password: req.password,
+            tenant_id,
+        })
+        .await;
+    state.metrics.record_login("password", result.as_ref().map(|_| ()));
+    Ok(Json(result?.into()))
+}

@@ -1,0 +1,165 @@
+//! The `auth-server` command: serve (the default), migrate, add users, print the OpenAPI
+//! document.
+
+use anyhow::{Context, bail};
+use auth_server::app;
+use auth_server::auth::clock::SystemClock;
+use auth_server::auth::users::UserInput;
+use auth_server::settings::{ServeSettings, StorageSettings};
+use clap::{Parser, Subcommand};
+use std::io::BufRead;
+use std::sync::Arc;
+
+/// Keygate authentication server.
+///
+/// Without a subcommand it serves: `auth-server` on a fresh machine starts a working service
+/// on 127.0.0.1:8080 with a SQLite database and a generated signing key in ./data, and the
+/// tenant `default`. Create the first user with `auth-server user add`. Every flag can also be
+/// set through the environment variable shown with it.
+#[derive(Debug, Parser)]
+#[command(name = "auth-server", version, about, long_about, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    storage: StorageSettings,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the HTTP API (the default).
+    Serve(ServeSettings),
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Print the OpenAPI document.
+    Openapi {
+        /// Prefix of the API routes in the document.
+        #[arg(long, env = "KEYGATE_BASE_PATH", default_value = "/api/v1")]
+        base_path: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Create a user and print its id. The password is read from the first line of
+    /// standard input: `printf '%s\n' "$PW" | auth-server user add --username alice --password-stdin`.
+    Add {
+        /// Username (letters, digits, '.', '_', '-'; stored lowercase).
+        #[arg(long)]
+        username: String,
+        /// Email address.
+        #[arg(long)]
+        email: Option<String>,
+        /// Phone number in E.164 form (+14155550123).
+        #[arg(long)]
+        phone: Option<String>,
+        /// Tenant id.
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// Role to grant (repeatable): admin.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Read the password from standard input (required: passwords never go on the
+        /// command line).
+        #[arg(long)]
+        password_stdin: bool,
+        /// Require a password change at first sign-in.
+        #[arg(long)]
+        must_change_password: bool,
+    },
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYGATE_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn parse_cli() -> Cli {
+    let cli = Cli::parse();
+    if cli.command.is_some() {
+        return cli;
+    }
+    // No subcommand: serve, with every setting from the environment or defaults.
+    let mut args: Vec<String> = std::env::args().collect();
+    args.insert(1.min(args.len()), "serve".into());
+    Cli::parse_from(args)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = parse_cli();
+    match cli.command {
+        Some(Command::Serve(settings)) => {
+            init_logging(settings.log_format == "json");
+            app::serve(cli.storage, settings).await?;
+        }
+        Some(Command::Migrate) => {
+            init_logging(false);
+            let store = auth_server::store::SqlStore::open(&cli.storage.effective_database_url())
+                .await
+                .context("migrate")?;
+            store.close().await;
+            eprintln!("migrations applied");
+        }
+        Some(Command::User(UserCommand::Add {
+            username,
+            email,
+            phone,
+            tenant,
+            roles,
+            password_stdin,
+            must_change_password,
+        })) => {
+            init_logging(false);
+            if !password_stdin {
+                bail!("--password-stdin is required: pipe the password on standard input");
+            }
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line).context("reading the password")?;
+            let password = line.trim_end_matches(['\r', '\n']).to_owned();
+            let opened = app::open(&cli.storage).await?;
+            let (auth, _) = app::service(opened, None, String::new(), Arc::new(SystemClock)).await?;
+            let user = auth
+                .create_user(
+                    &tenant,
+                    UserInput {
+                        username,
+                        email,
+                        phone,
+                        password: Some(password),
+                        roles,
+                        must_change_password,
+                    },
+                )
+                .await
+                .map_err(|e| match e {
+                    auth_server::auth::error::AuthError::Validation(v) => anyhow::anyhow!(
+                        "invalid user: {}",
+                        v.iter()
+                            .map(|f| format!("{}: {}", f.field, f.description))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ),
+                    other => anyhow::anyhow!("{other}"),
+                })?;
+            auth.store.close().await;
+            println!("{}", user.id);
+        }
+        Some(Command::Openapi { base_path }) => {
+            let base = auth_server::settings::normalize_base_path(&base_path);
+            println!("{}", auth_server::http::openapi(&base).to_pretty_json()?);
+        }
+        None => unreachable!("parse_cli always yields a command"),
+    }
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! Immutable process settings, from command-line flags and `KEYGATE_*` environment variables:
+//! where to listen, where data lives, which backing services to use. Everything that may change
+//! at run time lives in the runtime configuration instead.
+
+use clap::Args;
+use keygate_config::SigningAlgorithm;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Settings shared by every subcommand that touches storage.
+#[derive(Debug, Clone, Args)]
+pub struct StorageSettings {
+    /// Directory for the embedded database and the generated development signing key.
+    /// Created if missing.
+    #[arg(long, env = "KEYGATE_DATA_DIR", default_value = "./data", global = true)]
+    pub data_dir: PathBuf,
+
+    /// Durable storage: `sqlite://PATH` or `postgres://USER:PASS@HOST:PORT/DB`.
+    /// Default: a SQLite file `keygate.db` in the data directory.
+    #[arg(long, env = "KEYGATE_DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+
+    /// Runtime-configuration file (JSON, or TOML when it ends in `.toml`): signing keys,
+    /// token lifetimes, password hashing. Optional.
+    #[arg(long, env = "KEYGATE_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+
+    /// Server-side pepper mixed into every password hash (keep it in a secret; changing it
+    /// invalidates every stored password).
+    #[arg(long, env = "KEYGATE_PASSWORD_PEPPER", hide_env_values = true, global = true)]
+    pub password_pepper: Option<String>,
+
+    /// Algorithm of the signing key generated in the data directory when the runtime
+    /// configuration has none: ES256, EdDSA or RS256.
+    #[arg(long, env = "KEYGATE_SIGNING_ALG", default_value = "ES256", global = true)]
+    pub signing_alg: SigningAlgorithm,
+}
+
+impl StorageSettings {
+    /// The database URL in force (explicit, or the embedded SQLite file).
+    pub fn effective_database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("keygate.db").display()
+            ),
+        }
+    }
+}
+
+/// Settings of `serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeSettings {
+    /// Address to listen on.
+    #[arg(long, env = "KEYGATE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Ephemeral state (revoked tokens, later codes, tickets, counters):
+    /// `redis://HOST:PORT` or `rediss://`. Unset: kept in process (one replica only).
+    #[arg(long, env = "KEYGATE_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every API route. Deployed clients behind a gateway may need
+    /// `/identity/api/v1`.
+    #[arg(long, env = "KEYGATE_BASE_PATH", default_value = "/api/v1")]
+    pub base_path: String,
+
+    /// Issuer (`iss`) of the tokens and base of the discovery URLs.
+    /// Default: `http://` + the listen address.
+    #[arg(long, env = "KEYGATE_ISSUER")]
+    pub issuer: Option<String>,
+
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "KEYGATE_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+
+    /// Seconds that in-flight requests get to finish after SIGTERM/SIGINT.
+    #[arg(long, env = "KEYGATE_SHUTDOWN_GRACE_SECONDS", default_value_t = 25)]
+    pub shutdown_grace_seconds: u64,
+}
+
+impl ServeSettings {
+    /// The issuer in force, without a trailing slash.
+    pub fn effective_issuer(&self) -> String {
+        match &self.issuer {
+            Some(i) => i.trim_end_matches('/').to_owned(),
+            None => format!("http://{}", self.listen),
+        }
+    }
+
+    /// The base path normalised to `/x/y` (or empty for the root).
+    pub fn normalized_base_path(&self) -> String {
+        normalize_base_path(&self.base_path)
+    }
+}
+
+/// `api/v1/` → `/api/v1`; `/` → ``.
+pub fn normalize_base_path(raw: &str) -> String {
+    let trimmed = raw.trim().trim_matches('/');
+    if trimmed.is_empty() {
+        String::new()
+    } else {
+        format!("/{trimmed}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_paths_normalise() {
+        assert_eq!(normalize_base_path("/api/v1"), "/api/v1");
+        assert_eq!(normalize_base_path("identity/api/v1/"), "/identity/api/v1");
+        assert_eq!(normalize_base_path("/"), "");
+    }
+}

@@ -1,0 +1,156 @@
+//! Durable storage: tenants, users, sessions and refresh tokens in SQLite (embedded default) or
+//! Postgres (production), behind one API. Both backends run the same SQL through sqlx's `Any`
+//! driver (portable statements, `$n` parameters in order, integers for time and flags); the
+//! schema lives in per-backend migrations. One contract test suite runs against both.
+
+mod sql;
+
+pub use sql::{Backend, SqlStore};
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique constraint refused the write; the value names the field (`username`,
+    /// `email`, `phone`).
+    #[error("{0} already exists")]
+    Conflict(&'static str),
+    /// A row the operation depends on does not exist (e.g. the tenant of a new user).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The database is unreachable or answered with an error.
+    #[error("database: {0}")]
+    Database(String),
+    /// Migrations could not be applied.
+    #[error("migration: {0}")]
+    Migration(String),
+}
+
+/// A tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    /// Canonical id (`default`, or `tnt_...`).
+    pub id: String,
+    /// Short name.
+    pub name: String,
+    /// Name for people.
+    pub display_name: String,
+}
+
+/// Account status.
+pub mod status {
+    /// May sign in.
+    pub const ACTIVE: &str = "active";
+    /// Disabled by an administrator.
+    pub const DISABLED: &str = "disabled";
+}
+
+/// A user as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// `usr_...`
+    pub id: String,
+    /// Tenant.
+    pub tenant_id: String,
+    /// Unique within the tenant, lowercase.
+    pub username: String,
+    /// Unique within the tenant, lowercase.
+    pub email: Option<String>,
+    /// E.164, unique within the tenant.
+    pub phone: Option<String>,
+    /// argon2id PHC string over the canonical digest; `None` for password-less accounts.
+    pub password_hash: Option<String>,
+    /// `active` or `disabled`.
+    pub status: String,
+    /// Role names (`admin`).
+    pub roles: Vec<String>,
+    /// An administrator requires a password change.
+    pub must_change_password: bool,
+    /// When the password was last set.
+    pub password_changed_at: Option<i64>,
+    /// Creation time.
+    pub created_at: i64,
+}
+
+impl User {
+    /// The user holds `role`.
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+}
+
+/// A user to create.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    /// Pre-generated id.
+    pub id: String,
+    /// Tenant.
+    pub tenant_id: String,
+    /// Normalised username.
+    pub username: String,
+    /// Normalised email.
+    pub email: Option<String>,
+    /// E.164 phone.
+    pub phone: Option<String>,
+    /// PHC string.
+    pub password_hash: Option<String>,
+    /// Roles.
+    pub roles: Vec<String>,
+    /// Require a change at first login.
+    pub must_change_password: bool,
+    /// Now.
+    pub created_at: i64,
+}
+
+/// Which column an identity is looked up in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityKind {
+    /// Username.
+    Username,
+    /// Email address.
+    Email,
+    /// Phone number.
+    Phone,
+}
+
+/// A session (a refresh-token family).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// `ses_...`
+    pub id: String,
+    /// Tenant.
+    pub tenant_id: String,
+    /// User.
+    pub user_id: String,
+    /// Authentication methods used to open it.
+    pub amr: Vec<String>,
+    /// Opened at.
+    pub created_at: i64,
+    /// Absolute end.
+    pub expires_at: i64,
+    /// Revocation time, if revoked.
+    pub revoked_at: Option<i64>,
+}
+
+/// A refresh token as stored (by hash) together with its session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshRecord {
+    /// SHA-256 of the token.
+    pub token_hash: String,
+    /// Its session.
+    pub session: Session,
+    /// End of this token's validity.
+    pub expires_at: i64,
+    /// When it was exchanged for a successor.
+    pub rotated_at: Option<i64>,
+}
+
+/// A refresh token to store.
+#[derive(Debug, Clone)]
+pub struct NewRefresh {
+    /// SHA-256 of the token.
+    pub token_hash: String,
+    /// Issued at.
+    pub created_at: i64,
+    /// End of validity.
+    pub expires_at: i64,
+}

@@ -1,0 +1,412 @@
+//! The SQL implementation of durable storage over sqlx's `Any` pool: connection set-up per
+//! backend (SQLite pragmas, Postgres pool), migrations, and every statement.
+
+use super::{
+    IdentityKind, NewRefresh, NewUser, RefreshRecord, Session, StoreError, Tenant, User,
+};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
+use std::time::Duration;
+
+/// Which database is behind the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite file (embedded default).
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+/// Durable storage on SQLite or Postgres.
+#[derive(Debug, Clone)]
+pub struct SqlStore {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+fn db(e: sqlx::Error) -> StoreError {
+    if let sqlx::Error::Database(d) = &e {
+        let text = format!("{} {}", d.constraint().unwrap_or_default(), d.message());
+        match d.kind() {
+            sqlx::error::ErrorKind::UniqueViolation => {
+                for field in ["username", "email", "phone"] {
+                    if text.contains(field) {
+                        return StoreError::Conflict(field);
+                    }
+                }
+                return StoreError::Conflict("id");
+            }
+            sqlx::error::ErrorKind::ForeignKeyViolation => {
+                return StoreError::NotFound("referenced row");
+            }
+            _ => {}
+        }
+    }
+    StoreError::Database(e.to_string())
+}
+
+const USER_COLUMNS: &str = "id, tenant_id, username, email, phone, password_hash, status, roles, \
+     must_change_password, password_changed_at, created_at";
+
+const SESSION_COLUMNS: &str = "s.id, s.tenant_id, s.user_id, s.amr, s.created_at, s.expires_at, s.revoked_at";
+
+fn split_list(s: &str) -> Vec<String> {
+    s.split(' ').filter(|x| !x.is_empty()).map(str::to_owned).collect()
+}
+
+fn user_from(row: &AnyRow) -> Result<User, sqlx::Error> {
+    Ok(User {
+        id: row.try_get("id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        username: row.try_get("username")?,
+        email: row.try_get("email")?,
+        phone: row.try_get("phone")?,
+        password_hash: row.try_get("password_hash")?,
+        status: row.try_get("status")?,
+        roles: split_list(&row.try_get::<String, _>("roles")?),
+        must_change_password: row.try_get::<i64, _>("must_change_password")? != 0,
+        password_changed_at: row.try_get("password_changed_at")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn session_from(row: &AnyRow) -> Result<Session, sqlx::Error> {
+    Ok(Session {
+        id: row.try_get("id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        user_id: row.try_get("user_id")?,
+        amr: split_list(&row.try_get::<String, _>("amr")?),
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+    })
+}
+
+impl SqlStore {
+    /// Connects (creating the SQLite file when the URL allows it) without migrating.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::Database(
+                "database URL must start with sqlite:// or postgres://".into(),
+            ));
+        };
+        let max = match backend {
+            Backend::Sqlite => 4,
+            Backend::Postgres => 16,
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(Duration::from_secs(5))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        conn.execute(
+                            "PRAGMA foreign_keys = ON; PRAGMA journal_mode = WAL; \
+                             PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000;",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await
+            .map_err(|e| StoreError::Database(redact(&e.to_string(), url)))?;
+        Ok(Self { pool, backend })
+    }
+
+    /// Connects and applies pending migrations.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let store = Self::connect(url).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Applies pending migrations of this backend.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let migrator = match self.backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres"),
+        };
+        migrator
+            .run(&self.pool)
+            .await
+            .map_err(|e| StoreError::Migration(e.to_string()))
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Round trip to the database (readiness).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ()).map_err(db)
+    }
+
+    /// Closes the pool (shutdown).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// A tenant by canonical id.
+    pub async fn tenant(&self, id: &str) -> Result<Option<Tenant>, StoreError> {
+        let row = sqlx::query("SELECT id, name, display_name FROM tenants WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.map(|r| {
+            Ok(Tenant {
+                id: r.try_get("id")?,
+                name: r.try_get("name")?,
+                display_name: r.try_get("display_name")?,
+            })
+        })
+        .transpose()
+        .map_err(db)
+    }
+
+    /// Creates a tenant.
+    pub async fn create_tenant(&self, t: &Tenant, now: i64) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO tenants (id, name, display_name, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(&t.id)
+            .bind(&t.name)
+            .bind(&t.display_name)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(db)
+    }
+
+    /// Creates a user; `Conflict(field)` when the username, email or phone is taken in the
+    /// tenant, `NotFound` when the tenant does not exist.
+    pub async fn create_user(&self, u: &NewUser) -> Result<User, StoreError> {
+        if self.tenant(&u.tenant_id).await?.is_none() {
+            return Err(StoreError::NotFound("tenant"));
+        }
+        sqlx::query(
+            "INSERT INTO users (id, tenant_id, username, email, phone, password_hash, status, roles, \
+             must_change_password, password_changed_at, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(&u.id)
+        .bind(&u.tenant_id)
+        .bind(&u.username)
+        .bind(&u.email)
+        .bind(&u.phone)
+        .bind(&u.password_hash)
+        .bind(super::status::ACTIVE)
+        .bind(u.roles.join(" "))
+        .bind(i64::from(u.must_change_password))
+        .bind(u.password_hash.as_ref().map(|_| u.created_at))
+        .bind(u.created_at)
+        .bind(u.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        self.user(&u.id).await?.ok_or(StoreError::NotFound("user"))
+    }
+
+    /// A user by id.
+    pub async fn user(&self, id: &str) -> Result<Option<User>, StoreError> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
+        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await.map_err(db)?;
+        row.as_ref().map(user_from).transpose().map_err(db)
+    }
+
+    /// A user by normalised identity within a tenant.
+    pub async fn user_by_identity(
+        &self,
+        tenant_id: &str,
+        kind: IdentityKind,
+        value: &str,
+    ) -> Result<Option<User>, StoreError> {
+        let column = match kind {
+            IdentityKind::Username => "username",
+            IdentityKind::Email => "email",
+            IdentityKind::Phone => "phone",
+        };
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 AND {column} = $2");
+        let row = sqlx::query(&sql)
+            .bind(tenant_id)
+            .bind(value)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.as_ref().map(user_from).transpose().map_err(db)
+    }
+
+    /// Replaces a user's password hash (rehash on parameter change, password change).
+    pub async fn set_password_hash(&self, user_id: &str, phc: &str, now: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3")
+            .bind(phc)
+            .bind(now)
+            .bind(user_id)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(db)
+    }
+
+    /// Opens a session with its first refresh token, atomically.
+    pub async fn create_session(&self, s: &Session, first: &NewRefresh) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        sqlx::query(
+            "INSERT INTO sessions (id, tenant_id, user_id, amr, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&s.id)
+        .bind(&s.tenant_id)
+        .bind(&s.user_id)
+        .bind(s.amr.join(" "))
+        .bind(s.created_at)
+        .bind(s.expires_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        insert_refresh(&mut tx, &s.id, first).await?;
+        tx.commit().await.map_err(db)
+    }
+
+    /// A session by id.
+    pub async fn session(&self, id: &str) -> Result<Option<Session>, StoreError> {
+        let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions s WHERE s.id = $1");
+        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await.map_err(db)?;
+        row.as_ref().map(session_from).transpose().map_err(db)
+    }
+
+    /// A refresh token by hash, with its session.
+    pub async fn refresh_token(&self, token_hash: &str) -> Result<Option<RefreshRecord>, StoreError> {
+        let sql = format!(
+            "SELECT rt.token_hash, rt.expires_at AS rt_expires_at, rt.rotated_at, {SESSION_COLUMNS} \
+             FROM refresh_tokens rt JOIN sessions s ON s.id = rt.session_id WHERE rt.token_hash = $1"
+        );
+        let row = sqlx::query(&sql)
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.map(|r| {
+            Ok(RefreshRecord {
+                token_hash: r.try_get("token_hash")?,
+                expires_at: r.try_get("rt_expires_at")?,
+                rotated_at: r.try_get("rotated_at")?,
+                session: session_from(&r)?,
+            })
+        })
+        .transpose()
+        .map_err(db)
+    }
+
+    /// Marks `old_hash` rotated at `now` and stores its successor, atomically; `false` when
+    /// the token had already been rotated (by a concurrent request or a replay).
+    pub async fn rotate_refresh(
+        &self,
+        session_id: &str,
+        old_hash: &str,
+        now: i64,
+        next: &NewRefresh,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let done = sqlx::query(
+            "UPDATE refresh_tokens SET rotated_at = $1 WHERE token_hash = $2 AND session_id = $3 \
+             AND rotated_at IS NULL",
+        )
+        .bind(now)
+        .bind(old_hash)
+        .bind(session_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        if done != 1 {
+            tx.rollback().await.map_err(db)?;
+            return Ok(false);
+        }
+        insert_refresh(&mut tx, session_id, next).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(true)
+    }
+
+    /// Adds a refresh token to an existing session (a replay inside the grace window).
+    pub async fn add_refresh(&self, session_id: &str, next: &NewRefresh) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        insert_refresh(&mut tx, session_id, next).await?;
+        tx.commit().await.map_err(db)
+    }
+
+    /// Revokes a session and so every refresh token of it; `false` if it was already revoked.
+    pub async fn revoke_session(&self, id: &str, now: i64, reason: &str) -> Result<bool, StoreError> {
+        sqlx::query(
+            "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 WHERE id = $3 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(reason)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map(|r| r.rows_affected() == 1)
+        .map_err(db)
+    }
+
+    /// Deletes refresh tokens and sessions that ended before `before` (housekeeping).
+    pub async fn purge_expired(&self, before: i64) -> Result<u64, StoreError> {
+        let tokens = sqlx::query("DELETE FROM refresh_tokens WHERE expires_at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?
+            .rows_affected();
+        sqlx::query(
+            "DELETE FROM refresh_tokens WHERE session_id IN \
+             (SELECT id FROM sessions WHERE expires_at < $1)",
+        )
+        .bind(before)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        let sessions = sqlx::query("DELETE FROM sessions WHERE expires_at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?
+            .rows_affected();
+        Ok(tokens + sessions)
+    }
+}
+
+async fn insert_refresh(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    session_id: &str,
+    r: &NewRefresh,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(&r.token_hash)
+    .bind(session_id)
+    .bind(r.created_at)
+    .bind(r.expires_at)
+    .execute(&mut **tx)
+    .await
+    .map(|_| ())
+    .map_err(db)
+}
+
+/// Removes a password from an error message that may quote the URL.
+fn redact(message: &str, url: &str) -> String {
+    match url.split_once("://").and_then(|(_, rest)| rest.split_once('@')) {
+        Some((userinfo, _)) => match userinfo.split_once(':') {
+            Some((_, password)) if !password.is_empty() => message.replace(password, "***"),
+            _ => message.to_owned(),
+        },
+        None => message.to_owned(),
+    }
+}
