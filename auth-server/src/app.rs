@@ -62,11 +62,17 @@ pub async fn open(storage: &StorageSettings) -> Result<Opened, StartError> {
         .await
         .map_err(|e| StartError(format!("database: {e}")))?;
     let dev_key = if config.signing_keys.is_empty() {
-        Some(load_or_generate_dev_key(&storage.data_dir, storage.signing_alg).map_err(|e| StartError(e.to_string()))?)
+        Some(
+            load_or_generate_dev_key(&storage.data_dir, storage.signing_alg)
+                .map_err(|e| StartError(e.to_string()))?,
+        )
     } else {
         None
     };
-    let pepper = storage.password_pepper.as_ref().map(|p| p.as_bytes().to_vec());
+    let pepper = storage
+        .password_pepper
+        .as_ref()
+        .map(|p| p.as_bytes().to_vec());
     let hasher = PasswordHasher::new(&config.password_hashing, pepper)
         .map_err(|e| StartError(e.to_string()))?;
     Ok(Opened {
@@ -92,9 +98,17 @@ pub async fn service(
         ),
         None => Ephemeral::Memory(MemoryEphemeral::new(clock.clone())),
     };
-    let runtime = Runtime::build(opened.config, opened.dev_key.as_ref()).map_err(fail("configuration"))?;
+    let runtime =
+        Runtime::build(opened.config, opened.dev_key.as_ref()).map_err(fail("configuration"))?;
     Ok((
-        AuthService::new(opened.store, ephemeral, clock, opened.hasher, runtime, issuer),
+        AuthService::new(
+            opened.store,
+            ephemeral,
+            clock,
+            opened.hasher,
+            runtime,
+            issuer,
+        ),
         opened.dev_key,
     ))
 }
@@ -124,7 +138,9 @@ pub async fn serve(storage: StorageSettings, settings: ServeSettings) -> Result<
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|e| StartError(format!("cannot listen on {}: {e}", settings.listen)))?;
-    let local = listener.local_addr().map_err(|e| StartError(e.to_string()))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| StartError(e.to_string()))?;
     tracing::info!(
         addr = %local,
         issuer = auth.issuer(),
@@ -133,12 +149,15 @@ pub async fn serve(storage: StorageSettings, settings: ServeSettings) -> Result<
         "keygate auth-server listening"
     );
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            tracing::info!("shutting down: finishing in-flight requests");
-            let _ = stop_tx.send(true);
-        });
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        let _ = stop_tx.send(true);
+    });
     let grace = Duration::from_secs(settings.shutdown_grace_seconds);
     tokio::select! {
         r = server => r.map_err(|e| StartError(e.to_string()))?,
@@ -185,13 +204,16 @@ async fn watch_config(auth: AuthService, path: PathBuf, dev_key: Option<SigningK
             continue;
         }
         last = current;
-        let result = load_config(Some(&path)).and_then(|config| {
-            Runtime::build(config, dev_key.as_ref()).map_err(StartError)
-        });
+        let result = load_config(Some(&path))
+            .and_then(|config| Runtime::build(config, dev_key.as_ref()).map_err(StartError));
         match result.map(|rt| auth.replace_runtime(rt)) {
             Ok(Ok(())) => tracing::info!(path = %path.display(), "runtime configuration reloaded"),
-            Ok(Err(e)) => tracing::error!(error = %e, "runtime configuration rejected; keeping the last good one"),
-            Err(e) => tracing::error!(error = %e, "runtime configuration rejected; keeping the last good one"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "runtime configuration rejected; keeping the last good one")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "runtime configuration rejected; keeping the last good one")
+            }
         }
     }
 }

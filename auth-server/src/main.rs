@@ -17,7 +17,13 @@ use std::sync::Arc;
 /// tenant `default`. Create the first user with `auth-server user add`. Every flag can also be
 /// set through the environment variable shown with it.
 #[derive(Debug, Parser)]
-#[command(name = "auth-server", version, about, long_about, propagate_version = true)]
+#[command(
+    name = "auth-server",
+    version,
+    about,
+    long_about,
+    propagate_version = true
+)]
 struct Cli {
     #[command(flatten)]
     storage: StorageSettings,
@@ -76,7 +82,9 @@ fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEYGATE_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -125,10 +133,14 @@ async fn main() -> anyhow::Result<()> {
                 bail!("--password-stdin is required: pipe the password on standard input");
             }
             let mut line = String::new();
-            std::io::stdin().lock().read_line(&mut line).context("reading the password")?;
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .context("reading the password")?;
             let password = line.trim_end_matches(['\r', '\n']).to_owned();
             let opened = app::open(&cli.storage).await?;
-            let (auth, _) = app::service(opened, None, String::new(), Arc::new(SystemClock)).await?;
+            let (auth, _) =
+                app::service(opened, None, String::new(), Arc::new(SystemClock)).await?;
             let user = auth
                 .create_user(
                     &tenant,

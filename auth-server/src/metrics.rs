@@ -55,13 +55,21 @@ impl Default for Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         let latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
         let logins = Family::<LoginLabels, Counter>::default();
-        registry.register("http_requests", "HTTP requests by route and outcome", requests.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests by route and outcome",
+            requests.clone(),
+        );
         registry.register(
             "http_request_duration_seconds",
             "HTTP request latency by route and outcome",
             latency.clone(),
         );
-        registry.register("logins", "Sign-in and refresh attempts by method and outcome", logins.clone());
+        registry.register(
+            "logins",
+            "Sign-in and refresh attempts by method and outcome",
+            logins.clone(),
+        );
         Self {
             registry,
             requests,
@@ -93,7 +101,9 @@ impl Metrics {
             Ok(()) => "success",
             Err(_) => "failure",
         };
-        self.logins.get_or_create(&LoginLabels { method, outcome }).inc();
+        self.logins
+            .get_or_create(&LoginLabels { method, outcome })
+            .inc();
     }
 
     fn observe(&self, method: &str, route: &str, status: u16, seconds: f64) {
@@ -125,7 +135,12 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let res = next.run(req).await;
-    metrics.observe(&method, &route, res.status().as_u16(), started.elapsed().as_secs_f64());
+    metrics.observe(
+        &method,
+        &route,
+        res.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     res
 }
 
@@ -142,7 +157,13 @@ mod tests {
         assert!(text.contains(
             r#"keygate_http_requests_total{method="POST",route="/api/v1/auth/login",status="400",outcome="client_error"} 1"#
         ), "{text}");
-        assert!(text.contains("keygate_http_request_duration_seconds_bucket"), "{text}");
-        assert!(text.contains(r#"keygate_logins_total{method="password",outcome="success"} 1"#), "{text}");
+        assert!(
+            text.contains("keygate_http_request_duration_seconds_bucket"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"keygate_logins_total{method="password",outcome="success"} 1"#),
+            "{text}"
+        );
     }
 }

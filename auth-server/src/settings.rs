@@ -12,7 +12,12 @@ use std::path::PathBuf;
 pub struct StorageSettings {
     /// Directory for the embedded database and the generated development signing key.
     /// Created if missing.
-    #[arg(long, env = "KEYGATE_DATA_DIR", default_value = "./data", global = true)]
+    #[arg(
+        long,
+        env = "KEYGATE_DATA_DIR",
+        default_value = "./data",
+        global = true
+    )]
     pub data_dir: PathBuf,
 
     /// Durable storage: `sqlite://PATH` or `postgres://USER:PASS@HOST:PORT/DB`.
@@ -27,12 +32,22 @@ pub struct StorageSettings {
 
     /// Server-side pepper mixed into every password hash (keep it in a secret; changing it
     /// invalidates every stored password).
-    #[arg(long, env = "KEYGATE_PASSWORD_PEPPER", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "KEYGATE_PASSWORD_PEPPER",
+        hide_env_values = true,
+        global = true
+    )]
     pub password_pepper: Option<String>,
 
     /// Algorithm of the signing key generated in the data directory when the runtime
     /// configuration has none: ES256, EdDSA or RS256.
-    #[arg(long, env = "KEYGATE_SIGNING_ALG", default_value = "ES256", global = true)]
+    #[arg(
+        long,
+        env = "KEYGATE_SIGNING_ALG",
+        default_value = "ES256",
+        global = true
+    )]
     pub signing_alg: SigningAlgorithm,
 }
 

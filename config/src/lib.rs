@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
 /// Everything the server may change without a restart.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
     /// Token lifetimes and audience.
@@ -17,16 +17,6 @@ pub struct RuntimeConfig {
     /// argon2id parameters for new hashes; existing hashes keep the parameters they were made
     /// with and are upgraded on the next successful login.
     pub password_hashing: PasswordHashing,
-}
-
-impl Default for RuntimeConfig {
-    fn default() -> Self {
-        Self {
-            tokens: TokenPolicy::default(),
-            signing_keys: Vec::new(),
-            password_hashing: PasswordHashing::default(),
-        }
-    }
 }
 
 /// Token lifetimes, audience and refresh-rotation policy.
@@ -261,17 +251,14 @@ mod tests {
 
     #[test]
     fn ranges_are_checked() {
-        let err = RuntimeConfig::parse(
-            "[tokens]\naccess_token_ttl_seconds = 5\n",
-            Format::Toml,
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("access_token_ttl_seconds"), "{err}");
-        let err = RuntimeConfig::parse(
-            r#"{"password_hashing": {"memory_kib": 16}}"#,
-            Format::Json,
-        )
-        .unwrap_err();
+        let err = RuntimeConfig::parse("[tokens]\naccess_token_ttl_seconds = 5\n", Format::Toml)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("access_token_ttl_seconds"),
+            "{err}"
+        );
+        let err = RuntimeConfig::parse(r#"{"password_hashing": {"memory_kib": 16}}"#, Format::Json)
+            .unwrap_err();
         assert!(err.to_string().contains("memory_kib"), "{err}");
     }
 
@@ -297,9 +284,18 @@ mod tests {
 
     #[test]
     fn algorithm_names_parse() {
-        assert_eq!("ES256".parse::<SigningAlgorithm>().unwrap(), SigningAlgorithm::ES256);
-        assert_eq!("EdDSA".parse::<SigningAlgorithm>().unwrap(), SigningAlgorithm::EdDSA);
-        assert_eq!("RS256".parse::<SigningAlgorithm>().unwrap(), SigningAlgorithm::RS256);
+        assert_eq!(
+            "ES256".parse::<SigningAlgorithm>().unwrap(),
+            SigningAlgorithm::ES256
+        );
+        assert_eq!(
+            "EdDSA".parse::<SigningAlgorithm>().unwrap(),
+            SigningAlgorithm::EdDSA
+        );
+        assert_eq!(
+            "RS256".parse::<SigningAlgorithm>().unwrap(),
+            SigningAlgorithm::RS256
+        );
         assert!("HS256".parse::<SigningAlgorithm>().is_err());
     }
 }

@@ -1,1 +1,276 @@
-//! placeholder
+//! Test harness for cross-process tests: the real Postgres and Redis servers that the test
+//! command started (a fresh database per test), and `auth-server` processes started from the
+//! built binary on free loopback ports and killed when dropped.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// URL of the Postgres server started by the test command (`scripts/test`).
+pub fn postgres_server_url() -> String {
+    std::env::var("KEYGATE_TEST_DATABASE_URL").expect(
+        "KEYGATE_TEST_DATABASE_URL is not set: run the tests through scripts/test, which starts \
+         a real Postgres server",
+    )
+}
+
+/// URL of the Redis server started by the test command.
+pub fn redis_url() -> String {
+    std::env::var("KEYGATE_TEST_REDIS_URL").expect(
+        "KEYGATE_TEST_REDIS_URL is not set: run the tests through scripts/test, which starts a \
+         real Redis server",
+    )
+}
+
+/// A random lowercase suffix for names that must not collide between tests.
+pub fn unique(prefix: &str) -> String {
+    use rand::Rng;
+    let n: u64 = rand::thread_rng().r#gen();
+    format!("{prefix}{n:016x}")
+}
+
+/// Creates an empty database on the test Postgres server and returns its URL.
+pub async fn fresh_postgres_database() -> String {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let server = postgres_server_url();
+    let name = unique("kg_");
+    let mut conn = sqlx::AnyConnection::connect(&server)
+        .await
+        .expect("connect to the test Postgres server");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create a test database");
+    conn.close().await.ok();
+    with_database(&server, &name)
+}
+
+fn with_database(server_url: &str, db: &str) -> String {
+    let (base, query) = match server_url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (server_url, String::new()),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    format!("{}/{db}{query}", &base[..host_end])
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// The directory of the built workspace binaries (`target/debug` when testing in debug).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test-binary>
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .expect("test binary lives in target/<profile>/deps")
+}
+
+/// Path of a workspace binary such as `auth-server`; panics with advice when not built.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (scripts/test runs `cargo build --workspace --bins`)",
+        path.display()
+    );
+    path
+}
+
+/// A running `auth-server serve` process, killed on drop.
+pub struct ServerProcess {
+    child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub base_url: String,
+    /// The data directory it uses.
+    pub data_dir: PathBuf,
+    /// Its stderr log.
+    pub log_path: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+/// How to start a server.
+#[derive(Debug, Default, Clone)]
+pub struct ServerOptions {
+    /// Data directory; a new temporary one when `None`.
+    pub data_dir: Option<PathBuf>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+    /// Extra arguments after `serve`.
+    pub args: Vec<String>,
+}
+
+impl ServerProcess {
+    /// Starts `auth-server serve` and waits until `/healthz` answers.
+    pub fn start(options: ServerOptions) -> Self {
+        let (temp, data_dir) = match options.data_dir {
+            Some(d) => (None, d),
+            None => {
+                let t = tempfile::tempdir().expect("temp dir");
+                let d = t.path().to_path_buf();
+                (Some(t), d)
+            }
+        };
+        let port = free_port();
+        let log_path = data_dir.join(format!("server-{port}.log"));
+        std::fs::create_dir_all(&data_dir).expect("data dir");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let mut cmd = Command::new(workspace_bin("auth-server"));
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .args(&options.args)
+            .env("KEYGATE_DATA_DIR", &data_dir)
+            .env("KEYGATE_LOG", "info,sqlx=warn")
+            .envs(options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log));
+        let child = cmd.spawn().expect("spawn auth-server");
+        let mut server = Self {
+            child,
+            base_url: format!("http://127.0.0.1:{port}"),
+            data_dir,
+            log_path,
+            _temp: temp,
+        };
+        server.wait_healthy(Duration::from_secs(30));
+        server
+    }
+
+    fn wait_healthy(&mut self, limit: Duration) {
+        let started = Instant::now();
+        let addr = self.base_url.trim_start_matches("http://").to_owned();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "auth-server exited with {status} before becoming healthy:\n{}",
+                    self.log()
+                );
+            }
+            if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
+                let _ =
+                    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                let mut buf = [0u8; 12];
+                if std::io::Read::read(&mut s, &mut buf)
+                    .map(|n| buf[..n].starts_with(b"HTTP/1.1 200"))
+                    .unwrap_or(false)
+                {
+                    return;
+                }
+            }
+            assert!(
+                started.elapsed() < limit,
+                "auth-server did not become healthy:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self, limit: Duration) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "auth-server did not stop after SIGTERM:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `auth-server user add` against a data directory and returns the new user id.
+pub fn add_user(
+    data_dir: &Path,
+    env: &[(String, String)],
+    args: &[&str],
+    password: &str,
+) -> String {
+    let mut child = Command::new(workspace_bin("auth-server"))
+        .args(["user", "add"])
+        .args(args)
+        .arg("--password-stdin")
+        .env("KEYGATE_DATA_DIR", data_dir)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn auth-server user add");
+    writeln!(child.stdin.take().expect("stdin"), "{password}").expect("write password");
+    let out = child.wait_with_output().expect("user add output");
+    assert!(
+        out.status.success(),
+        "user add failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
+
+/// The repository root (for scripts and fixtures).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_urls_are_rewritten() {
+        assert_eq!(
+            with_database("postgres://u@127.0.0.1:5432/postgres", "kg_1"),
+            "postgres://u@127.0.0.1:5432/kg_1"
+        );
+        assert_eq!(
+            with_database("postgres://u@h:1?sslmode=disable", "x"),
+            "postgres://u@h:1/x?sslmode=disable"
+        );
+    }
+}

@@ -17,7 +17,11 @@ pub struct FieldViolation {
 
 impl FieldViolation {
     /// A violation of `field`.
-    pub fn new(field: impl Into<String>, code: &'static str, description: impl Into<String>) -> Self {
+    pub fn new(
+        field: impl Into<String>,
+        code: &'static str,
+        description: impl Into<String>,
+    ) -> Self {
         Self {
             field: field.into(),
             code,

@@ -66,7 +66,8 @@ impl SigningKey {
             SigningAlgorithm::EdDSA => (Algorithm::EdDSA, EncodingKey::from_ed_pem(pem)),
             SigningAlgorithm::RS256 => (Algorithm::RS256, EncodingKey::from_rsa_pem(pem)),
         };
-        let encoding = encoding.map_err(|e| invalid(format!("not a {} private key: {e}", c.algorithm.as_str())))?;
+        let encoding = encoding
+            .map_err(|e| invalid(format!("not a {} private key: {e}", c.algorithm.as_str())))?;
         let mut jwk = Jwk::from_encoding_key(&encoding, algorithm)
             .map_err(|e| invalid(format!("cannot derive the public key: {e}")))?;
         jwk.common.key_id = Some(c.kid.clone());
@@ -91,7 +92,8 @@ impl SigningKey {
     fn self_test(&self) -> Result<(), String> {
         let header = jsonwebtoken::Header::new(self.algorithm);
         let claims = serde_json::json!({"probe": true});
-        let token = jsonwebtoken::encode(&header, &claims, &self.encoding).map_err(|e| e.to_string())?;
+        let token =
+            jsonwebtoken::encode(&header, &claims, &self.encoding).map_err(|e| e.to_string())?;
         let mut v = jsonwebtoken::Validation::new(self.algorithm);
         v.required_spec_claims.clear();
         v.validate_exp = false;
@@ -192,7 +194,9 @@ pub fn generate_pem(alg: SigningAlgorithm) -> Result<String, String> {
                 .to_string()
         }
         SigningAlgorithm::EdDSA => {
-            use ed25519_dalek::pkcs8::{EncodePrivateKey, KeypairBytes, spki::der::pem::LineEnding};
+            use ed25519_dalek::pkcs8::{
+                EncodePrivateKey, KeypairBytes, spki::der::pem::LineEnding,
+            };
             let sk = ed25519_dalek::SigningKey::generate(&mut OsRng);
             KeypairBytes {
                 secret_key: sk.to_bytes(),
@@ -216,8 +220,14 @@ pub fn generate_pem(alg: SigningAlgorithm) -> Result<String, String> {
 
 /// Loads the development key for `alg` from `data_dir`, generating and persisting it (mode
 /// 0600) on first start. Its `kid` is the RFC 7638 thumbprint, so it is stable across restarts.
-pub fn load_or_generate_dev_key(data_dir: &Path, alg: SigningAlgorithm) -> Result<SigningKey, KeyError> {
-    let path = data_dir.join(format!("signing-key-{}.pem", alg.as_str().to_ascii_lowercase()));
+pub fn load_or_generate_dev_key(
+    data_dir: &Path,
+    alg: SigningAlgorithm,
+) -> Result<SigningKey, KeyError> {
+    let path = data_dir.join(format!(
+        "signing-key-{}.pem",
+        alg.as_str().to_ascii_lowercase()
+    ));
     let io = |reason: String| KeyError::Io {
         path: path.display().to_string(),
         reason,
@@ -284,13 +294,20 @@ mod tests {
 
     #[test]
     fn every_algorithm_generates_a_usable_key() {
-        for alg in [SigningAlgorithm::ES256, SigningAlgorithm::EdDSA, SigningAlgorithm::RS256] {
+        for alg in [
+            SigningAlgorithm::ES256,
+            SigningAlgorithm::EdDSA,
+            SigningAlgorithm::RS256,
+        ] {
             let k = key("k", alg, None, None);
             let jwk = serde_json::to_value(&k.jwk).unwrap();
             assert_eq!(jwk["kid"], "k");
             assert_eq!(jwk["use"], "sig");
             assert_eq!(jwk["alg"], alg.as_str());
-            assert!(jwk.get("d").is_none(), "private part must never be published: {jwk}");
+            assert!(
+                jwk.get("d").is_none(),
+                "private part must never be published: {jwk}"
+            );
         }
     }
 

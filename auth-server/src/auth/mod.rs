@@ -132,7 +132,8 @@ impl AuthService {
 
     /// Swaps in a new runtime configuration (hot reload).
     pub fn replace_runtime(&self, runtime: Runtime) -> Result<(), AuthError> {
-        self.hasher.update_params(&runtime.config.password_hashing)?;
+        self.hasher
+            .update_params(&runtime.config.password_hashing)?;
         self.runtime.store(Arc::new(runtime));
         Ok(())
     }
@@ -146,7 +147,11 @@ impl AuthService {
     pub async fn login_password(&self, req: PasswordLogin) -> Result<SignedIn, AuthError> {
         let mut errors = Vec::new();
         if req.identity.trim().is_empty() {
-            errors.push(FieldViolation::new("identity", "required", "identity is required"));
+            errors.push(FieldViolation::new(
+                "identity",
+                "required",
+                "identity is required",
+            ));
         } else if req.identity.chars().count() > users::MAX_IDENTITY_CHARS {
             errors.push(FieldViolation::new(
                 "identity",
@@ -155,7 +160,11 @@ impl AuthService {
             ));
         }
         if req.password.is_empty() {
-            errors.push(FieldViolation::new("password", "required", "password is required"));
+            errors.push(FieldViolation::new(
+                "password",
+                "required",
+                "password is required",
+            ));
         } else if req.password.len() > password::MAX_PASSWORD_BYTES {
             errors.push(FieldViolation::new(
                 "password",
@@ -172,7 +181,10 @@ impl AuthService {
             .await?
             .ok_or(AuthError::UnknownTenant)?;
         let (kind, identity) = users::classify_identity(&req.identity);
-        let user = self.store.user_by_identity(&tenant.id, kind, &identity).await?;
+        let user = self
+            .store
+            .user_by_identity(&tenant.id, kind, &identity)
+            .await?;
         let digest = canonical_digest(&req.password, &tenant.id);
         let stored = user.as_ref().and_then(|u| u.password_hash.clone());
         let verified = self.hasher.verify(digest, stored).await?;
@@ -180,7 +192,9 @@ impl AuthService {
             (Verified::No, _) | (_, None) => return Err(AuthError::InvalidCredentials),
             (Verified::Yes, Some(u)) => u,
             (Verified::YesRehashed(phc), Some(u)) => {
-                self.store.set_password_hash(&u.id, &phc, self.clock.unix()).await?;
+                self.store
+                    .set_password_hash(&u.id, &phc, self.clock.unix())
+                    .await?;
                 u
             }
         };
@@ -282,12 +296,16 @@ impl AuthService {
             expires_at: (now + secs(policy.refresh_token_ttl_seconds)).min(session.expires_at),
         };
         let rotated_now = record.rotated_at.is_none()
-            && self.store.rotate_refresh(&session.id, &hash, now, &next).await?;
+            && self
+                .store
+                .rotate_refresh(&session.id, &hash, now, &next)
+                .await?;
         if !rotated_now {
             // Rotated before: by a concurrent request (just now) or earlier.
             let rotated_at = record.rotated_at.unwrap_or(now);
             if now - rotated_at > secs(policy.refresh_reuse_grace_seconds) {
-                self.revoke_session(&session.id, "refresh_token_reuse").await?;
+                self.revoke_session(&session.id, "refresh_token_reuse")
+                    .await?;
                 tracing::warn!(session = %session.id, user = %user.id, "refresh token reuse: session revoked");
                 return Err(AuthError::RefreshTokenReused);
             }
@@ -308,25 +326,42 @@ impl AuthService {
     /// Revokes a session in storage and denies its access tokens until they expire.
     async fn revoke_session(&self, session_id: &str, reason: &str) -> Result<(), AuthError> {
         let rt = self.runtime();
-        self.store.revoke_session(session_id, self.clock.unix(), reason).await?;
+        self.store
+            .revoke_session(session_id, self.clock.unix(), reason)
+            .await?;
         let ttl = rt.config.tokens.access_token_ttl_seconds + tokens::LEEWAY_SECONDS;
         self.ephemeral
-            .set(&denied_sid_key(session_id), reason, Duration::from_secs(ttl))
+            .set(
+                &denied_sid_key(session_id),
+                reason,
+                Duration::from_secs(ttl),
+            )
             .await?;
         Ok(())
     }
 
     /// Ends the caller's session (and, if given, the session of `refresh_token` when it
     /// belongs to the same user); the access token is refused from now on.
-    pub async fn logout(&self, claims: &AccessClaims, refresh_token: Option<&str>) -> Result<(), AuthError> {
+    pub async fn logout(
+        &self,
+        claims: &AccessClaims,
+        refresh_token: Option<&str>,
+    ) -> Result<(), AuthError> {
         let now = self.clock.unix();
         let ttl = u64::try_from(claims.exp - now).unwrap_or(0) + tokens::LEEWAY_SECONDS;
         self.ephemeral
-            .set(&denied_jti_key(&claims.jti), "logout", Duration::from_secs(ttl))
+            .set(
+                &denied_jti_key(&claims.jti),
+                "logout",
+                Duration::from_secs(ttl),
+            )
             .await?;
         self.revoke_session(&claims.sid, "logout").await?;
         if let Some(token) = refresh_token.filter(|t| !t.is_empty() && t.len() <= 512)
-            && let Some(record) = self.store.refresh_token(&random::secret_hash(token)).await?
+            && let Some(record) = self
+                .store
+                .refresh_token(&random::secret_hash(token))
+                .await?
             && record.session.user_id == claims.sub
             && record.session.id != claims.sid
         {
@@ -375,7 +410,11 @@ impl AuthService {
     }
 
     /// Creates a user in `tenant_id` after validation.
-    pub async fn create_user(&self, tenant_id: &str, input: users::UserInput) -> Result<User, AuthError> {
+    pub async fn create_user(
+        &self,
+        tenant_id: &str,
+        input: users::UserInput,
+    ) -> Result<User, AuthError> {
         let valid = users::validate_user(input)?;
         if self.store.tenant(tenant_id).await?.is_none() {
             return Err(AuthError::UnknownTenant);

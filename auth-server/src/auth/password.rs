@@ -95,7 +95,11 @@ impl PasswordHasher {
         if self.state().params == params {
             return Ok(());
         }
-        let dummy = hash_blocking(&params, self.inner.pepper.as_deref(), &super::random::secret(16))?;
+        let dummy = hash_blocking(
+            &params,
+            self.inner.pepper.as_deref(),
+            &super::random::secret(16),
+        )?;
         if let Ok(mut s) = self.inner.state.lock() {
             *s = ParamState {
                 params,
@@ -116,7 +120,12 @@ impl PasswordHasher {
     pub async fn hash(&self, digest: String) -> Result<String, HashError> {
         let state = self.state();
         let inner = self.inner.clone();
-        let _permit = self.inner.permits.acquire().await.map_err(|_| HashError::Join)?;
+        let _permit = self
+            .inner
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| HashError::Join)?;
         tokio::task::spawn_blocking(move || {
             hash_blocking(&state.params, inner.pepper.as_deref(), &digest)
         })
@@ -126,10 +135,19 @@ impl PasswordHasher {
 
     /// Verifies a canonical digest against a stored PHC string; `None` (unknown identity, or a
     /// user without a password) runs the same work against the dummy hash and answers `No`.
-    pub async fn verify(&self, digest: String, stored: Option<String>) -> Result<Verified, HashError> {
+    pub async fn verify(
+        &self,
+        digest: String,
+        stored: Option<String>,
+    ) -> Result<Verified, HashError> {
         let state = self.state();
         let inner = self.inner.clone();
-        let _permit = self.inner.permits.acquire().await.map_err(|_| HashError::Join)?;
+        let _permit = self
+            .inner
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| HashError::Join)?;
         tokio::task::spawn_blocking(move || {
             let pepper = inner.pepper.as_deref();
             let Some(stored) = stored else {
@@ -162,13 +180,21 @@ fn to_params(c: &PasswordHashing) -> Result<Params, HashError> {
 
 fn argon<'a>(params: &Params, pepper: Option<&'a [u8]>) -> Result<Argon2<'a>, HashError> {
     match pepper {
-        None => Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())),
+        None => Ok(Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            params.clone(),
+        )),
         Some(p) => Argon2::new_with_secret(p, Algorithm::Argon2id, Version::V0x13, params.clone())
             .map_err(|e| HashError::Argon(e.to_string())),
     }
 }
 
-fn hash_blocking(params: &Params, pepper: Option<&[u8]>, digest: &str) -> Result<String, HashError> {
+fn hash_blocking(
+    params: &Params,
+    pepper: Option<&[u8]>,
+    digest: &str,
+) -> Result<String, HashError> {
     let salt = SaltString::encode_b64(&super::random::bytes(16))
         .map_err(|e| HashError::Argon(e.to_string()))?;
     argon(params, pepper)?
@@ -227,16 +253,28 @@ mod tests {
     async fn verify_accepts_the_right_digest_only() {
         let h = PasswordHasher::new(&small(), None).unwrap();
         let stored = h.hash(canonical_digest("pw-1", "default")).await.unwrap();
-        assert!(stored.starts_with("$argon2id$v=19$m=8192,t=1,p=1$"), "{stored}");
+        assert!(
+            stored.starts_with("$argon2id$v=19$m=8192,t=1,p=1$"),
+            "{stored}"
+        );
         assert_eq!(
-            h.verify(canonical_digest("pw-1", "default"), Some(stored.clone())).await.unwrap(),
+            h.verify(canonical_digest("pw-1", "default"), Some(stored.clone()))
+                .await
+                .unwrap(),
             Verified::Yes
         );
         assert_eq!(
-            h.verify(canonical_digest("pw-2", "default"), Some(stored)).await.unwrap(),
+            h.verify(canonical_digest("pw-2", "default"), Some(stored))
+                .await
+                .unwrap(),
             Verified::No
         );
-        assert_eq!(h.verify(canonical_digest("pw-1", "default"), None).await.unwrap(), Verified::No);
+        assert_eq!(
+            h.verify(canonical_digest("pw-1", "default"), None)
+                .await
+                .unwrap(),
+            Verified::No
+        );
     }
 
     #[tokio::test]
@@ -244,15 +282,28 @@ mod tests {
         let peppered = PasswordHasher::new(&small(), Some(b"pepper".to_vec())).unwrap();
         let plain = PasswordHasher::new(&small(), None).unwrap();
         let stored = peppered.hash("d".into()).await.unwrap();
-        assert_eq!(peppered.verify("d".into(), Some(stored.clone())).await.unwrap(), Verified::Yes);
-        assert_eq!(plain.verify("d".into(), Some(stored)).await.unwrap(), Verified::No);
+        assert_eq!(
+            peppered
+                .verify("d".into(), Some(stored.clone()))
+                .await
+                .unwrap(),
+            Verified::Yes
+        );
+        assert_eq!(
+            plain.verify("d".into(), Some(stored)).await.unwrap(),
+            Verified::No
+        );
     }
 
     #[tokio::test]
     async fn changed_parameters_upgrade_on_success() {
         let h = PasswordHasher::new(&small(), None).unwrap();
         let stored = h.hash("d".into()).await.unwrap();
-        h.update_params(&PasswordHashing { iterations: 2, ..small() }).unwrap();
+        h.update_params(&PasswordHashing {
+            iterations: 2,
+            ..small()
+        })
+        .unwrap();
         match h.verify("d".into(), Some(stored)).await.unwrap() {
             Verified::YesRehashed(new) => assert!(new.contains("t=2"), "{new}"),
             other => panic!("expected a rehash, got {other:?}"),
@@ -262,6 +313,11 @@ mod tests {
     #[tokio::test]
     async fn garbage_in_storage_is_a_failed_verification() {
         let h = PasswordHasher::new(&small(), None).unwrap();
-        assert_eq!(h.verify("d".into(), Some("not-a-phc".into())).await.unwrap(), Verified::No);
+        assert_eq!(
+            h.verify("d".into(), Some("not-a-phc".into()))
+                .await
+                .unwrap(),
+            Verified::No
+        );
     }
 }

@@ -64,7 +64,11 @@ pub fn validate_user(input: UserInput) -> Result<ValidUser, AuthError> {
     let mut errors = Vec::new();
     let username = input.username.trim().to_lowercase();
     if username.is_empty() {
-        errors.push(FieldViolation::new("username", "required", "username is required"));
+        errors.push(FieldViolation::new(
+            "username",
+            "required",
+            "username is required",
+        ));
     } else if username.chars().count() > 64
         || !username
             .chars()
@@ -77,13 +81,23 @@ pub fn validate_user(input: UserInput) -> Result<ValidUser, AuthError> {
             "1 to 64 characters: letters, digits, '.', '_' or '-', starting with a letter or digit",
         ));
     }
-    let email = input.email.map(|e| e.trim().to_lowercase()).filter(|e| !e.is_empty());
+    let email = input
+        .email
+        .map(|e| e.trim().to_lowercase())
+        .filter(|e| !e.is_empty());
     if let Some(e) = &email
         && !is_email(e)
     {
-        errors.push(FieldViolation::new("email", "format", "must be a valid email address"));
+        errors.push(FieldViolation::new(
+            "email",
+            "format",
+            "must be a valid email address",
+        ));
     }
-    let phone = input.phone.map(|p| p.trim().to_owned()).filter(|p| !p.is_empty());
+    let phone = input
+        .phone
+        .map(|p| p.trim().to_owned())
+        .filter(|p| !p.is_empty());
     if let Some(p) = &phone
         && !is_e164(p)
     {
@@ -168,9 +182,18 @@ mod tests {
 
     #[test]
     fn identities_are_classified_and_normalised() {
-        assert_eq!(classify_identity(" John.Doe "), (IdentityKind::Username, "john.doe".into()));
-        assert_eq!(classify_identity("John@Example.COM"), (IdentityKind::Email, "john@example.com".into()));
-        assert_eq!(classify_identity("+14155550123"), (IdentityKind::Phone, "+14155550123".into()));
+        assert_eq!(
+            classify_identity(" John.Doe "),
+            (IdentityKind::Username, "john.doe".into())
+        );
+        assert_eq!(
+            classify_identity("John@Example.COM"),
+            (IdentityKind::Email, "john@example.com".into())
+        );
+        assert_eq!(
+            classify_identity("+14155550123"),
+            (IdentityKind::Phone, "+14155550123".into())
+        );
     }
 
     #[test]
@@ -184,9 +207,14 @@ mod tests {
             must_change_password: false,
         })
         .unwrap_err();
-        let AuthError::Validation(v) = err else { panic!() };
+        let AuthError::Validation(v) = err else {
+            panic!()
+        };
         let fields: Vec<&str> = v.iter().map(|f| f.field.as_str()).collect();
-        assert_eq!(fields, ["username", "email", "phone", "password", "roles[0]"]);
+        assert_eq!(
+            fields,
+            ["username", "email", "phone", "password", "roles[0]"]
+        );
     }
 
     #[test]

@@ -47,8 +47,10 @@ impl MemoryEphemeral {
             g.writes_since_sweep = 0;
             g.entries.retain(|_, (_, exp)| *exp > now);
         }
-        g.entries
-            .insert(key.to_owned(), (value.to_owned(), now + ttl.as_millis() as i128));
+        g.entries.insert(
+            key.to_owned(),
+            (value.to_owned(), now + ttl.as_millis() as i128),
+        );
     }
 
     pub(super) fn exists_any(&self, keys: &[String]) -> bool {

@@ -43,7 +43,12 @@ impl RedisEphemeral {
         Ok(Self { pool })
     }
 
-    pub(super) async fn set(&self, key: &str, value: &str, ttl: Duration) -> Result<(), EphemeralError> {
+    pub(super) async fn set(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<(), EphemeralError> {
         let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
         self.pool
             .set::<(), _, _>(key, value, Some(Expiration::PX(ms)), None, false)

@@ -69,5 +69,8 @@ pub async fn create_user(
         )
         .await?;
     tracing::info!(admin = %admin.id, user = %user.id, tenant = %user.tenant_id, "user created");
-    Ok((StatusCode::CREATED, Json(DataResponse::new(UserInfo::from(&user)))))
+    Ok((
+        StatusCode::CREATED,
+        Json(DataResponse::new(UserInfo::from(&user))),
+    ))
 }

@@ -67,25 +67,95 @@ impl ProblemKind {
     pub fn spec(self) -> (StatusCode, u32, &'static str, &'static str) {
         use StatusCode as S;
         match self {
-            Self::InvalidRequest => (S::BAD_REQUEST, 40000001, "invalid-request", "Invalid request parameters"),
-            Self::MalformedJson => (S::BAD_REQUEST, 40000002, "malformed-json", "Malformed JSON body"),
-            Self::InvalidCredentials => (S::BAD_REQUEST, 40000101, "invalid-credentials", "Invalid credentials"),
+            Self::InvalidRequest => (
+                S::BAD_REQUEST,
+                40000001,
+                "invalid-request",
+                "Invalid request parameters",
+            ),
+            Self::MalformedJson => (
+                S::BAD_REQUEST,
+                40000002,
+                "malformed-json",
+                "Malformed JSON body",
+            ),
+            Self::InvalidCredentials => (
+                S::BAD_REQUEST,
+                40000101,
+                "invalid-credentials",
+                "Invalid credentials",
+            ),
             Self::UnknownTenant => (S::BAD_REQUEST, 40000102, "unknown-tenant", "Unknown tenant"),
-            Self::RefreshTokenReused => (S::BAD_REQUEST, 40000201, "refresh-token-reused", "Refresh token reuse detected"),
-            Self::InvalidRefreshToken => (S::BAD_REQUEST, 40000202, "invalid-refresh-token", "Invalid refresh token"),
-            Self::TransmissionNotAccepted => (S::BAD_REQUEST, 61000104, "transmission-not-accepted", "Password transmission mode not accepted"),
-            Self::Unauthenticated => (S::UNAUTHORIZED, 40100001, "unauthenticated", "Authentication required"),
+            Self::RefreshTokenReused => (
+                S::BAD_REQUEST,
+                40000201,
+                "refresh-token-reused",
+                "Refresh token reuse detected",
+            ),
+            Self::InvalidRefreshToken => (
+                S::BAD_REQUEST,
+                40000202,
+                "invalid-refresh-token",
+                "Invalid refresh token",
+            ),
+            Self::TransmissionNotAccepted => (
+                S::BAD_REQUEST,
+                61000104,
+                "transmission-not-accepted",
+                "Password transmission mode not accepted",
+            ),
+            Self::Unauthenticated => (
+                S::UNAUTHORIZED,
+                40100001,
+                "unauthenticated",
+                "Authentication required",
+            ),
             Self::TokenRevoked => (S::UNAUTHORIZED, 40100002, "token-revoked", "Token revoked"),
             Self::Forbidden => (S::FORBIDDEN, 40300001, "forbidden", "Forbidden"),
-            Self::AccountDisabled => (S::FORBIDDEN, 40300002, "account-disabled", "Account disabled"),
+            Self::AccountDisabled => (
+                S::FORBIDDEN,
+                40300002,
+                "account-disabled",
+                "Account disabled",
+            ),
             Self::NotFound => (S::NOT_FOUND, 40400001, "not-found", "Not found"),
-            Self::MethodNotAllowed => (S::METHOD_NOT_ALLOWED, 40500001, "method-not-allowed", "Method not allowed"),
+            Self::MethodNotAllowed => (
+                S::METHOD_NOT_ALLOWED,
+                40500001,
+                "method-not-allowed",
+                "Method not allowed",
+            ),
             Self::Conflict => (S::CONFLICT, 40900001, "conflict", "Conflict"),
-            Self::PayloadTooLarge => (S::PAYLOAD_TOO_LARGE, 41300001, "payload-too-large", "Request body too large"),
-            Self::UnsupportedMediaType => (S::UNSUPPORTED_MEDIA_TYPE, 41500001, "unsupported-media-type", "Unsupported media type"),
-            Self::RateLimited => (S::TOO_MANY_REQUESTS, 42900001, "rate-limited", "Too many requests"),
-            Self::Internal => (S::INTERNAL_SERVER_ERROR, 50000001, "internal", "Internal server error"),
-            Self::Unavailable => (S::SERVICE_UNAVAILABLE, 50300001, "unavailable", "Service unavailable"),
+            Self::PayloadTooLarge => (
+                S::PAYLOAD_TOO_LARGE,
+                41300001,
+                "payload-too-large",
+                "Request body too large",
+            ),
+            Self::UnsupportedMediaType => (
+                S::UNSUPPORTED_MEDIA_TYPE,
+                41500001,
+                "unsupported-media-type",
+                "Unsupported media type",
+            ),
+            Self::RateLimited => (
+                S::TOO_MANY_REQUESTS,
+                42900001,
+                "rate-limited",
+                "Too many requests",
+            ),
+            Self::Internal => (
+                S::INTERNAL_SERVER_ERROR,
+                50000001,
+                "internal",
+                "Internal server error",
+            ),
+            Self::Unavailable => (
+                S::SERVICE_UNAVAILABLE,
+                50300001,
+                "unavailable",
+                "Service unavailable",
+            ),
         }
     }
 
@@ -220,9 +290,10 @@ impl From<AuthError> for ApiError {
         match e {
             AuthError::Validation(v) => Self::invalid(v),
             AuthError::UnknownTenant => Self::new(K::UnknownTenant, "the tenant does not exist"),
-            AuthError::InvalidCredentials => {
-                Self::new(K::InvalidCredentials, "the identity or the password is wrong")
-            }
+            AuthError::InvalidCredentials => Self::new(
+                K::InvalidCredentials,
+                "the identity or the password is wrong",
+            ),
             AuthError::AccountDisabled => Self::new(K::AccountDisabled, "the account is disabled"),
             AuthError::TransmissionNotAccepted => Self::new(
                 K::TransmissionNotAccepted,
@@ -237,7 +308,9 @@ impl From<AuthError> for ApiError {
                 "the refresh token was already used; the session has been revoked",
             ),
             AuthError::Unauthenticated(why) => Self::new(K::Unauthenticated, why),
-            AuthError::TokenRevoked => Self::new(K::TokenRevoked, "the access token has been revoked"),
+            AuthError::TokenRevoked => {
+                Self::new(K::TokenRevoked, "the access token has been revoked")
+            }
             AuthError::Forbidden => Self::new(K::Forbidden, "not allowed for this account"),
             AuthError::Conflict(field) => Self {
                 errors: vec![FieldViolationBody {
@@ -250,7 +323,10 @@ impl From<AuthError> for ApiError {
             AuthError::NotFound(what) => Self::new(K::NotFound, format!("{what} not found")),
             AuthError::Unavailable(internal) => {
                 tracing::error!(error = %internal, "backing service unavailable");
-                Self::new(K::Unavailable, "a backing service is unavailable; retry later")
+                Self::new(
+                    K::Unavailable,
+                    "a backing service is unavailable; retry later",
+                )
             }
             AuthError::Internal(internal) => {
                 tracing::error!(error = %internal, "internal error");
@@ -281,7 +357,8 @@ fn acceptable_request_id(v: &HeaderValue) -> Option<String> {
     let s = v.to_str().ok()?;
     (!s.is_empty()
         && s.len() <= 64
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
     .then(|| s.to_owned())
 }
 
@@ -318,7 +395,13 @@ pub async fn request_context(mut req: Request, next: Next) -> Response {
     res
 }
 
-fn render_problem(e: ApiError, status: StatusCode, instance: &str, request_id: &str, res: Response) -> Response {
+fn render_problem(
+    e: ApiError,
+    status: StatusCode,
+    instance: &str,
+    request_id: &str,
+    res: Response,
+) -> Response {
     let (_, code, slug, title) = e.kind.spec();
     let problem = Problem {
         type_: format!("urn:keygate:problem:{slug}"),
@@ -364,8 +447,9 @@ mod tests {
 
     #[test]
     fn business_codes_are_unique_and_documented() {
-        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/errors.md"))
-            .expect("docs/errors.md");
+        let doc =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/errors.md"))
+                .expect("docs/errors.md");
         let mut seen = std::collections::BTreeSet::new();
         for kind in ProblemKind::ALL {
             let (status, code, slug, _) = kind.spec();

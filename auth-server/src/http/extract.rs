@@ -23,8 +23,14 @@ fn is_json(headers: &HeaderMap) -> bool {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(|ct| {
-            let mime = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-            mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+            let mime = ct
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase();
+            mime == "application/json"
+                || (mime.starts_with("application/") && mime.ends_with("+json"))
         })
         .unwrap_or(false)
 }
@@ -77,7 +83,10 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
                 ApiError::invalid(vec![FieldViolation::new(field, code, description)])
             }
             _ => ApiError::malformed(
-                format!("the body is not valid JSON: {}", strip_position(&inner.to_string())),
+                format!(
+                    "the body is not valid JSON: {}",
+                    strip_position(&inner.to_string())
+                ),
                 Vec::new(),
             ),
         }
@@ -116,7 +125,10 @@ pub struct Bearer(pub AccessClaims);
 impl FromRequestParts<AppState> for Bearer {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let token = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -126,7 +138,9 @@ impl FromRequestParts<AppState> for Bearer {
                 scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
             })
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| ApiError::new(ProblemKind::Unauthenticated, "a bearer token is required"))?;
+            .ok_or_else(|| {
+                ApiError::new(ProblemKind::Unauthenticated, "a bearer token is required")
+            })?;
         let claims = state.auth.authenticate(token).await?;
         Ok(Bearer(claims))
     }
@@ -157,13 +171,26 @@ mod tests {
     #[test]
     fn wrong_types_and_missing_fields_name_the_field() {
         let e = parse_json::<Body>(br#"{"name": 5}"#).unwrap_err();
-        assert!(field_of(&e).0.contains("field: \"name\", code: \"format\""), "{e:?}");
+        assert!(
+            field_of(&e).0.contains("field: \"name\", code: \"format\""),
+            "{e:?}"
+        );
         let e = parse_json::<Body>(br#"{}"#).unwrap_err();
-        assert!(field_of(&e).0.contains("field: \"name\", code: \"required\""), "{e:?}");
+        assert!(
+            field_of(&e)
+                .0
+                .contains("field: \"name\", code: \"required\""),
+            "{e:?}"
+        );
         let e = parse_json::<Body>(br#"{"name": "x", "inner": {"n": "y"}}"#).unwrap_err();
         assert!(field_of(&e).0.contains("field: \"inner.n\""), "{e:?}");
         let e = parse_json::<Body>(br#"{"name": "x", "inner": {}}"#).unwrap_err();
-        assert!(field_of(&e).0.contains("field: \"inner.n\", code: \"required\""), "{e:?}");
+        assert!(
+            field_of(&e)
+                .0
+                .contains("field: \"inner.n\", code: \"required\""),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -38,30 +38,56 @@ pub async fn healthz() -> Json<Health> {
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let mut checks = std::collections::BTreeMap::new();
     let mut ok = true;
-    let mut check = |name: &'static str, result: Result<String, String>| {
-        match result {
-            Ok(detail) => {
-                checks.insert(name, detail);
-            }
-            Err(e) => {
-                tracing::warn!(check = name, error = %e, "readiness check failed");
-                ok = false;
-                checks.insert(name, "unavailable".into());
-            }
+    let mut check = |name: &'static str, result: Result<String, String>| match result {
+        Ok(detail) => {
+            checks.insert(name, detail);
+        }
+        Err(e) => {
+            tracing::warn!(check = name, error = %e, "readiness check failed");
+            ok = false;
+            checks.insert(name, "unavailable".into());
         }
     };
-    check("database", state.auth.store.ping().await.map(|_| "ok".into()).map_err(|e| e.to_string()));
+    check(
+        "database",
+        state
+            .auth
+            .store
+            .ping()
+            .await
+            .map(|_| "ok".into())
+            .map_err(|e| e.to_string()),
+    );
     let kind = state.auth.ephemeral.kind();
     check(
         "ephemeral",
-        state.auth.ephemeral.ping().await.map(|_| format!("ok ({kind})")).map_err(|e| e.to_string()),
+        state
+            .auth
+            .ephemeral
+            .ping()
+            .await
+            .map(|_| format!("ok ({kind})"))
+            .map_err(|e| e.to_string()),
     );
-    let signing = state.auth.runtime().keys.signing_key(state.auth.clock.unix()).is_some();
+    let signing = state
+        .auth
+        .runtime()
+        .keys
+        .signing_key(state.auth.clock.unix())
+        .is_some();
     check(
         "config",
-        if signing { Ok("ok".into()) } else { Err("no signing key is active".into()) },
+        if signing {
+            Ok("ok".into())
+        } else {
+            Err("no signing key is active".into())
+        },
     );
-    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let body = Health {
         status: if ok { "ok" } else { "unavailable" },
         checks,
@@ -81,7 +107,10 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
         .render()
         .map_err(|_| ApiError::new(ProblemKind::Internal, "metrics could not be rendered"))?;
     Ok((
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         text,
     )
         .into_response())

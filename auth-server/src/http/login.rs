@@ -70,7 +70,9 @@ pub async fn login(
 ) -> Result<Json<LoginResponse>, ApiError> {
     match req.password_transmission.as_deref().unwrap_or("plain") {
         "plain" => {}
-        "hash" | "symmetric" | "asymmetric" => return Err(AuthError::TransmissionNotAccepted.into()),
+        "hash" | "symmetric" | "asymmetric" => {
+            return Err(AuthError::TransmissionNotAccepted.into());
+        }
         _ => {
             return Err(ApiError::invalid(vec![FieldViolation::new(
                 "password_transmission",
@@ -88,6 +90,8 @@ pub async fn login(
             tenant_id,
         })
         .await;
-    state.metrics.record_login("password", result.as_ref().map(|_| ()));
+    state
+        .metrics
+        .record_login("password", result.as_ref().map(|_| ()));
     Ok(Json(result?.into()))
 }

@@ -32,7 +32,9 @@ pub async fn refresh(
     ApiJson(req): ApiJson<RefreshRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
     let result = state.auth.refresh(&req.refresh_token).await;
-    state.metrics.record_login("refresh", result.as_ref().map(|_| ()));
+    state
+        .metrics
+        .record_login("refresh", result.as_ref().map(|_| ()));
     Ok(Json(result?.into()))
 }
 
@@ -66,7 +68,10 @@ pub async fn logout(
     } else {
         super::extract::parse_json(&body)?
     };
-    state.auth.logout(&claims, req.refresh_token.as_deref()).await?;
+    state
+        .auth
+        .logout(&claims, req.refresh_token.as_deref())
+        .await?;
     Ok(Json(SimpleResponse::new("signed out")))
 }
 

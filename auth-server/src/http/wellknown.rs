@@ -46,7 +46,9 @@ pub async fn discovery(State(state): State<AppState>) -> impl IntoResponse {
     let doc = Discovery {
         jwks_uri: format!("{issuer}/.well-known/jwks.json"),
         id_token_signing_alg_values_supported: state.auth.runtime().keys.algorithms(now),
-        claims_supported: vec!["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "tid", "sid", "amr", "act"],
+        claims_supported: vec![
+            "iss", "sub", "aud", "exp", "iat", "nbf", "jti", "tid", "sid", "amr", "act",
+        ],
         subject_types_supported: vec!["public"],
         login_endpoint: format!("{api}/auth/login"),
         refresh_endpoint: format!("{api}/auth/refresh"),

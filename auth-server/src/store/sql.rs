@@ -1,9 +1,7 @@
 //! The SQL implementation of durable storage over sqlx's `Any` pool: connection set-up per
 //! backend (SQLite pragmas, Postgres pool), migrations, and every statement.
 
-use super::{
-    IdentityKind, NewRefresh, NewUser, RefreshRecord, Session, StoreError, Tenant, User,
-};
+use super::{IdentityKind, NewRefresh, NewUser, RefreshRecord, Session, StoreError, Tenant, User};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 use std::time::Duration;
@@ -48,10 +46,14 @@ fn db(e: sqlx::Error) -> StoreError {
 const USER_COLUMNS: &str = "id, tenant_id, username, email, phone, password_hash, status, roles, \
      must_change_password, password_changed_at, created_at";
 
-const SESSION_COLUMNS: &str = "s.id, s.tenant_id, s.user_id, s.amr, s.created_at, s.expires_at, s.revoked_at";
+const SESSION_COLUMNS: &str =
+    "s.id, s.tenant_id, s.user_id, s.amr, s.created_at, s.expires_at, s.revoked_at";
 
 fn split_list(s: &str) -> Vec<String> {
-    s.split(' ').filter(|x| !x.is_empty()).map(str::to_owned).collect()
+    s.split(' ')
+        .filter(|x| !x.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 fn user_from(row: &AnyRow) -> Result<User, sqlx::Error> {
@@ -146,7 +148,11 @@ impl SqlStore {
 
     /// Round trip to the database (readiness).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ()).map_err(db)
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(db)
     }
 
     /// Closes the pool (shutdown).
@@ -174,15 +180,17 @@ impl SqlStore {
 
     /// Creates a tenant.
     pub async fn create_tenant(&self, t: &Tenant, now: i64) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO tenants (id, name, display_name, created_at) VALUES ($1, $2, $3, $4)")
-            .bind(&t.id)
-            .bind(&t.name)
-            .bind(&t.display_name)
-            .bind(now)
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
-            .map_err(db)
+        sqlx::query(
+            "INSERT INTO tenants (id, name, display_name, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&t.id)
+        .bind(&t.name)
+        .bind(&t.display_name)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map(|_| ())
+        .map_err(db)
     }
 
     /// Creates a user; `Conflict(field)` when the username, email or phone is taken in the
@@ -191,7 +199,7 @@ impl SqlStore {
         if self.tenant(&u.tenant_id).await?.is_none() {
             return Err(StoreError::NotFound("tenant"));
         }
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO users (id, tenant_id, username, email, phone, password_hash, status, roles, \
              must_change_password, password_changed_at, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
@@ -210,14 +218,38 @@ impl SqlStore {
         .bind(u.created_at)
         .execute(&self.pool)
         .await
-        .map_err(db)?;
+        .map_err(db);
+        if let Err(StoreError::Conflict(reported)) = inserted {
+            // Backends report whichever index they checked first; name the first taken field
+            // in a fixed order so that answers do not depend on the backend.
+            for (kind, value, field) in [
+                (IdentityKind::Username, Some(&u.username), "username"),
+                (IdentityKind::Email, u.email.as_ref(), "email"),
+                (IdentityKind::Phone, u.phone.as_ref(), "phone"),
+            ] {
+                if let Some(v) = value
+                    && self
+                        .user_by_identity(&u.tenant_id, kind, v)
+                        .await?
+                        .is_some()
+                {
+                    return Err(StoreError::Conflict(field));
+                }
+            }
+            return Err(StoreError::Conflict(reported));
+        }
+        inserted?;
         self.user(&u.id).await?.ok_or(StoreError::NotFound("user"))
     }
 
     /// A user by id.
     pub async fn user(&self, id: &str) -> Result<Option<User>, StoreError> {
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
-        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await.map_err(db)?;
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
         row.as_ref().map(user_from).transpose().map_err(db)
     }
 
@@ -233,7 +265,8 @@ impl SqlStore {
             IdentityKind::Email => "email",
             IdentityKind::Phone => "phone",
         };
-        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 AND {column} = $2");
+        let sql =
+            format!("SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 AND {column} = $2");
         let row = sqlx::query(&sql)
             .bind(tenant_id)
             .bind(value)
@@ -244,7 +277,12 @@ impl SqlStore {
     }
 
     /// Replaces a user's password hash (rehash on parameter change, password change).
-    pub async fn set_password_hash(&self, user_id: &str, phc: &str, now: i64) -> Result<(), StoreError> {
+    pub async fn set_password_hash(
+        &self,
+        user_id: &str,
+        phc: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
         sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3")
             .bind(phc)
             .bind(now)
@@ -278,12 +316,19 @@ impl SqlStore {
     /// A session by id.
     pub async fn session(&self, id: &str) -> Result<Option<Session>, StoreError> {
         let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions s WHERE s.id = $1");
-        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await.map_err(db)?;
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
         row.as_ref().map(session_from).transpose().map_err(db)
     }
 
     /// A refresh token by hash, with its session.
-    pub async fn refresh_token(&self, token_hash: &str) -> Result<Option<RefreshRecord>, StoreError> {
+    pub async fn refresh_token(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<RefreshRecord>, StoreError> {
         let sql = format!(
             "SELECT rt.token_hash, rt.expires_at AS rt_expires_at, rt.rotated_at, {SESSION_COLUMNS} \
              FROM refresh_tokens rt JOIN sessions s ON s.id = rt.session_id WHERE rt.token_hash = $1"
@@ -343,7 +388,12 @@ impl SqlStore {
     }
 
     /// Revokes a session and so every refresh token of it; `false` if it was already revoked.
-    pub async fn revoke_session(&self, id: &str, now: i64, reason: &str) -> Result<bool, StoreError> {
+    pub async fn revoke_session(
+        &self,
+        id: &str,
+        now: i64,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
         sqlx::query(
             "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 WHERE id = $3 AND revoked_at IS NULL",
         )
@@ -402,7 +452,10 @@ async fn insert_refresh(
 
 /// Removes a password from an error message that may quote the URL.
 fn redact(message: &str, url: &str) -> String {
-    match url.split_once("://").and_then(|(_, rest)| rest.split_once('@')) {
+    match url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+    {
         Some((userinfo, _)) => match userinfo.split_once(':') {
             Some((_, password)) if !password.is_empty() => message.replace(password, "***"),
             _ => message.to_owned(),

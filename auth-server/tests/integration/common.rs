@@ -1,0 +1,155 @@
+//! Builds an in-process application on a temporary SQLite file with a settable clock.
+
+use auth_server::auth::clock::ManualClock;
+use auth_server::auth::keys::load_or_generate_dev_key;
+use auth_server::auth::password::PasswordHasher;
+use auth_server::auth::{AuthService, Runtime};
+use auth_server::ephemeral::{Ephemeral, MemoryEphemeral};
+use auth_server::http::{AppState, router};
+use auth_server::store::SqlStore;
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use keygate_config::{PasswordHashing, RuntimeConfig, SigningAlgorithm};
+use serde_json::Value;
+use std::sync::Arc;
+use tower::ServiceExt;
+
+pub const ISSUER: &str = "https://id.test";
+
+/// Small argon2 parameters so that tests run fast; the e2e tests use the defaults.
+pub fn small_hashing() -> PasswordHashing {
+    PasswordHashing {
+        memory_kib: 8192,
+        iterations: 1,
+        parallelism: 1,
+        max_concurrent: 4,
+    }
+}
+
+pub struct TestApp {
+    pub router: Router,
+    pub auth: AuthService,
+    pub clock: Arc<ManualClock>,
+    _dir: tempfile::TempDir,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: axum::http::HeaderMap,
+    pub body: Value,
+}
+
+impl TestApp {
+    pub async fn new() -> Self {
+        Self::with_config(RuntimeConfig {
+            password_hashing: small_hashing(),
+            ..Default::default()
+        })
+        .await
+    }
+
+    pub async fn with_config(config: RuntimeConfig) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let store = SqlStore::open(&url).await.unwrap();
+        let clock = ManualClock::at(1_800_000_000);
+        let key = load_or_generate_dev_key(dir.path(), SigningAlgorithm::ES256).unwrap();
+        let hasher = PasswordHasher::new(&config.password_hashing, None).unwrap();
+        let runtime = Runtime::build(config, Some(&key)).unwrap();
+        let auth = AuthService::new(
+            store,
+            Ephemeral::Memory(MemoryEphemeral::new(clock.clone())),
+            clock.clone(),
+            hasher,
+            runtime,
+            ISSUER.into(),
+        );
+        let router = router(AppState::new(auth.clone(), "/api/v1"));
+        Self {
+            router,
+            auth,
+            clock,
+            _dir: dir,
+        }
+    }
+
+    pub async fn add_user(&self, username: &str, password: &str, roles: &[&str]) -> String {
+        self.auth
+            .create_user(
+                "default",
+                auth_server::auth::users::UserInput {
+                    username: username.into(),
+                    email: Some(format!("{username}@example.com")),
+                    password: Some(password.into()),
+                    roles: roles.iter().map(|r| r.to_string()).collect(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap()
+            .id
+    }
+
+    pub async fn send(&self, req: Request<Body>) -> Reply {
+        let res = self.router.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let headers = res.headers().clone();
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn post(&self, path: &str, body: Value, bearer: Option<&str>) -> Reply {
+        let mut b = Request::post(path).header("content-type", "application/json");
+        if let Some(t) = bearer {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        self.send(b.body(Body::from(body.to_string())).unwrap())
+            .await
+    }
+
+    pub async fn get(&self, path: &str, bearer: Option<&str>) -> Reply {
+        let mut b = Request::get(path);
+        if let Some(t) = bearer {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        self.send(b.body(Body::empty()).unwrap()).await
+    }
+
+    pub async fn login(&self, identity: &str, password: &str) -> Reply {
+        self.post(
+            "/api/v1/auth/login",
+            serde_json::json!({"identity": identity, "password": password}),
+            None,
+        )
+        .await
+    }
+}
+
+/// Asserts a problem body of `status` and business `code`; returns the body.
+pub fn assert_problem(r: &Reply, status: u16, code: u64) -> &Value {
+    assert_eq!(r.status.as_u16(), status, "{}", r.body);
+    assert_eq!(
+        r.headers.get("content-type").unwrap(),
+        "application/problem+json",
+        "{}",
+        r.body
+    );
+    assert_eq!(r.body["status"], status, "{}", r.body);
+    assert_eq!(r.body["code"], code, "{}", r.body);
+    assert_eq!(r.body["message"], r.body["detail"]);
+    assert!(r.body["request_id"].as_str().unwrap().starts_with("req_"));
+    assert!(r.body["errors"].is_array());
+    &r.body
+}

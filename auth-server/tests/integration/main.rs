@@ -1,0 +1,10 @@
+//! auth-server's integration tests, in one binary: the storage contract on SQLite and a real
+//! Postgres, the ephemeral store on memory and a real Redis, and the HTTP API through the
+//! router.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+mod ephemeral_contract;
+mod http_api;
+mod store_contract;

@@ -1,0 +1,273 @@
+//! The storage contract, run against the embedded SQLite file and a real Postgres server.
+
+use auth_server::store::{
+    IdentityKind, NewRefresh, NewUser, Session, SqlStore, StoreError, Tenant,
+};
+
+async fn sqlite() -> (SqlStore, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("c.db").display());
+    (SqlStore::open(&url).await.unwrap(), dir)
+}
+
+async fn postgres() -> SqlStore {
+    SqlStore::open(&keygate_tests::fresh_postgres_database().await)
+        .await
+        .unwrap()
+}
+
+fn new_user(
+    id: &str,
+    tenant: &str,
+    username: &str,
+    email: Option<&str>,
+    phone: Option<&str>,
+) -> NewUser {
+    NewUser {
+        id: id.into(),
+        tenant_id: tenant.into(),
+        username: username.into(),
+        email: email.map(Into::into),
+        phone: phone.map(Into::into),
+        password_hash: Some("$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA".into()),
+        roles: vec!["admin".into()],
+        must_change_password: true,
+        created_at: 100,
+    }
+}
+
+fn refresh(hash: &str, now: i64) -> NewRefresh {
+    NewRefresh {
+        token_hash: hash.into(),
+        created_at: now,
+        expires_at: now + 1000,
+    }
+}
+
+async fn contract(s: SqlStore) {
+    // Migrations are idempotent.
+    s.migrate().await.unwrap();
+    s.ping().await.unwrap();
+
+    // Tenants.
+    let default = s.tenant("default").await.unwrap().unwrap();
+    assert_eq!(default.display_name, "Default");
+    assert!(s.tenant("acme").await.unwrap().is_none());
+    s.create_tenant(
+        &Tenant {
+            id: "acme".into(),
+            name: "acme".into(),
+            display_name: "Acme".into(),
+        },
+        1,
+    )
+    .await
+    .unwrap();
+    assert!(s.tenant("acme").await.unwrap().is_some());
+
+    // Users: unique per tenant, by every identity kind.
+    let u = s
+        .create_user(&new_user(
+            "usr_1",
+            "default",
+            "alice",
+            Some("a@x.io"),
+            Some("+4915112345678"),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(u.roles, ["admin"]);
+    assert!(u.must_change_password);
+    assert_eq!(u.password_changed_at, Some(100));
+    assert!(u.has_role("admin"));
+    for (candidate, field) in [
+        (
+            new_user("usr_2", "default", "alice", None, None),
+            "username",
+        ),
+        (
+            new_user("usr_2", "default", "alice2", Some("a@x.io"), None),
+            "email",
+        ),
+        (
+            new_user("usr_2", "default", "alice2", None, Some("+4915112345678")),
+            "phone",
+        ),
+    ] {
+        match s.create_user(&candidate).await {
+            Err(StoreError::Conflict(f)) => assert_eq!(f, field),
+            other => panic!("expected a {field} conflict, got {other:?}"),
+        }
+    }
+    // Several users without email or phone are fine.
+    s.create_user(&new_user("usr_3", "default", "bob", None, None))
+        .await
+        .unwrap();
+    s.create_user(&new_user("usr_4", "default", "carol", None, None))
+        .await
+        .unwrap();
+    // The same names in another tenant are fine.
+    s.create_user(&new_user(
+        "usr_5",
+        "acme",
+        "alice",
+        Some("a@x.io"),
+        Some("+4915112345678"),
+    ))
+    .await
+    .unwrap();
+    assert!(matches!(
+        s.create_user(&new_user("usr_6", "nope", "zed", None, None))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    for (kind, value) in [
+        (IdentityKind::Username, "alice"),
+        (IdentityKind::Email, "a@x.io"),
+        (IdentityKind::Phone, "+4915112345678"),
+    ] {
+        let found = s
+            .user_by_identity("default", kind, value)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.id, "usr_1");
+        assert_eq!(
+            s.user_by_identity("acme", kind, value)
+                .await
+                .unwrap()
+                .unwrap()
+                .id,
+            "usr_5"
+        );
+    }
+    assert!(
+        s.user_by_identity("default", IdentityKind::Username, "nobody")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    s.set_password_hash("usr_1", "$new", 200).await.unwrap();
+    assert_eq!(
+        s.user("usr_1")
+            .await
+            .unwrap()
+            .unwrap()
+            .password_hash
+            .as_deref(),
+        Some("$new")
+    );
+    assert!(s.user("usr_404").await.unwrap().is_none());
+
+    // Sessions and refresh rotation.
+    let session = Session {
+        id: "ses_1".into(),
+        tenant_id: "default".into(),
+        user_id: "usr_1".into(),
+        amr: vec!["pwd".into(), "otp".into()],
+        created_at: 1000,
+        expires_at: 5000,
+        revoked_at: None,
+    };
+    s.create_session(&session, &refresh("h1", 1000))
+        .await
+        .unwrap();
+    assert_eq!(s.session("ses_1").await.unwrap().unwrap(), session);
+    let rec = s.refresh_token("h1").await.unwrap().unwrap();
+    assert_eq!(rec.session, session);
+    assert_eq!(rec.rotated_at, None);
+    assert_eq!(rec.expires_at, 2000);
+    assert!(
+        s.rotate_refresh("ses_1", "h1", 1100, &refresh("h2", 1100))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.rotate_refresh("ses_1", "h1", 1101, &refresh("h3", 1101))
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.refresh_token("h3").await.unwrap().is_none(),
+        "a lost rotation stores nothing"
+    );
+    assert_eq!(
+        s.refresh_token("h1").await.unwrap().unwrap().rotated_at,
+        Some(1100)
+    );
+    s.add_refresh("ses_1", &refresh("h4", 1102)).await.unwrap();
+    assert_eq!(
+        s.refresh_token("h4").await.unwrap().unwrap().session.id,
+        "ses_1"
+    );
+    // A token cannot be rotated through another session.
+    assert!(
+        !s.rotate_refresh("ses_other", "h2", 1103, &refresh("h5", 1103))
+            .await
+            .unwrap()
+    );
+
+    // Concurrent rotations of one token: exactly one wins.
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.rotate_refresh("ses_1", "h2", 1200, &refresh(&format!("race{i}"), 1200))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut wins = 0;
+    for t in tasks {
+        wins += usize::from(t.await.unwrap());
+    }
+    assert_eq!(wins, 1, "exactly one concurrent rotation may succeed");
+
+    // Revocation is once.
+    assert!(s.revoke_session("ses_1", 1300, "logout").await.unwrap());
+    assert!(!s.revoke_session("ses_1", 1301, "logout").await.unwrap());
+    assert_eq!(
+        s.refresh_token("h4")
+            .await
+            .unwrap()
+            .unwrap()
+            .session
+            .revoked_at,
+        Some(1300)
+    );
+
+    // Purge removes ended tokens and sessions only.
+    s.create_session(
+        &Session {
+            id: "ses_2".into(),
+            expires_at: 99_999,
+            ..session.clone()
+        },
+        &refresh("live", 90_000),
+    )
+    .await
+    .unwrap();
+    assert!(s.purge_expired(6000).await.unwrap() > 0);
+    assert!(s.session("ses_1").await.unwrap().is_none());
+    assert!(s.refresh_token("h1").await.unwrap().is_none());
+    assert!(s.refresh_token("live").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn store_contract_sqlite() {
+    let (s, _dir) = sqlite().await;
+    contract(s).await;
+}
+
+#[tokio::test]
+async fn store_contract_postgres() {
+    contract(postgres().await).await;
+}
+
+#[tokio::test]
+async fn postgres_errors_do_not_leak_the_password() {
+    let err = SqlStore::open("postgres://keygate:s3cr3t-pw@127.0.0.1:1/db")
+        .await
+        .unwrap_err();
+    assert!(!err.to_string().contains("s3cr3t-pw"), "{err}");
+}

@@ -1,0 +1,85 @@
+# Shared by scripts/test and scripts/bench: installs (when missing) and starts real Postgres and
+# Redis servers on free loopback ports under a scratch directory, and stops them by PID.
+# Source it, then call start_services DIR; it exports KEYGATE_TEST_DATABASE_URL and
+# KEYGATE_TEST_REDIS_URL and registers stop_services on EXIT.
+
+apt_updated=0
+apt_install() {
+  if [ "$apt_updated" = 0 ]; then
+    apt-get update -qq >/dev/null
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+pg_bindir() {
+  local d
+  for d in /usr/lib/postgresql/*/bin; do
+    [ -x "$d/initdb" ] && { echo "$d"; return 0; }
+  done
+  return 1
+}
+
+ensure_packages() {
+  if ! pg_bindir >/dev/null; then
+    echo "installing postgresql"
+    apt_install postgresql
+  fi
+  if ! command -v redis-server >/dev/null; then
+    echo "installing redis-server"
+    apt_install redis-server
+  fi
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+SERVICES_DIR=""
+PG_DATA=""
+REDIS_PIDFILE=""
+
+start_services() {
+  SERVICES_DIR="$1"
+  mkdir -p "$SERVICES_DIR"
+  ensure_packages
+  local bindir pg_port redis_port
+  bindir=$(pg_bindir)
+  pg_port=$(free_port)
+  PG_DATA="$SERVICES_DIR/pg"
+  mkdir -p "$PG_DATA"
+  local run=()
+  if [ "$(id -u)" = 0 ]; then
+    chown -R postgres:postgres "$SERVICES_DIR"
+    chmod 755 "$SERVICES_DIR"
+    run=(runuser -u postgres --)
+  fi
+  "${run[@]}" "$bindir/initdb" -D "$PG_DATA" -U postgres --auth=trust -E UTF8 >/dev/null
+  "${run[@]}" "$bindir/pg_ctl" -D "$PG_DATA" -l "$SERVICES_DIR/pg.log" -w -t 60 \
+    -o "-p $pg_port -k $PG_DATA -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
+    start >/dev/null
+  PG_CTL="${run[*]} $bindir/pg_ctl"
+  export KEYGATE_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
+
+  redis_port=$(free_port)
+  REDIS_PIDFILE="$SERVICES_DIR/redis.pid"
+  redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
+    --daemonize yes --pidfile "$REDIS_PIDFILE" --logfile "$SERVICES_DIR/redis.log" --dir "$SERVICES_DIR"
+  for _ in $(seq 50); do
+    redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  export KEYGATE_TEST_REDIS_URL="redis://127.0.0.1:$redis_port"
+  trap stop_services EXIT
+  echo "postgres on 127.0.0.1:$pg_port, redis on 127.0.0.1:$redis_port"
+}
+
+stop_services() {
+  if [ -n "$PG_DATA" ] && [ -f "$PG_DATA/postmaster.pid" ]; then
+    $PG_CTL -D "$PG_DATA" -m immediate stop >/dev/null 2>&1 || true
+  fi
+  if [ -n "$REDIS_PIDFILE" ] && [ -f "$REDIS_PIDFILE" ]; then
+    kill "$(cat "$REDIS_PIDFILE")" 2>/dev/null || true
+  fi
+  [ -n "$SERVICES_DIR" ] && rm -rf "$SERVICES_DIR"
+}
