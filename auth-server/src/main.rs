@@ -40,11 +40,29 @@ enum Command {
     /// Manage users.
     #[command(subcommand)]
     User(UserCommand),
+    /// Manage signing keys of the runtime configuration.
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Print the OpenAPI document.
     Openapi {
         /// Prefix of the API routes in the document.
         #[arg(long, env = "KEYGATE_BASE_PATH", default_value = "/api/v1")]
         base_path: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Generate a signing key and print it as one `signing_keys` entry (JSON) of the runtime
+    /// configuration, with its `kid` set to the key's RFC 7638 thumbprint.
+    Generate {
+        /// ES256, EdDSA or RS256.
+        #[arg(long, default_value = "ES256")]
+        alg: keygate_config::SigningAlgorithm,
+        /// Publish the key now but sign with it only after this many seconds (rotation:
+        /// longer than the configuration's propagation delay to every replica).
+        #[arg(long, default_value_t = 0)]
+        activate_in: i64,
     },
 }
 
@@ -92,34 +110,39 @@ fn init_logging(json: bool) {
     }
 }
 
-fn parse_cli() -> Cli {
+/// `serve`'s settings alone, for when no subcommand is given.
+#[derive(Debug, Parser)]
+struct ServeOnly {
+    #[command(flatten)]
+    settings: ServeSettings,
+}
+
+fn parse_cli() -> (StorageSettings, Command) {
     let cli = Cli::parse();
-    if cli.command.is_some() {
-        return cli;
-    }
-    // No subcommand: serve, with every setting from the environment or defaults.
-    let mut args: Vec<String> = std::env::args().collect();
-    args.insert(1.min(args.len()), "serve".into());
-    Cli::parse_from(args)
+    let command = cli.command.unwrap_or_else(|| {
+        // No subcommand: serve, with every setting from the environment or its default.
+        Command::Serve(ServeOnly::parse_from(["auth-server"]).settings)
+    });
+    (cli.storage, command)
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = parse_cli();
-    match cli.command {
-        Some(Command::Serve(settings)) => {
+    let (storage, command) = parse_cli();
+    match command {
+        Command::Serve(settings) => {
             init_logging(settings.log_format == "json");
-            app::serve(cli.storage, settings).await?;
+            app::serve(storage, settings).await?;
         }
-        Some(Command::Migrate) => {
+        Command::Migrate => {
             init_logging(false);
-            let store = auth_server::store::SqlStore::open(&cli.storage.effective_database_url())
+            let store = auth_server::store::SqlStore::open(&storage.effective_database_url())
                 .await
                 .context("migrate")?;
             store.close().await;
             eprintln!("migrations applied");
         }
-        Some(Command::User(UserCommand::Add {
+        Command::User(UserCommand::Add {
             username,
             email,
             phone,
@@ -127,7 +150,7 @@ async fn main() -> anyhow::Result<()> {
             roles,
             password_stdin,
             must_change_password,
-        })) => {
+        }) => {
             init_logging(false);
             if !password_stdin {
                 bail!("--password-stdin is required: pipe the password on standard input");
@@ -138,7 +161,7 @@ async fn main() -> anyhow::Result<()> {
                 .read_line(&mut line)
                 .context("reading the password")?;
             let password = line.trim_end_matches(['\r', '\n']).to_owned();
-            let opened = app::open(&cli.storage).await?;
+            let opened = app::open(&storage).await?;
             let (auth, _) =
                 app::service(opened, None, String::new(), Arc::new(SystemClock)).await?;
             let user = auth
@@ -167,11 +190,16 @@ async fn main() -> anyhow::Result<()> {
             auth.store.close().await;
             println!("{}", user.id);
         }
-        Some(Command::Openapi { base_path }) => {
+        Command::Key(KeyCommand::Generate { alg, activate_in }) => {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let activates = (activate_in > 0).then_some(now + activate_in);
+            let key = auth_server::auth::keys::generate_config(alg, activates, None)?;
+            println!("{}", serde_json::to_string_pretty(&key)?);
+        }
+        Command::Openapi { base_path } => {
             let base = auth_server::settings::normalize_base_path(&base_path);
             println!("{}", auth_server::http::openapi(&base).to_pretty_json()?);
         }
-        None => unreachable!("parse_cli always yields a command"),
     }
     Ok(())
 }

@@ -243,23 +243,49 @@ pub fn load_or_generate_dev_key(
         }
         Err(e) => return Err(io(e.to_string())),
     };
-    let provisional = SigningKey::from_config(&SigningKeyConfig {
-        kid: "dev".into(),
-        algorithm: alg,
-        private_key_pem: pem.clone(),
-        activates_at: None,
-        retires_at: None,
-    })?;
-    let kid = provisional
-        .jwk
-        .thumbprint(ThumbprintHash::SHA256)
-        .map_err(|e| io(e.to_string()))?;
     SigningKey::from_config(&SigningKeyConfig {
-        kid,
+        kid: thumbprint_kid(&pem, alg)?,
         algorithm: alg,
         private_key_pem: pem,
         activates_at: None,
         retires_at: None,
+    })
+}
+
+/// The RFC 7638 SHA-256 thumbprint of a private key's public half: a `kid` that is the same
+/// wherever the key is loaded.
+pub fn thumbprint_kid(pem: &str, alg: SigningAlgorithm) -> Result<String, KeyError> {
+    let key = SigningKey::from_config(&SigningKeyConfig {
+        kid: "probe".into(),
+        algorithm: alg,
+        private_key_pem: pem.to_owned(),
+        activates_at: None,
+        retires_at: None,
+    })?;
+    key.jwk
+        .thumbprint(ThumbprintHash::SHA256)
+        .map_err(|e| KeyError::Invalid {
+            kid: "probe".into(),
+            reason: e.to_string(),
+        })
+}
+
+/// A new signing-key entry for the runtime configuration, `kid` from its thumbprint.
+pub fn generate_config(
+    alg: SigningAlgorithm,
+    activates_at: Option<i64>,
+    retires_at: Option<i64>,
+) -> Result<SigningKeyConfig, KeyError> {
+    let pem = generate_pem(alg).map_err(|reason| KeyError::Invalid {
+        kid: "new".into(),
+        reason,
+    })?;
+    Ok(SigningKeyConfig {
+        kid: thumbprint_kid(&pem, alg)?,
+        algorithm: alg,
+        private_key_pem: pem,
+        activates_at,
+        retires_at,
     })
 }
 

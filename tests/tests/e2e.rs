@@ -1,0 +1,405 @@
+//! End to end through the real binary: the CLI adds users, the server signs them in over HTTP,
+//! an independent JWT implementation (jose, on Node) verifies the tokens against the JWKS,
+//! refresh rotation and reuse detection, logout; the embedded default, and two replicas on
+//! Postgres and Redis; graceful shutdown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use keygate_tests::{ServerOptions, ServerProcess, add_user, repo_root, workspace_bin};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+const PW: &str = "correct horse battery staple";
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+async fn post(base: &str, path: &str, body: Value, bearer: Option<&str>) -> (StatusCode, Value) {
+    let mut req = client().post(format!("{base}/api/v1{path}")).json(&body);
+    if let Some(t) = bearer {
+        req = req.bearer_auth(t);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+async fn get(base: &str, path: &str, bearer: Option<&str>) -> (StatusCode, Value) {
+    let mut req = client().get(format!("{base}{path}"));
+    if let Some(t) = bearer {
+        req = req.bearer_auth(t);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+/// Verifies `token` with jose against the server's JWKS; returns `{payload, protectedHeader}`.
+fn verify_with_jose(base: &str, issuer: &str, token: &str) -> Result<Value, String> {
+    let js = repo_root().join("tests/js");
+    assert!(
+        js.join("node_modules/jose").exists(),
+        "tests/js/node_modules is missing: scripts/test runs `npm ci` there"
+    );
+    let out = Command::new("node")
+        .current_dir(&js)
+        .args([
+            "verify-jwt.mjs",
+            &format!("{base}/.well-known/jwks.json"),
+            issuer,
+            "keygate",
+            token,
+        ])
+        .output()
+        .expect("run node");
+    if out.status.success() {
+        Ok(serde_json::from_slice(&out.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn write_config(dir: &Path, config: &Value) -> String {
+    let path = dir.join("keygate.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(config).unwrap()).unwrap();
+    path.display().to_string()
+}
+
+async fn full_session(alg: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &json!({"tokens": {"refresh_reuse_grace_seconds": 0}}),
+    );
+    let env = vec![
+        ("KEYGATE_CONFIG".to_owned(), config),
+        ("KEYGATE_SIGNING_ALG".to_owned(), alg.to_owned()),
+    ];
+    let user_id = add_user(
+        dir.path(),
+        &env,
+        &["--username", "alice", "--email", "alice@example.com"],
+        PW,
+    );
+    assert!(user_id.starts_with("usr_"), "{user_id}");
+    let server = ServerProcess::start(ServerOptions {
+        data_dir: Some(dir.path().to_path_buf()),
+        env,
+        ..Default::default()
+    });
+    let base = server.base_url.as_str();
+
+    let (status, login) = post(
+        base,
+        "/auth/login",
+        json!({"identity": "alice", "password": PW}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{login}");
+    let at = login["access_token"].as_str().unwrap();
+    let verified =
+        verify_with_jose(base, base, at).unwrap_or_else(|e| panic!("jose refused the token: {e}"));
+    assert_eq!(verified["payload"]["sub"], user_id.as_str());
+    assert_eq!(verified["payload"]["amr"], json!(["pwd"]));
+    assert_eq!(verified["protectedHeader"]["alg"], alg);
+    assert!(verified["protectedHeader"]["kid"].is_string());
+    // jose also refuses a token for another audience or issuer.
+    assert!(verify_with_jose(base, "https://elsewhere.example", at).is_err());
+
+    let (status, me) = get(base, "/api/v1/auth/me", Some(at)).await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["data"]["email"], "alice@example.com");
+
+    // Refresh rotates; the new access token verifies too.
+    let rt1 = login["refresh_token"].as_str().unwrap();
+    let (status, refreshed) =
+        post(base, "/auth/refresh", json!({"refresh_token": rt1}), None).await;
+    assert_eq!(status, 200, "{refreshed}");
+    verify_with_jose(base, base, refreshed["access_token"].as_str().unwrap()).unwrap();
+    let rt2 = refreshed["refresh_token"].as_str().unwrap();
+
+    // Replaying the spent token after the (zero) grace window revokes the family.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, problem) = post(base, "/auth/refresh", json!({"refresh_token": rt1}), None).await;
+    assert_eq!(status, 400);
+    assert_eq!(problem["code"], 40000201, "{problem}");
+    let (status, problem) = post(base, "/auth/refresh", json!({"refresh_token": rt2}), None).await;
+    assert_eq!(status, 400);
+    assert_eq!(problem["code"], 40000202, "{problem}");
+
+    // Logout: the access token is refused afterwards.
+    let (_, login) = post(
+        base,
+        "/auth/login",
+        json!({"identity": "alice@example.com", "password": PW}),
+        None,
+    )
+    .await;
+    let at = login["access_token"].as_str().unwrap();
+    let (status, _) = post(base, "/auth/logout", json!({}), Some(at)).await;
+    assert_eq!(status, 200);
+    let (status, problem) = get(base, "/api/v1/auth/me", Some(at)).await;
+    assert_eq!(status, 401);
+    assert_eq!(problem["code"], 40100002);
+
+    let metrics = client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"route="/api/v1/auth/refresh""#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn embedded_default_es256_end_to_end() {
+    full_session("ES256").await;
+}
+
+#[tokio::test]
+async fn embedded_default_eddsa_end_to_end() {
+    full_session("EdDSA").await;
+}
+
+#[tokio::test]
+async fn embedded_default_rs256_end_to_end() {
+    full_session("RS256").await;
+}
+
+#[tokio::test]
+async fn two_replicas_share_postgres_redis_and_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = Command::new(workspace_bin("auth-server"))
+        .args(["key", "generate", "--alg", "ES256"])
+        .output()
+        .unwrap();
+    assert!(key.status.success());
+    let key: Value = serde_json::from_slice(&key.stdout).unwrap();
+    let config = write_config(dir.path(), &json!({"signing_keys": [key]}));
+    let env = vec![
+        (
+            "KEYGATE_DATABASE_URL".to_owned(),
+            keygate_tests::fresh_postgres_database().await,
+        ),
+        ("KEYGATE_REDIS_URL".to_owned(), keygate_tests::redis_url()),
+        ("KEYGATE_CONFIG".to_owned(), config),
+        (
+            "KEYGATE_ISSUER".to_owned(),
+            "https://id.keygate.test".to_owned(),
+        ),
+    ];
+    add_user(
+        dir.path(),
+        &env,
+        &["--username", "root", "--role", "admin"],
+        PW,
+    );
+    let a = ServerProcess::start(ServerOptions {
+        env: env.clone(),
+        ..Default::default()
+    });
+    let b = ServerProcess::start(ServerOptions {
+        env,
+        ..Default::default()
+    });
+
+    let (status, login) = post(
+        &a.base_url,
+        "/auth/login",
+        json!({"identity": "root", "password": PW}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{login}");
+    let at = login["access_token"].as_str().unwrap();
+    // B accepts A's token (same keys), and both publish the configured key.
+    let (status, me) = get(&b.base_url, "/api/v1/auth/me", Some(at)).await;
+    assert_eq!(status, 200, "{me}");
+    verify_with_jose(&b.base_url, "https://id.keygate.test", at).unwrap();
+    let (_, jwks) = get(&b.base_url, "/.well-known/jwks.json", None).await;
+    assert_eq!(jwks["keys"][0]["kid"], key["kid"]);
+    // The admin creates a user through A; it signs in through B.
+    let (status, created) = post(
+        &a.base_url,
+        "/admin/users",
+        json!({"username": "bob", "password": PW}),
+        Some(at),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let (status, bob) = post(
+        &b.base_url,
+        "/auth/login",
+        json!({"identity": "bob", "password": PW}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{bob}");
+    // Refresh through B; logout through A is seen by B at once (shared Redis).
+    let (status, refreshed) = post(
+        &b.base_url,
+        "/auth/refresh",
+        json!({"refresh_token": login["refresh_token"]}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{refreshed}");
+    let at2 = refreshed["access_token"].as_str().unwrap();
+    let (status, _) = post(&a.base_url, "/auth/logout", json!({}), Some(at2)).await;
+    assert_eq!(status, 200);
+    for token in [at, at2] {
+        let (status, problem) = get(&b.base_url, "/api/v1/auth/me", Some(token)).await;
+        assert_eq!(status, 401, "{problem}");
+    }
+    let (status, ready) = get(&b.base_url, "/readyz", None).await;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["checks"]["ephemeral"], "ok (redis)");
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_requests_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    add_user(dir.path(), &[], &["--username", "alice"], PW);
+    let mut server = ServerProcess::start(ServerOptions {
+        data_dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    });
+    let base = server.base_url.clone();
+    let mut inflight = Vec::new();
+    for _ in 0..8 {
+        let base = base.clone();
+        inflight.push(tokio::spawn(async move {
+            post(
+                &base,
+                "/auth/login",
+                json!({"identity": "alice", "password": PW}),
+                None,
+            )
+            .await
+            .0
+        }));
+    }
+    // The logins queue on the hashing pool; stop the server while they run.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let status = tokio::task::spawn_blocking(move || {
+        let s = server.terminate(Duration::from_secs(30));
+        (s, server.log())
+    })
+    .await
+    .unwrap();
+    for t in inflight {
+        assert_eq!(t.await.unwrap(), 200, "an in-flight login was cut off");
+    }
+    assert!(
+        status.0.success(),
+        "exit status {:?}\n{}",
+        status.0,
+        status.1
+    );
+    assert!(
+        status.1.contains("finishing in-flight requests"),
+        "{}",
+        status.1
+    );
+}
+
+#[test]
+fn a_fresh_directory_gets_a_working_embedded_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = keygate_tests::free_port();
+    let mut child = Command::new(workspace_bin("auth-server"))
+        .current_dir(dir.path())
+        .env_remove("KEYGATE_DATA_DIR")
+        .env("KEYGATE_LISTEN", format!("127.0.0.1:{port}"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let ok = loop {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break true;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ok, "the server did not start with no arguments");
+    assert!(dir.path().join("data/keygate.db").exists());
+    assert!(dir.path().join("data/signing-key-es256.pem").exists());
+}
+
+#[test]
+fn the_cli_explains_itself_and_refuses_passwords_on_the_command_line() {
+    let help = Command::new(workspace_bin("auth-server"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&help.stdout);
+    for word in [
+        "serve",
+        "migrate",
+        "user",
+        "key",
+        "KEYGATE_DATABASE_URL",
+        "KEYGATE_DATA_DIR",
+    ] {
+        assert!(text.contains(word), "--help lacks {word}:\n{text}");
+    }
+    let serve = Command::new(workspace_bin("auth-server"))
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&serve.stdout);
+    for word in [
+        "KEYGATE_LISTEN",
+        "KEYGATE_REDIS_URL",
+        "KEYGATE_CONFIG",
+        "KEYGATE_BASE_PATH",
+    ] {
+        assert!(text.contains(word), "serve --help lacks {word}:\n{text}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(workspace_bin("auth-server"))
+        .args(["user", "add", "--username", "x"])
+        .env("KEYGATE_DATA_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--password-stdin"));
+    // Invalid users are refused with the reason.
+    let out = Command::new(workspace_bin("auth-server"))
+        .args(["user", "add", "--username", "bad name", "--password-stdin"])
+        .env("KEYGATE_DATA_DIR", dir.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("username"));
+    let migrate = Command::new(workspace_bin("auth-server"))
+        .arg("migrate")
+        .env("KEYGATE_DATA_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert!(migrate.status.success());
+    let op = Command::new(workspace_bin("auth-operator"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(op.status.success());
+    assert!(String::from_utf8_lossy(&op.stdout).contains("runtime configuration"));
+}
