@@ -126,9 +126,21 @@ fn parse_cli() -> (StorageSettings, Command) {
     (cli.storage, command)
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let (storage, command) = parse_cli();
+    let workers = match &command {
+        Command::Serve(settings) => settings.effective_worker_threads(),
+        _ => 1,
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run(storage, command))
+}
+
+async fn run(storage: StorageSettings, command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(settings) => {
             init_logging(settings.log_format == "json");

@@ -90,6 +90,12 @@ pub struct ServeSettings {
     #[arg(long, env = "KEYGATE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
 
+    /// Threads of the async runtime (HTTP, database, Redis). Default: half the CPUs, at least
+    /// one, because password hashing runs on its own threads (one per CPU by default) and idle
+    /// async workers searching for work slow the hashing down (see docs/benchmarks.md).
+    #[arg(long, env = "KEYGATE_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+
     /// Seconds that in-flight requests get to finish after SIGTERM/SIGINT.
     #[arg(long, env = "KEYGATE_SHUTDOWN_GRACE_SECONDS", default_value_t = 25)]
     pub shutdown_grace_seconds: u64,
@@ -102,6 +108,14 @@ impl ServeSettings {
             Some(i) => i.trim_end_matches('/').to_owned(),
             None => format!("http://{}", self.listen),
         }
+    }
+
+    /// Async worker threads in force.
+    pub fn effective_worker_threads(&self) -> usize {
+        self.worker_threads.filter(|n| *n > 0).unwrap_or_else(|| {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            (cpus / 2).max(1)
+        })
     }
 
     /// The base path normalised to `/x/y` (or empty for the root).

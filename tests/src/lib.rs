@@ -34,11 +34,15 @@ pub fn unique(prefix: &str) -> String {
 
 /// Creates an empty database on the test Postgres server and returns its URL.
 pub async fn fresh_postgres_database() -> String {
+    fresh_postgres_database_on(&postgres_server_url()).await
+}
+
+/// Creates an empty database on the Postgres server at `server` and returns its URL.
+pub async fn fresh_postgres_database_on(server: &str) -> String {
     use sqlx::Connection;
     sqlx::any::install_default_drivers();
-    let server = postgres_server_url();
     let name = unique("kg_");
-    let mut conn = sqlx::AnyConnection::connect(&server)
+    let mut conn = sqlx::AnyConnection::connect(server)
         .await
         .expect("connect to the test Postgres server");
     sqlx::query(&format!("CREATE DATABASE {name}"))
@@ -46,7 +50,7 @@ pub async fn fresh_postgres_database() -> String {
         .await
         .expect("create a test database");
     conn.close().await.ok();
-    with_database(&server, &name)
+    with_database(server, &name)
 }
 
 fn with_database(server_url: &str, db: &str) -> String {
@@ -69,14 +73,16 @@ pub fn free_port() -> u16 {
         .expect("bind an ephemeral port")
 }
 
-/// The directory of the built workspace binaries (`target/debug` when testing in debug).
+/// The directory of the built workspace binaries: `target/<profile>`, seen from a test
+/// binary (in `deps/`) or from another workspace binary.
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test-binary>
-    exe.parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .expect("test binary lives in target/<profile>/deps")
+    let dir = exe.parent().expect("the executable has a directory");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("target/<profile>").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// Path of a workspace binary such as `auth-server`; panics with advice when not built.

@@ -1,13 +1,16 @@
 //! Password hashing: the canonical client digest every transmission mode reduces to, argon2id
-//! over it (with an optional pepper) on the blocking pool behind a concurrency cap, and the
-//! dummy verification that makes unknown identities cost the same as wrong passwords.
+//! over it (with an optional pepper) on a dedicated pool of hashing threads (which bounds
+//! memory and keeps every core hashing back to back, without a round trip through the async
+//! runtime between two hashes), and the dummy verification that makes unknown identities cost
+//! the same as wrong passwords.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordHasher as _, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use keygate_config::PasswordHashing;
 use sha2::{Digest, Sha256};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use tokio::sync::Semaphore;
+use tokio::sync::oneshot;
 
 /// Longest password accepted, in bytes (NIST asks for at least 64 characters).
 pub const MAX_PASSWORD_BYTES: usize = 1024;
@@ -45,7 +48,9 @@ pub enum Verified {
     YesRehashed(String),
 }
 
-/// Hashes and verifies canonical digests with argon2id, at most `permits` at a time.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Hashes and verifies canonical digests with argon2id on `max_concurrent` dedicated threads.
 #[derive(Debug, Clone)]
 pub struct PasswordHasher {
     inner: Arc<Inner>,
@@ -54,7 +59,7 @@ pub struct PasswordHasher {
 #[derive(Debug)]
 struct Inner {
     pepper: Option<Vec<u8>>,
-    permits: Semaphore,
+    jobs: mpsc::Sender<Job>,
     state: Mutex<ParamState>,
 }
 
@@ -69,17 +74,39 @@ struct ParamState {
 impl PasswordHasher {
     /// A hasher with these parameters; `pepper` is the server-side secret, if any.
     pub fn new(config: &PasswordHashing, pepper: Option<Vec<u8>>) -> Result<Self, HashError> {
-        let permits = if config.max_concurrent == 0 {
+        let threads = if config.max_concurrent == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
             config.max_concurrent as usize
         };
         let params = to_params(config)?;
         let dummy = hash_blocking(&params, pepper.as_deref(), &super::random::secret(16))?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..threads {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("keygate-hash-{i}"))
+                .spawn(move || {
+                    loop {
+                        // The lock is held only while waiting for the next job.
+                        let job = match rx.lock() {
+                            Ok(guard) => guard.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            // Every hasher handle is gone.
+                            Err(_) => return,
+                        }
+                    }
+                })
+                .map_err(|e| HashError::Argon(format!("cannot start a hashing thread: {e}")))?;
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 pepper,
-                permits: Semaphore::new(permits),
+                jobs: tx,
                 state: Mutex::new(ParamState {
                     params,
                     dummy: dummy.into(),
@@ -116,21 +143,26 @@ impl PasswordHasher {
         }
     }
 
-    /// Hashes a canonical digest for storage (PHC string).
-    pub async fn hash(&self, digest: String) -> Result<String, HashError> {
+    /// Runs `work` on a hashing thread and waits for its result.
+    async fn run<T, F>(&self, work: F) -> Result<T, HashError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner, ParamState) -> Result<T, HashError> + Send + 'static,
+    {
         let state = self.state();
         let inner = self.inner.clone();
-        let _permit = self
-            .inner
-            .permits
-            .acquire()
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(work(&inner, state));
+        });
+        self.inner.jobs.send(job).map_err(|_| HashError::Join)?;
+        rx.await.map_err(|_| HashError::Join)?
+    }
+
+    /// Hashes a canonical digest for storage (PHC string).
+    pub async fn hash(&self, digest: String) -> Result<String, HashError> {
+        self.run(move |inner, state| hash_blocking(&state.params, inner.pepper.as_deref(), &digest))
             .await
-            .map_err(|_| HashError::Join)?;
-        tokio::task::spawn_blocking(move || {
-            hash_blocking(&state.params, inner.pepper.as_deref(), &digest)
-        })
-        .await
-        .map_err(|_| HashError::Join)?
     }
 
     /// Verifies a canonical digest against a stored PHC string; `None` (unknown identity, or a
@@ -140,15 +172,7 @@ impl PasswordHasher {
         digest: String,
         stored: Option<String>,
     ) -> Result<Verified, HashError> {
-        let state = self.state();
-        let inner = self.inner.clone();
-        let _permit = self
-            .inner
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| HashError::Join)?;
-        tokio::task::spawn_blocking(move || {
+        self.run(move |inner, state| {
             let pepper = inner.pepper.as_deref();
             let Some(stored) = stored else {
                 let _ = verify_blocking(pepper, &digest, &state.dummy);
@@ -169,7 +193,6 @@ impl PasswordHasher {
             }
         })
         .await
-        .map_err(|_| HashError::Join)?
     }
 }
 
@@ -203,14 +226,45 @@ fn hash_blocking(
         .map_err(|e| HashError::Argon(e.to_string()))
 }
 
+thread_local! {
+    /// Each hashing thread keeps its argon2 working memory between verifications instead of
+    /// allocating (and page-faulting) `memory_kib` for every one.
+    static WORK_MEMORY: std::cell::RefCell<Vec<argon2::Block>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 fn verify_blocking(pepper: Option<&[u8]>, digest: &str, stored: &str) -> Result<bool, HashError> {
-    let parsed = PasswordHash::new(stored).map_err(|e| HashError::Argon(e.to_string()))?;
-    let params = Params::try_from(&parsed).map_err(|e| HashError::Argon(e.to_string()))?;
-    match argon(&params, pepper)?.verify_password(digest.as_bytes(), &parsed) {
-        Ok(()) => Ok(true),
-        Err(argon2::password_hash::Error::Password) => Ok(false),
-        Err(e) => Err(HashError::Argon(e.to_string())),
+    let bad = |e: &dyn std::fmt::Display| HashError::Argon(e.to_string());
+    let parsed = PasswordHash::new(stored).map_err(|e| bad(&e))?;
+    if parsed.algorithm != argon2::ARGON2ID_IDENT || parsed.version.is_some_and(|v| v != 0x13) {
+        return Err(HashError::Argon("not an argon2id v19 hash".into()));
     }
+    let expected = parsed
+        .hash
+        .ok_or_else(|| HashError::Argon("no hash output".into()))?;
+    let salt = parsed
+        .salt
+        .ok_or_else(|| HashError::Argon("no salt".into()))?;
+    let mut salt_buf = [0u8; 64];
+    let salt = salt.decode_b64(&mut salt_buf).map_err(|e| bad(&e))?;
+    let params = Params::try_from(&parsed).map_err(|e| bad(&e))?;
+    let argon = argon(&params, pepper)?;
+    let mut out = vec![0u8; expected.len()];
+    WORK_MEMORY.with(|memory| {
+        let mut memory = memory.borrow_mut();
+        let blocks = params.block_count();
+        if memory.len() < blocks {
+            memory.resize(blocks, argon2::Block::default());
+        }
+        argon
+            .hash_password_into_with_memory(
+                digest.as_bytes(),
+                salt,
+                &mut out,
+                &mut memory[..blocks],
+            )
+            .map_err(|e| bad(&e))
+    })?;
+    Ok(subtle::ConstantTimeEq::ct_eq(out.as_slice(), expected.as_bytes()).into())
 }
 
 fn uses_params(stored: &str, params: &Params) -> bool {

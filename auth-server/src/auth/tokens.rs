@@ -2,7 +2,7 @@
 //! (known `kid`, the key's own algorithm, issuer, audience, time window).
 
 use super::keys::KeyRing;
-use jsonwebtoken::{Header, Validation};
+use jsonwebtoken::Validation;
 use serde::{Deserialize, Serialize};
 
 /// The actor who signed in on someone's behalf (RFC 8693 §4.1).
@@ -65,11 +65,8 @@ pub fn sign(ring: &KeyRing, claims: &AccessClaims) -> Result<String, TokenError>
     let key = ring
         .signing_key(claims.iat)
         .ok_or(TokenError::NoActiveKey)?;
-    let mut header = Header::new(key.algorithm);
-    header.kid = Some(key.kid.clone());
-    header.typ = Some("at+jwt".to_owned());
-    jsonwebtoken::encode(&header, claims, key.encoding_key())
-        .map_err(|e| TokenError::Signing(e.to_string()))
+    key.sign_jwt(claims, Some("at+jwt"))
+        .map_err(TokenError::Signing)
 }
 
 /// Verifies signature, `kid`, algorithm, `iss`, `aud`, `exp` and `nbf` at `now`.
@@ -114,6 +111,7 @@ pub fn verify(
 mod tests {
     use super::*;
     use crate::auth::keys::{SigningKey, generate_pem};
+    use jsonwebtoken::Header;
     use keygate_config::{SigningAlgorithm, SigningKeyConfig};
 
     fn ring(kid: &str) -> KeyRing {
