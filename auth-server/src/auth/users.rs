@@ -42,25 +42,9 @@ pub struct UserInput {
     pub must_change_password: bool,
 }
 
-/// A validated, normalised user request.
-#[derive(Debug, Clone)]
-pub struct ValidUser {
-    /// Lowercase username.
-    pub username: String,
-    /// Lowercase email.
-    pub email: Option<String>,
-    /// E.164 phone.
-    pub phone: Option<String>,
-    /// Password as given.
-    pub password: Option<String>,
-    /// Known, deduplicated roles.
-    pub roles: Vec<String>,
-    /// Require a change.
-    pub must_change_password: bool,
-}
-
-/// Checks every field and returns all violations at once.
-pub fn validate_user(input: UserInput) -> Result<ValidUser, AuthError> {
+/// Checks every field and returns all violations at once; on success, the input normalised
+/// (lowercase username and email, trimmed phone, known and deduplicated roles).
+pub fn validate_user(input: UserInput) -> Result<UserInput, AuthError> {
     let mut errors = Vec::new();
     let username = input.username.trim().to_lowercase();
     if username.is_empty() {
@@ -137,7 +121,7 @@ pub fn validate_user(input: UserInput) -> Result<ValidUser, AuthError> {
     if !errors.is_empty() {
         return Err(AuthError::Validation(errors));
     }
-    Ok(ValidUser {
+    Ok(UserInput {
         username,
         email,
         phone,
