@@ -2,9 +2,9 @@
 //! hot-reloading) the runtime configuration, and serving with graceful shutdown.
 
 use crate::auth::clock::{SharedClock, SystemClock};
-use crate::auth::keys::{SigningKey, load_or_generate_dev_key};
+use crate::auth::keys::load_or_generate_dev_key;
 use crate::auth::password::PasswordHasher;
-use crate::auth::{AuthService, Runtime};
+use crate::auth::{AuthService, DevKeys, Runtime};
 use crate::ephemeral::{Ephemeral, MemoryEphemeral, RedisEphemeral};
 use crate::http::{AppState, router};
 use crate::settings::{ServeSettings, StorageSettings};
@@ -42,8 +42,8 @@ pub struct Opened {
     pub store: SqlStore,
     /// The runtime configuration.
     pub config: RuntimeConfig,
-    /// The development key, when the configuration has none.
-    pub dev_key: Option<SigningKey>,
+    /// The development keys, where the configuration has none.
+    pub dev_keys: DevKeys,
     /// Password hashing with the configured parameters and pepper.
     pub hasher: PasswordHasher,
 }
@@ -61,14 +61,19 @@ pub async fn open(storage: &StorageSettings) -> Result<Opened, StartError> {
     let store = SqlStore::open(&storage.effective_database_url())
         .await
         .map_err(|e| StartError(format!("database: {e}")))?;
-    let dev_key = if config.signing_keys.is_empty() {
-        Some(
+    let mut dev_keys = DevKeys::default();
+    if config.signing_keys.is_empty() {
+        dev_keys.signing = Some(
             load_or_generate_dev_key(&storage.data_dir, storage.signing_alg)
                 .map_err(|e| StartError(e.to_string()))?,
-        )
-    } else {
-        None
-    };
+        );
+    }
+    if config.transmission_keys.is_empty() {
+        dev_keys.transmission = Some(
+            crate::auth::transmission::load_or_generate_dev_key(&storage.data_dir)
+                .map_err(StartError)?,
+        );
+    }
     let pepper = storage
         .password_pepper
         .as_ref()
@@ -78,7 +83,7 @@ pub async fn open(storage: &StorageSettings) -> Result<Opened, StartError> {
     Ok(Opened {
         store,
         config,
-        dev_key,
+        dev_keys,
         hasher,
     })
 }
@@ -89,7 +94,7 @@ pub async fn service(
     redis_url: Option<&str>,
     issuer: String,
     clock: SharedClock,
-) -> Result<(AuthService, Option<SigningKey>), StartError> {
+) -> Result<(AuthService, DevKeys), StartError> {
     let ephemeral = match redis_url {
         Some(url) => Ephemeral::Redis(
             RedisEphemeral::connect(url)
@@ -98,8 +103,7 @@ pub async fn service(
         ),
         None => Ephemeral::Memory(MemoryEphemeral::new(clock.clone())),
     };
-    let runtime =
-        Runtime::build(opened.config, opened.dev_key.as_ref()).map_err(fail("configuration"))?;
+    let runtime = Runtime::build(opened.config, &opened.dev_keys).map_err(fail("configuration"))?;
     Ok((
         AuthService::new(
             opened.store,
@@ -109,20 +113,22 @@ pub async fn service(
             runtime,
             issuer,
         ),
-        opened.dev_key,
+        opened.dev_keys,
     ))
 }
 
 /// Runs the server until SIGTERM or SIGINT, then lets in-flight requests finish.
 pub async fn serve(storage: StorageSettings, settings: ServeSettings) -> Result<(), StartError> {
     let opened = open(&storage).await?;
-    if opened.dev_key.is_some() && opened.store.backend() == crate::store::Backend::Postgres {
+    if opened.dev_keys.signing.is_some()
+        && opened.store.backend() == crate::store::Backend::Postgres
+    {
         tracing::warn!(
             "no signing keys are configured: using this replica's development key; replicas \
              sharing a database must share keys through the runtime configuration"
         );
     }
-    let (auth, dev_key) = service(
+    let (auth, dev_keys) = service(
         opened,
         settings.redis_url.as_deref(),
         settings.effective_issuer(),
@@ -130,7 +136,7 @@ pub async fn serve(storage: StorageSettings, settings: ServeSettings) -> Result<
     )
     .await?;
     if let Some(path) = storage.config.clone() {
-        tokio::spawn(watch_config(auth.clone(), path, dev_key));
+        tokio::spawn(watch_config(auth.clone(), path, dev_keys));
     }
     tokio::spawn(purge_expired(auth.clone()));
     let state = AppState::new(auth.clone(), &settings.base_path);
@@ -194,7 +200,7 @@ async fn shutdown_signal() {
 
 /// Polls the configuration file and swaps in each valid new version; an invalid one is
 /// logged and the last good configuration stays in force.
-async fn watch_config(auth: AuthService, path: PathBuf, dev_key: Option<SigningKey>) {
+async fn watch_config(auth: AuthService, path: PathBuf, dev_keys: DevKeys) {
     let mut last = std::fs::read(&path).ok();
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
@@ -205,7 +211,7 @@ async fn watch_config(auth: AuthService, path: PathBuf, dev_key: Option<SigningK
         }
         last = current;
         let result = load_config(Some(&path))
-            .and_then(|config| Runtime::build(config, dev_key.as_ref()).map_err(StartError));
+            .and_then(|config| Runtime::build(config, &dev_keys).map_err(StartError));
         match result.map(|rt| auth.replace_runtime(rt)) {
             Ok(Ok(())) => tracing::info!(path = %path.display(), "runtime configuration reloaded"),
             Ok(Err(e)) => {

@@ -2,8 +2,14 @@
 //! validation, shared by the server (which loads and hot-swaps it) and the operator (which
 //! renders it from custom resources). No kube, no axum, no I/O beyond parsing.
 
+mod policy;
+
+pub use policy::{
+    CaptchaMode, CaptchaPolicy, CaptchaProvider, LockoutPolicy, PasswordPolicy, TenantPolicy,
+    Transmission,
+};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Everything the server may change without a restart.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -17,6 +23,23 @@ pub struct RuntimeConfig {
     /// argon2id parameters for new hashes; existing hashes keep the parameters they were made
     /// with and are upgraded on the next successful login.
     pub password_hashing: PasswordHashing,
+    /// Sign-in policy of every tenant that has no entry in `tenants`.
+    pub policy: TenantPolicy,
+    /// Sign-in policy per tenant id (replaces `policy` as a whole for that tenant).
+    pub tenants: BTreeMap<String, TenantPolicy>,
+    /// RSA keys for the `asymmetric` password transmission. Empty: the server uses (and on
+    /// first start generates) a key in its data directory.
+    pub transmission_keys: Vec<TransmissionKeyConfig>,
+}
+
+/// An RSA key that clients encrypt passwords to (RSA-OAEP, SHA-256).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransmissionKeyConfig {
+    /// Key id (`transmission_public_key_id`, `key_id` in requests).
+    pub kid: String,
+    /// PKCS#8 (or PKCS#1) PEM RSA private key, 2048 bits or more.
+    pub private_key_pem: String,
 }
 
 /// Token lifetimes, audience and refresh-rotation policy.
@@ -161,6 +184,11 @@ impl Format {
 }
 
 impl RuntimeConfig {
+    /// The policy of `tenant`.
+    pub fn policy_for(&self, tenant: &str) -> &TenantPolicy {
+        self.tenants.get(tenant).unwrap_or(&self.policy)
+    }
+
     /// Parses and validates.
     pub fn parse(text: &str, format: Format) -> Result<Self, ConfigError> {
         let config: Self = match format {
@@ -206,6 +234,19 @@ impl RuntimeConfig {
         }
         if !(1..=16).contains(&h.parallelism) {
             return invalid("password_hashing.parallelism must be within 1..=16");
+        }
+        self.policy.validate("*").map_err(ConfigError::Invalid)?;
+        for (tenant, policy) in &self.tenants {
+            policy.validate(tenant).map_err(ConfigError::Invalid)?;
+        }
+        let mut transmission_kids = BTreeSet::new();
+        for key in &self.transmission_keys {
+            if key.kid.is_empty() || !transmission_kids.insert(key.kid.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "transmission_keys: empty or duplicate kid {:?}",
+                    key.kid
+                )));
+            }
         }
         let mut kids = BTreeSet::new();
         for key in &self.signing_keys {

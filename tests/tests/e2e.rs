@@ -403,3 +403,43 @@ fn the_cli_explains_itself_and_refuses_passwords_on_the_command_line() {
     assert!(op.status.success());
     assert!(String::from_utf8_lossy(&op.stdout).contains("runtime configuration"));
 }
+
+/// Runs the independent WebCrypto client (tests/js/login-client.mjs); returns (status, body).
+fn webcrypto_login(base: &str, mode: &str, password: &str, variant: &str) -> (u16, Value) {
+    let out = Command::new("node")
+        .current_dir(repo_root().join("tests/js"))
+        .args(["login-client.mjs", base, mode, "alice", password, variant])
+        .output()
+        .expect("run node");
+    assert!(
+        out.status.success(),
+        "login-client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    (v["status"].as_u64().unwrap() as u16, v["body"].clone())
+}
+
+#[test]
+fn a_webcrypto_client_signs_in_with_every_transmission_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    add_user(dir.path(), &[], &["--username", "alice"], PW);
+    let server = ServerProcess::start(ServerOptions {
+        data_dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    });
+    for (mode, variant) in [
+        ("plain", ""),
+        ("hash", ""),
+        ("symmetric", "hkdf"),
+        ("symmetric", "raw"),
+        ("asymmetric", ""),
+    ] {
+        let (status, body) = webcrypto_login(&server.base_url, mode, PW, variant);
+        assert_eq!(status, 200, "{mode} {variant}: {body}");
+        assert!(body["access_token"].is_string());
+        let (status, body) = webcrypto_login(&server.base_url, mode, "wrong password", variant);
+        assert_eq!(status, 400, "{mode} {variant}: {body}");
+        assert_eq!(body["code"], 40000101, "{mode} {variant}: {body}");
+    }
+}

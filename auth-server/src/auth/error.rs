@@ -48,6 +48,12 @@ pub enum AuthError {
     /// The password was sent in a mode the tenant does not accept.
     #[error("password transmission mode not accepted")]
     TransmissionNotAccepted,
+    /// An encrypted password could not be decrypted (wrong key, tampered, not UTF-8).
+    #[error("password could not be decrypted")]
+    PasswordUndecodable,
+    /// The key exchange of a `symmetric` password is unknown, expired or already used.
+    #[error("key exchange expired or used")]
+    KeyExchangeExpired,
     /// Unknown, expired or revoked refresh token.
     #[error("invalid refresh token")]
     InvalidRefreshToken,

@@ -342,6 +342,15 @@ pub fn thumbprint_kid(pem: &str, alg: SigningAlgorithm) -> Result<String, KeyErr
         })
 }
 
+/// A short, stable id for a key file: `k` and 16 hex characters of SHA-256 over its PEM.
+pub fn short_fingerprint(pem: &str) -> String {
+    use sha2::Digest;
+    format!(
+        "k{}",
+        &hex::encode(sha2::Sha256::digest(pem.trim().as_bytes()))[..16]
+    )
+}
+
 /// A new signing-key entry for the runtime configuration, `kid` from its thumbprint.
 pub fn generate_config(
     alg: SigningAlgorithm,
@@ -361,7 +370,8 @@ pub fn generate_config(
     })
 }
 
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+/// Writes a new private-key file readable by its owner only; never overwrites.
+pub(crate) fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);

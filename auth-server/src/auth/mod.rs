@@ -8,6 +8,7 @@ pub mod keys;
 pub mod password;
 pub mod random;
 pub mod tokens;
+pub mod transmission;
 pub mod users;
 
 use crate::ephemeral::{Ephemeral, denied_jti_key, denied_sid_key};
@@ -18,6 +19,7 @@ use error::{AuthError, FieldViolation};
 use keygate_config::RuntimeConfig;
 use keys::{KeyRing, SigningKey};
 use password::{PasswordHasher, Verified, canonical_digest};
+
 use std::sync::Arc;
 use std::time::Duration;
 use tokens::{AccessClaims, Actor};
@@ -29,11 +31,26 @@ pub struct Runtime {
     pub config: RuntimeConfig,
     /// Signing keys built from it (or the development key).
     pub keys: KeyRing,
+    /// Password-transmission keys; the first is the current one.
+    pub transmission: Vec<transmission::TransmissionKey>,
 }
 
 impl Runtime {
-    /// Builds the key ring; `dev_key` is used when the configuration has no keys.
-    pub fn build(config: RuntimeConfig, dev_key: Option<&SigningKey>) -> Result<Self, String> {
+    /// Builds the key rings; the development keys stand in where the configuration has none.
+    pub fn build(config: RuntimeConfig, dev: &DevKeys) -> Result<Self, String> {
+        let dev_key = dev.signing.as_ref();
+        let transmission = if config.transmission_keys.is_empty() {
+            match &dev.transmission {
+                Some(k) => vec![k.clone()],
+                None => return Err("the configuration has no transmission keys".into()),
+            }
+        } else {
+            config
+                .transmission_keys
+                .iter()
+                .map(transmission::TransmissionKey::from_config)
+                .collect::<Result<_, _>>()?
+        };
         let keys = if config.signing_keys.is_empty() {
             match dev_key {
                 Some(k) => vec![k.clone()],
@@ -50,8 +67,18 @@ impl Runtime {
         Ok(Self {
             config,
             keys: KeyRing::new(keys),
+            transmission,
         })
     }
+}
+
+/// Keys kept in the data directory for when the runtime configuration names none.
+#[derive(Debug, Clone, Default)]
+pub struct DevKeys {
+    /// JWT signing key.
+    pub signing: Option<SigningKey>,
+    /// Password-transmission key.
+    pub transmission: Option<transmission::TransmissionKey>,
 }
 
 /// Refresh tokens carry 256 bits.
@@ -79,13 +106,13 @@ pub struct SignedIn {
     pub tokens: IssuedTokens,
 }
 
-/// How a password arrived.
+/// A password sign-in request.
 #[derive(Debug, Clone)]
 pub struct PasswordLogin {
     /// Username, email or phone.
     pub identity: String,
-    /// The password (plain transmission).
-    pub password: String,
+    /// The password as sent, in its transmission mode.
+    pub password: transmission::SentPassword,
     /// Tenant asked for (body, header or the default).
     pub tenant_id: String,
 }
@@ -159,19 +186,7 @@ impl AuthService {
                 format!("at most {} characters", users::MAX_IDENTITY_CHARS),
             ));
         }
-        if req.password.is_empty() {
-            errors.push(FieldViolation::new(
-                "password",
-                "required",
-                "password is required",
-            ));
-        } else if req.password.len() > password::MAX_PASSWORD_BYTES {
-            errors.push(FieldViolation::new(
-                "password",
-                "range",
-                format!("at most {} bytes", password::MAX_PASSWORD_BYTES),
-            ));
-        }
+        check_password_field(&req.password, "password", &mut errors);
         if !errors.is_empty() {
             return Err(AuthError::Validation(errors));
         }
@@ -180,12 +195,21 @@ impl AuthService {
             .tenant(&req.tenant_id)
             .await?
             .ok_or(AuthError::UnknownTenant)?;
+        let rt = self.runtime();
+        let accepted = &rt
+            .config
+            .policy_for(&tenant.id)
+            .password
+            .accepted_transmissions;
+        let recovered = self
+            .recover_password(&rt, accepted, &req.password, "password")
+            .await?;
         let (kind, identity) = users::classify_identity(&req.identity);
         let user = self
             .store
             .user_by_identity(&tenant.id, kind, &identity)
             .await?;
-        let digest = canonical_digest(&req.password, &tenant.id);
+        let digest = recovered.digest(&tenant.id);
         let stored = user.as_ref().and_then(|u| u.password_hash.clone());
         let verified = self.hasher.verify(digest, stored).await?;
         let user = match (verified, user) {
@@ -203,6 +227,87 @@ impl AuthService {
         }
         let tokens = self.open_session(&user, vec!["pwd".into()], None).await?;
         Ok(SignedIn { user, tokens })
+    }
+
+    /// Starts a `symmetric` key exchange: single use, valid for a short time.
+    pub async fn new_key_exchange(&self) -> Result<(String, String, u64), AuthError> {
+        let id = random::id("kex");
+        let (secret, public) = transmission::new_exchange_key();
+        self.ephemeral
+            .set(
+                &format!("kg:kex:{id}"),
+                &hex::encode(secret),
+                Duration::from_secs(transmission::KEX_TTL_SECONDS),
+            )
+            .await?;
+        Ok((id, public, transmission::KEX_TTL_SECONDS))
+    }
+
+    /// Turns a password as sent into something to verify, per its transmission mode.
+    pub async fn recover_password(
+        &self,
+        rt: &Runtime,
+        accepted: &[keygate_config::Transmission],
+        sent: &transmission::SentPassword,
+        field: &str,
+    ) -> Result<transmission::Recovered, AuthError> {
+        use keygate_config::Transmission as T;
+        let recovered = match transmission::mode_of(sent, accepted, "password_transmission")? {
+            T::Plain => transmission::Recovered::Plain(sent.value.clone()),
+            T::Hash => transmission::recover_hash(&sent.value, field)?,
+            T::Asymmetric => {
+                let key = match sent.key_id.as_deref().filter(|k| !k.is_empty()) {
+                    None => rt.transmission.first(),
+                    Some(kid) => rt.transmission.iter().find(|k| k.kid == kid),
+                }
+                .ok_or_else(|| {
+                    AuthError::Validation(vec![FieldViolation::new(
+                        "key_id",
+                        "format",
+                        "unknown transmission key",
+                    )])
+                })?;
+                transmission::recover_asymmetric(&sent.value, key, field)?
+            }
+            T::Symmetric => {
+                let id = sent
+                    .key_exchange_id
+                    .as_deref()
+                    .filter(|k| !k.is_empty())
+                    .ok_or_else(|| {
+                        AuthError::Validation(vec![FieldViolation::new(
+                            "key_exchange_id",
+                            "required",
+                            "symmetric mode needs the key_exchange_id from /public/key-exchange",
+                        )])
+                    })?;
+                if id.len() > 64 {
+                    return Err(AuthError::KeyExchangeExpired);
+                }
+                let secret = self
+                    .ephemeral
+                    .take(&format!("kg:kex:{id}"))
+                    .await?
+                    .and_then(|h| hex::decode(h).ok())
+                    .ok_or(AuthError::KeyExchangeExpired)?;
+                transmission::recover_symmetric(
+                    &sent.value,
+                    sent.client_pub_key.as_deref(),
+                    &secret,
+                    field,
+                )?
+            }
+        };
+        if let transmission::Recovered::Plain(p) = &recovered
+            && p.len() > password::MAX_PASSWORD_BYTES
+        {
+            return Err(AuthError::Validation(vec![FieldViolation::new(
+                field,
+                "range",
+                format!("at most {} bytes", password::MAX_PASSWORD_BYTES),
+            )]));
+        }
+        Ok(recovered)
     }
 
     /// Opens a session for `user` and issues its first tokens.
@@ -438,6 +543,37 @@ impl AuthService {
             crate::store::StoreError::NotFound(_) => AuthError::UnknownTenant,
             other => other.into(),
         })
+    }
+}
+
+/// Presence and size of a password field as sent: at most `MAX_PASSWORD_BYTES` for a plain
+/// password; ciphertexts may be longer (the recovered password is checked again).
+fn check_password_field(
+    sent: &transmission::SentPassword,
+    field: &str,
+    errors: &mut Vec<FieldViolation>,
+) {
+    let plain = sent
+        .mode
+        .as_deref()
+        .is_none_or(|m| m.trim().is_empty() || m == "plain");
+    let max = if plain {
+        password::MAX_PASSWORD_BYTES
+    } else {
+        password::MAX_PASSWORD_BYTES * 4
+    };
+    if sent.value.is_empty() {
+        errors.push(FieldViolation::new(
+            field,
+            "required",
+            format!("{field} is required"),
+        ));
+    } else if sent.value.len() > max {
+        errors.push(FieldViolation::new(
+            field,
+            "range",
+            format!("at most {max} bytes"),
+        ));
     }
 }
 

@@ -25,6 +25,8 @@ pub enum ProblemKind {
     RefreshTokenReused,
     InvalidRefreshToken,
     TransmissionNotAccepted,
+    PasswordUndecodable,
+    KeyExchangeExpired,
     Unauthenticated,
     TokenRevoked,
     Forbidden,
@@ -49,6 +51,8 @@ impl ProblemKind {
         Self::RefreshTokenReused,
         Self::InvalidRefreshToken,
         Self::TransmissionNotAccepted,
+        Self::PasswordUndecodable,
+        Self::KeyExchangeExpired,
         Self::Unauthenticated,
         Self::TokenRevoked,
         Self::Forbidden,
@@ -103,6 +107,18 @@ impl ProblemKind {
                 61000104,
                 "transmission-not-accepted",
                 "Password transmission mode not accepted",
+            ),
+            Self::PasswordUndecodable => (
+                S::BAD_REQUEST,
+                61000105,
+                "password-undecodable",
+                "Password could not be decrypted",
+            ),
+            Self::KeyExchangeExpired => (
+                S::BAD_REQUEST,
+                61000106,
+                "key-exchange-expired",
+                "Key exchange expired or already used",
             ),
             Self::Unauthenticated => (
                 S::UNAUTHORIZED,
@@ -298,6 +314,14 @@ impl From<AuthError> for ApiError {
             AuthError::TransmissionNotAccepted => Self::new(
                 K::TransmissionNotAccepted,
                 "the tenant does not accept this password_transmission mode",
+            ),
+            AuthError::PasswordUndecodable => Self::new(
+                K::PasswordUndecodable,
+                "the password could not be decrypted with the named key",
+            ),
+            AuthError::KeyExchangeExpired => Self::new(
+                K::KeyExchangeExpired,
+                "the key exchange is unknown, expired or already used; fetch a new one",
             ),
             AuthError::InvalidRefreshToken => Self::new(
                 K::InvalidRefreshToken,

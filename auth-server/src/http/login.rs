@@ -5,7 +5,7 @@ use super::dto::LoginResponse;
 use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, tenant_of};
 use crate::auth::PasswordLogin;
-use crate::auth::error::{AuthError, FieldViolation};
+use crate::auth::transmission::SentPassword;
 use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -57,7 +57,7 @@ pub struct LoginRequest {
     params(("X-Tenant-ID" = Option<String>, Header, description = "Tenant when the body has none")),
     responses(
         (status = 200, description = "Signed in", body = LoginResponse),
-        (status = 400, description = "Invalid input, credentials or tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid input, credentials, tenant, transmission mode (61000104), undecryptable password (61000105) or spent key exchange (61000106)", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Account disabled", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
@@ -68,25 +68,18 @@ pub async fn login(
     headers: HeaderMap,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
-    match req.password_transmission.as_deref().unwrap_or("plain") {
-        "plain" => {}
-        "hash" | "symmetric" | "asymmetric" => {
-            return Err(AuthError::TransmissionNotAccepted.into());
-        }
-        _ => {
-            return Err(ApiError::invalid(vec![FieldViolation::new(
-                "password_transmission",
-                "format",
-                "one of plain, hash, symmetric, asymmetric",
-            )]));
-        }
-    }
     let tenant_id = tenant_of(req.tenant_id.as_deref(), &headers);
     let result = state
         .auth
         .login_password(PasswordLogin {
             identity: req.identity,
-            password: req.password,
+            password: SentPassword {
+                mode: req.password_transmission,
+                value: req.password,
+                key_exchange_id: req.key_exchange_id,
+                client_pub_key: req.client_pub_key,
+                key_id: req.key_id,
+            },
             tenant_id,
         })
         .await;

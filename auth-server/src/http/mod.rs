@@ -8,6 +8,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod login;
+pub mod public;
 pub mod tokens;
 pub mod wellknown;
 
@@ -72,6 +73,7 @@ impl AppState {
     tags(
         (name = "auth", description = "Sign-in, tokens and the current account"),
         (name = "admin", description = "Administration (admin role)"),
+        (name = "public", description = "Client bootstrap: key exchange and tenant sign-in configuration"),
         (name = "keys", description = "Discovery and signing keys"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     )
@@ -103,7 +105,9 @@ fn api(base_path: &str) -> OpenApiRouter<AppState> {
         .routes(routes!(tokens::refresh))
         .routes(routes!(tokens::logout))
         .routes(routes!(tokens::me))
-        .routes(routes!(admin::create_user));
+        .routes(routes!(admin::create_user))
+        .routes(routes!(public::key_exchange))
+        .routes(routes!(public::auth_config));
     let root = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(wellknown::discovery))
         .routes(routes!(wellknown::jwks))

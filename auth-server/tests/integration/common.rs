@@ -3,7 +3,7 @@
 use auth_server::auth::clock::ManualClock;
 use auth_server::auth::keys::load_or_generate_dev_key;
 use auth_server::auth::password::PasswordHasher;
-use auth_server::auth::{AuthService, Runtime};
+use auth_server::auth::{AuthService, DevKeys, Runtime};
 use auth_server::ephemeral::{Ephemeral, MemoryEphemeral};
 use auth_server::http::{AppState, router};
 use auth_server::store::SqlStore;
@@ -55,9 +55,14 @@ impl TestApp {
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
         let store = SqlStore::open(&url).await.unwrap();
         let clock = ManualClock::at(1_800_000_000);
-        let key = load_or_generate_dev_key(dir.path(), SigningAlgorithm::ES256).unwrap();
+        let dev = DevKeys {
+            signing: Some(load_or_generate_dev_key(dir.path(), SigningAlgorithm::ES256).unwrap()),
+            transmission: Some(
+                auth_server::auth::transmission::load_or_generate_dev_key(dir.path()).unwrap(),
+            ),
+        };
         let hasher = PasswordHasher::new(&config.password_hashing, None).unwrap();
-        let runtime = Runtime::build(config, Some(&key)).unwrap();
+        let runtime = Runtime::build(config, &dev).unwrap();
         let auth = AuthService::new(
             store,
             Ephemeral::Memory(MemoryEphemeral::new(clock.clone())),

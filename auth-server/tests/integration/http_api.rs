@@ -178,7 +178,7 @@ async fn bad_input_gets_field_level_problems() {
         )
         .await;
     assert_problem(&r, 400, 40000102);
-    // Transmission mode not accepted; unknown mode.
+    // A malformed digest in hash mode; an unknown mode.
     let r = app
         .post(
             login,
@@ -186,7 +186,10 @@ async fn bad_input_gets_field_level_problems() {
             None,
         )
         .await;
-    assert_problem(&r, 400, 61000104);
+    assert_eq!(
+        assert_problem(&r, 400, 40000001)["errors"][0]["field"],
+        "password"
+    );
     let r = app
         .post(
             login,
@@ -486,14 +489,18 @@ async fn discovery_health_metrics_and_openapi() {
         "/readyz",
         "/metrics",
         "/openapi.json",
+        "/api/v1/public/key-exchange",
+        "/api/v1/public/auth-config/{tenant_id}",
     ] {
         assert!(paths.contains_key(expected), "OpenAPI lacks {expected}");
     }
     for (path, item) in paths {
         for method in item.as_object().unwrap().keys() {
+            // Path parameters get the default tenant's id.
+            let concrete = path.replace("{tenant_id}", "default");
             let req = Request::builder()
                 .method(method.to_uppercase().as_str())
-                .uri(path)
+                .uri(concrete.as_str())
                 .body(Body::empty())
                 .unwrap();
             let r = app.send(req).await;

@@ -8,3 +8,4 @@ mod common;
 mod ephemeral_contract;
 mod http_api;
 mod store_contract;
+mod transmission;

@@ -1,0 +1,263 @@
+//! Per-tenant sign-in policy: accepted password transmissions and password rules, CAPTCHA,
+//! progressive delay and lockout, risk scoring and adaptive MFA. Every field has a safe
+//! default; the defaults are what the embedded tenant `default` uses.
+
+use serde::{Deserialize, Serialize};
+
+/// How a password travels from the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transmission {
+    /// The password itself (inside TLS).
+    Plain,
+    /// The canonical digest `sha256_hex(password + "|" + tenant_id)`.
+    Hash,
+    /// AES-256-GCM under an ECDH (P-256) key agreed through `/public/key-exchange`.
+    Symmetric,
+    /// RSA-OAEP (SHA-256) under the tenant's transmission key.
+    Asymmetric,
+}
+
+impl Transmission {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plain => "plain",
+            Self::Hash => "hash",
+            Self::Symmetric => "symmetric",
+            Self::Asymmetric => "asymmetric",
+        }
+    }
+
+    /// Parses the wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "plain" => Some(Self::Plain),
+            "hash" => Some(Self::Hash),
+            "symmetric" => Some(Self::Symmetric),
+            "asymmetric" => Some(Self::Asymmetric),
+            _ => None,
+        }
+    }
+}
+
+/// The policy of one tenant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantPolicy {
+    /// Password transmission and rules.
+    pub password: PasswordPolicy,
+    /// CAPTCHA.
+    pub captcha: CaptchaPolicy,
+    /// Progressive delay and lockout.
+    pub lockout: LockoutPolicy,
+}
+
+/// Password transmission, composition, history and expiry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PasswordPolicy {
+    /// Modes accepted at login and password change.
+    pub accepted_transmissions: Vec<Transmission>,
+    /// The mode clients are told to use (must be accepted).
+    pub preferred_transmission: Transmission,
+    /// Minimum length in characters.
+    pub min_length: usize,
+    /// Maximum length in characters.
+    pub max_length: usize,
+    /// At least one uppercase letter.
+    pub require_upper: bool,
+    /// At least one lowercase letter.
+    pub require_lower: bool,
+    /// At least one digit.
+    pub require_digit: bool,
+    /// At least one character that is neither letter nor digit.
+    pub require_special: bool,
+    /// A new password may not equal any of the last N (0: only the current one is refused).
+    pub history: usize,
+    /// Passwords expire this many days after being set (0: never).
+    pub expiry_days: i64,
+    /// Warn (`expiring`) this many days before expiry.
+    pub warn_days: i64,
+    /// After expiry, sign-in still works (with `must_change_password`) for this many days.
+    pub grace_period_days: i64,
+    /// Users created with a password must change it at their first sign-in.
+    pub force_change_on_first_login: bool,
+}
+
+impl Default for PasswordPolicy {
+    fn default() -> Self {
+        Self {
+            accepted_transmissions: vec![
+                Transmission::Plain,
+                Transmission::Hash,
+                Transmission::Symmetric,
+                Transmission::Asymmetric,
+            ],
+            preferred_transmission: Transmission::Symmetric,
+            min_length: 8,
+            max_length: 1024,
+            require_upper: false,
+            require_lower: false,
+            require_digit: false,
+            require_special: false,
+            history: 3,
+            expiry_days: 0,
+            warn_days: 14,
+            grace_period_days: 7,
+            force_change_on_first_login: false,
+        }
+    }
+}
+
+/// When CAPTCHA is demanded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaptchaMode {
+    /// Never.
+    Never,
+    /// At every password sign-in.
+    Always,
+    /// After `after_failures` failures of the account or the client address.
+    AfterFailures,
+}
+
+/// CAPTCHA providers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaptchaProvider {
+    /// Proof of work solved by the client.
+    Pow,
+    /// Cloudflare Turnstile, verified server-side.
+    Turnstile,
+}
+
+/// CAPTCHA policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CaptchaPolicy {
+    /// When to demand it.
+    pub mode: CaptchaMode,
+    /// Failures before it is demanded (`after_failures` mode).
+    pub after_failures: u32,
+    /// The provider clients are told to use.
+    pub provider: CaptchaProvider,
+    /// Leading hex zeros a proof of work needs (the server's floor, whatever clients ask).
+    pub pow_difficulty: u32,
+    /// Seconds a proof-of-work challenge stays valid.
+    pub pow_ttl_seconds: u64,
+    /// Turnstile secret key (server side).
+    pub turnstile_secret: Option<String>,
+    /// Turnstile site key (given to clients).
+    pub turnstile_site_key: Option<String>,
+    /// Turnstile verification endpoint.
+    pub turnstile_verify_url: String,
+}
+
+impl Default for CaptchaPolicy {
+    fn default() -> Self {
+        Self {
+            mode: CaptchaMode::AfterFailures,
+            after_failures: 3,
+            provider: CaptchaProvider::Pow,
+            pow_difficulty: 4,
+            pow_ttl_seconds: 300,
+            turnstile_secret: None,
+            turnstile_site_key: None,
+            turnstile_verify_url: "https://challenges.cloudflare.com/turnstile/v0/siteverify"
+                .into(),
+        }
+    }
+}
+
+/// Progressive delay and lockout (NIST SP 800-63B §5.2.2), per account and per client address.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LockoutPolicy {
+    /// Failures of an account after which each attempt must wait.
+    pub delay_after: u32,
+    /// Wait after the first delayed failure, in seconds; doubles with each further failure.
+    pub base_delay_seconds: u64,
+    /// Longest wait between attempts, in seconds.
+    pub max_delay_seconds: u64,
+    /// Failures after which the account is locked.
+    pub lock_after: u32,
+    /// How long a lock lasts, in seconds.
+    pub lock_seconds: u64,
+    /// Failures from one client address (any account) after which it must wait too.
+    pub ip_delay_after: u32,
+    /// Failures from one client address after which it is locked out.
+    pub ip_lock_after: u32,
+    /// Failure counters are forgotten after this many seconds without a failure.
+    pub window_seconds: u64,
+}
+
+impl Default for LockoutPolicy {
+    fn default() -> Self {
+        Self {
+            delay_after: 3,
+            base_delay_seconds: 1,
+            max_delay_seconds: 60,
+            lock_after: 10,
+            lock_seconds: 900,
+            ip_delay_after: 20,
+            ip_lock_after: 100,
+            window_seconds: 3600,
+        }
+    }
+}
+
+impl TenantPolicy {
+    /// Checks ranges and cross-field rules.
+    pub fn validate(&self, tenant: &str) -> Result<(), String> {
+        let p = &self.password;
+        if p.accepted_transmissions.is_empty() {
+            return Err(format!(
+                "tenants.{tenant}.password.accepted_transmissions must not be empty"
+            ));
+        }
+        if !p.accepted_transmissions.contains(&p.preferred_transmission) {
+            return Err(format!(
+                "tenants.{tenant}.password.preferred_transmission must be one of accepted_transmissions"
+            ));
+        }
+        if p.min_length < 1 || p.max_length < p.min_length || p.max_length > 1024 {
+            return Err(format!(
+                "tenants.{tenant}.password: need 1 <= min_length <= max_length <= 1024"
+            ));
+        }
+        if p.expiry_days < 0 || p.warn_days < 0 || p.grace_period_days < 0 {
+            return Err(format!(
+                "tenants.{tenant}.password: day counts must not be negative"
+            ));
+        }
+        let c = &self.captcha;
+        if !(1..=8).contains(&c.pow_difficulty) {
+            return Err(format!(
+                "tenants.{tenant}.captcha.pow_difficulty must be within 1..=8"
+            ));
+        }
+        if c.provider == CaptchaProvider::Turnstile && c.turnstile_secret.is_none() {
+            return Err(format!(
+                "tenants.{tenant}.captcha: turnstile needs turnstile_secret"
+            ));
+        }
+        let l = &self.lockout;
+        if l.lock_after <= l.delay_after || l.lock_after == 0 {
+            return Err(format!(
+                "tenants.{tenant}.lockout: lock_after must exceed delay_after"
+            ));
+        }
+        if l.ip_lock_after <= l.ip_delay_after {
+            return Err(format!(
+                "tenants.{tenant}.lockout: ip_lock_after must exceed ip_delay_after"
+            ));
+        }
+        if l.max_delay_seconds < l.base_delay_seconds || l.window_seconds == 0 {
+            return Err(format!(
+                "tenants.{tenant}.lockout: need base_delay_seconds <= max_delay_seconds and window_seconds > 0"
+            ));
+        }
+        Ok(())
+    }
+}
