@@ -45,6 +45,9 @@ pub enum AuthError {
     /// The password was right but the account may not sign in.
     #[error("account disabled")]
     AccountDisabled,
+    /// The password expired past its grace period; it must be reset.
+    #[error("password expired")]
+    PasswordExpired,
     /// The password was sent in a mode the tenant does not accept.
     #[error("password transmission mode not accepted")]
     TransmissionNotAccepted,

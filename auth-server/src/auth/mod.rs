@@ -104,6 +104,8 @@ pub struct SignedIn {
     pub user: User,
     /// Its tokens.
     pub tokens: IssuedTokens,
+    /// Where its password stands against the expiry policy.
+    pub password: users::PasswordStatus,
 }
 
 /// A password sign-in request.
@@ -225,8 +227,26 @@ impl AuthService {
         if user.status != status::ACTIVE {
             return Err(AuthError::AccountDisabled);
         }
+        let password = self.password_status(&user);
+        if password.is_expired() {
+            return Err(AuthError::PasswordExpired);
+        }
         let tokens = self.open_session(&user, vec!["pwd".into()], None).await?;
-        Ok(SignedIn { user, tokens })
+        Ok(SignedIn {
+            user,
+            tokens,
+            password,
+        })
+    }
+
+    /// Where `user`'s password stands now under its tenant's policy.
+    pub fn password_status(&self, user: &User) -> users::PasswordStatus {
+        let rt = self.runtime();
+        users::password_status(
+            user,
+            &rt.config.policy_for(&user.tenant_id).password,
+            self.clock.unix(),
+        )
     }
 
     /// Starts a `symmetric` key exchange: single use, valid for a short time.
@@ -418,6 +438,7 @@ impl AuthService {
         }
         let access_token = self.sign_access(&rt, &session, now, None)?;
         Ok(SignedIn {
+            password: self.password_status(&user),
             user,
             tokens: IssuedTokens {
                 access_token,

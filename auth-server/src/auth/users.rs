@@ -131,6 +131,56 @@ pub fn validate_user(input: UserInput) -> Result<UserInput, AuthError> {
     })
 }
 
+/// Where a user's password stands against the tenant's expiry policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PasswordStatus {
+    /// Whole days until expiry (0 once expired); `None` when passwords do not expire.
+    pub expires_in_days: Option<i64>,
+    /// `expiring`, `expired_grace` or `expired`.
+    pub warning: Option<&'static str>,
+    /// A change is required (administrator's demand, or expired within the grace period).
+    pub must_change: bool,
+}
+
+impl PasswordStatus {
+    /// Past the grace period: sign-in is refused until the password is reset.
+    pub fn is_expired(&self) -> bool {
+        self.warning == Some("expired")
+    }
+}
+
+const DAY: i64 = 86_400;
+
+/// The password status of `user` at `now` under `policy`.
+pub fn password_status(
+    user: &crate::store::User,
+    policy: &keygate_config::PasswordPolicy,
+    now: i64,
+) -> PasswordStatus {
+    let mut status = PasswordStatus {
+        must_change: user.must_change_password,
+        ..Default::default()
+    };
+    let Some(changed) = user.password_changed_at.filter(|_| policy.expiry_days > 0) else {
+        return status;
+    };
+    let expires_at = changed + policy.expiry_days * DAY;
+    let left = expires_at - now;
+    status.expires_in_days = Some(if left > 0 { (left + DAY - 1) / DAY } else { 0 });
+    if left > 0 {
+        if left <= policy.warn_days * DAY {
+            status.warning = Some("expiring");
+        }
+    } else if -left < policy.grace_period_days * DAY {
+        status.warning = Some("expired_grace");
+        status.must_change = true;
+    } else {
+        status.warning = Some("expired");
+        status.must_change = true;
+    }
+    status
+}
+
 /// A pragmatic email check: one `@`, a non-empty local part, a dotted domain, no spaces.
 pub fn is_email(s: &str) -> bool {
     if s.len() > 254 || s.chars().any(char::is_whitespace) {
@@ -215,6 +265,65 @@ mod tests {
         assert_eq!(u.username, "alice");
         assert_eq!(u.email.as_deref(), Some("alice@example.com"));
         assert_eq!(u.roles, ["admin"]);
+    }
+
+    #[test]
+    fn password_expiry_follows_the_policy_and_the_clock() {
+        let clock = crate::auth::clock::ManualClock::at(1_000_000_000);
+        use crate::auth::clock::Clock;
+        let user = crate::store::User {
+            id: "usr_1".into(),
+            tenant_id: "default".into(),
+            username: "a".into(),
+            email: None,
+            phone: None,
+            password_hash: None,
+            status: "active".into(),
+            roles: vec![],
+            must_change_password: false,
+            password_changed_at: Some(clock.unix()),
+            created_at: clock.unix(),
+        };
+        let policy = keygate_config::PasswordPolicy {
+            expiry_days: 90,
+            warn_days: 14,
+            grace_period_days: 7,
+            ..Default::default()
+        };
+        let at = |c: &crate::auth::clock::ManualClock| password_status(&user, &policy, c.unix());
+        assert_eq!(
+            at(&clock),
+            PasswordStatus {
+                expires_in_days: Some(90),
+                warning: None,
+                must_change: false
+            }
+        );
+        clock.advance(76 * DAY + 1);
+        assert_eq!(at(&clock).warning, Some("expiring"));
+        assert_eq!(at(&clock).expires_in_days, Some(14));
+        clock.advance(14 * DAY);
+        let s = at(&clock);
+        assert_eq!(
+            (s.warning, s.must_change, s.expires_in_days),
+            (Some("expired_grace"), true, Some(0))
+        );
+        clock.advance(7 * DAY);
+        assert!(at(&clock).is_expired());
+        // No expiry configured: nothing, except an administrator's demand.
+        let none = keygate_config::PasswordPolicy::default();
+        let forced = crate::store::User {
+            must_change_password: true,
+            ..user.clone()
+        };
+        assert_eq!(
+            password_status(&forced, &none, clock.unix()),
+            PasswordStatus {
+                expires_in_days: None,
+                warning: None,
+                must_change: true
+            }
+        );
     }
 
     #[test]

@@ -71,6 +71,9 @@ pub async fn create_user(
     tracing::info!(admin = %admin.id, user = %user.id, tenant = %user.tenant_id, "user created");
     Ok((
         StatusCode::CREATED,
-        Json(DataResponse::new(UserInfo::from(&user))),
+        Json(DataResponse::new(UserInfo::new(
+            &user,
+            &state.auth.password_status(&user),
+        ))),
     ))
 }

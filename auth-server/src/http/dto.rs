@@ -3,6 +3,7 @@
 
 use crate::auth::SignedIn;
 use crate::auth::clock::rfc3339;
+use crate::auth::users::PasswordStatus;
 use crate::store::User;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -30,8 +31,9 @@ pub struct UserInfo {
     pub password_warning: Option<String>,
 }
 
-impl From<&User> for UserInfo {
-    fn from(u: &User) -> Self {
+impl UserInfo {
+    /// The account with its password status.
+    pub fn new(u: &User, password: &PasswordStatus) -> Self {
         Self {
             id: u.id.clone(),
             username: u.username.clone(),
@@ -39,9 +41,9 @@ impl From<&User> for UserInfo {
             phone: u.phone.clone(),
             status: u.status.clone(),
             created_at: rfc3339(u.created_at),
-            must_change_password: u.must_change_password,
-            password_expires_in: None,
-            password_warning: None,
+            must_change_password: password.must_change,
+            password_expires_in: password.expires_in_days,
+            password_warning: password.warning.map(str::to_owned),
         }
     }
 }
@@ -96,7 +98,7 @@ pub struct LoginResponse {
 
 impl From<SignedIn> for LoginResponse {
     fn from(s: SignedIn) -> Self {
-        let user = UserInfo::from(&s.user);
+        let user = UserInfo::new(&s.user, &s.password);
         Self {
             access_token: Some(s.tokens.access_token),
             refresh_token: Some(s.tokens.refresh_token),

@@ -31,6 +31,7 @@ pub enum ProblemKind {
     TokenRevoked,
     Forbidden,
     AccountDisabled,
+    PasswordExpired,
     NotFound,
     MethodNotAllowed,
     Conflict,
@@ -57,6 +58,7 @@ impl ProblemKind {
         Self::TokenRevoked,
         Self::Forbidden,
         Self::AccountDisabled,
+        Self::PasswordExpired,
         Self::NotFound,
         Self::MethodNotAllowed,
         Self::Conflict,
@@ -133,6 +135,12 @@ impl ProblemKind {
                 40300002,
                 "account-disabled",
                 "Account disabled",
+            ),
+            Self::PasswordExpired => (
+                S::FORBIDDEN,
+                40300003,
+                "password-expired",
+                "Password expired",
             ),
             Self::NotFound => (S::NOT_FOUND, 40400001, "not-found", "Not found"),
             Self::MethodNotAllowed => (
@@ -311,6 +319,10 @@ impl From<AuthError> for ApiError {
                 "the identity or the password is wrong",
             ),
             AuthError::AccountDisabled => Self::new(K::AccountDisabled, "the account is disabled"),
+            AuthError::PasswordExpired => Self::new(
+                K::PasswordExpired,
+                "the password expired past its grace period and must be reset",
+            ),
             AuthError::TransmissionNotAccepted => Self::new(
                 K::TransmissionNotAccepted,
                 "the tenant does not accept this password_transmission mode",

@@ -91,5 +91,8 @@ pub async fn me(
     Bearer(claims): Bearer,
 ) -> Result<Json<DataResponse<UserInfo>>, ApiError> {
     let user = state.auth.current_user(&claims).await?;
-    Ok(Json(DataResponse::new(UserInfo::from(&user))))
+    Ok(Json(DataResponse::new(UserInfo::new(
+        &user,
+        &state.auth.password_status(&user),
+    ))))
 }

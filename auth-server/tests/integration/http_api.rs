@@ -570,3 +570,45 @@ async fn request_ids_are_echoed() {
         .await;
     assert!(r.body["request_id"].as_str().unwrap().starts_with("req_"));
 }
+
+#[tokio::test]
+async fn password_expiry_warns_then_demands_a_change_then_refuses() {
+    let app = TestApp::with_config(RuntimeConfig {
+        password_hashing: small_hashing(),
+        policy: keygate_config::TenantPolicy {
+            password: keygate_config::PasswordPolicy {
+                expiry_days: 90,
+                warn_days: 14,
+                grace_period_days: 7,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    app.add_user("alice", PW, &[]).await;
+    let day = 86_400;
+    let r = app.login("alice", PW).await;
+    assert_eq!(r.body["password_expires_in"], 90);
+    assert_eq!(r.body["password_warning"], Value::Null);
+    assert_eq!(r.body["must_change_password"], false);
+    app.clock.advance(80 * day);
+    let r = app.login("alice", PW).await;
+    assert_eq!(r.body["password_warning"], "expiring");
+    assert_eq!(r.body["password_expires_in"], 10);
+    assert_eq!(r.body["user"]["password_warning"], "expiring");
+    let me = app
+        .get("/api/v1/auth/me", r.body["access_token"].as_str())
+        .await;
+    assert_eq!(me.body["data"]["password_expires_in"], 10);
+    app.clock.advance(12 * day);
+    let r = app.login("alice", PW).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["password_warning"], "expired_grace");
+    assert_eq!(r.body["must_change_password"], true);
+    app.clock.advance(6 * day);
+    assert_problem(&app.login("alice", PW).await, 403, 40300003);
+    // A wrong password still gets the ordinary answer: expiry is revealed only to the owner.
+    assert_problem(&app.login("alice", "not the password").await, 400, 40000101);
+}
