@@ -97,7 +97,7 @@ pub async fn service(
 ) -> Result<(AuthService, DevKeys), StartError> {
     let ephemeral = match redis_url {
         Some(url) => Ephemeral::Redis(
-            RedisEphemeral::connect(url)
+            RedisEphemeral::connect(url, clock.clone())
                 .await
                 .map_err(|e| StartError(format!("redis: {e}")))?,
         ),

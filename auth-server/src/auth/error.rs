@@ -57,6 +57,20 @@ pub enum AuthError {
     /// The key exchange of a `symmetric` password is unknown, expired or already used.
     #[error("key exchange expired or used")]
     KeyExchangeExpired,
+    /// The policy demands a CAPTCHA and none was sent.
+    #[error("captcha required")]
+    CaptchaRequired,
+    /// The CAPTCHA answer is wrong, expired or already used.
+    #[error("captcha invalid")]
+    CaptchaInvalid,
+    /// Too many failed sign-ins: wait (a growing delay) or, when `locked`, the lock's end.
+    #[error("sign-in throttled")]
+    LoginThrottled {
+        /// Seconds to wait.
+        retry_after: u64,
+        /// A lock rather than a delay.
+        locked: bool,
+    },
     /// Unknown, expired or revoked refresh token.
     #[error("invalid refresh token")]
     InvalidRefreshToken,

@@ -2,6 +2,7 @@
 //! access-token issue and verification, and account creation. No HTTP and no SQL types here;
 //! time comes from the injected clock and randomness from `random`.
 
+pub mod captcha;
 pub mod clock;
 pub mod error;
 pub mod keys;
@@ -11,7 +12,7 @@ pub mod tokens;
 pub mod transmission;
 pub mod users;
 
-use crate::ephemeral::{Ephemeral, denied_jti_key, denied_sid_key};
+use crate::ephemeral::{self, Ephemeral, denied_jti_key, denied_sid_key};
 use crate::store::{NewRefresh, NewUser, Session, SqlStore, User, status};
 use arc_swap::ArcSwap;
 use clock::SharedClock;
@@ -117,6 +118,21 @@ pub struct PasswordLogin {
     pub password: transmission::SentPassword,
     /// Tenant asked for (body, header or the default).
     pub tenant_id: String,
+    /// The client's address, when known.
+    pub client_ip: Option<String>,
+    /// The CAPTCHA answer, if any.
+    pub captcha: CaptchaAnswer,
+}
+
+/// A CAPTCHA answer as sent with a sign-in.
+#[derive(Debug, Clone, Default)]
+pub struct CaptchaAnswer {
+    /// `pow` or `turnstile`.
+    pub provider: Option<String>,
+    /// The solution.
+    pub token: Option<String>,
+    /// The proof-of-work challenge id (absent: the newest issued to the client address).
+    pub challenge_id: Option<String>,
 }
 
 /// The authentication service shared by every handler.
@@ -132,6 +148,7 @@ pub struct AuthService {
     pub hasher: PasswordHasher,
     runtime: Arc<ArcSwap<Runtime>>,
     issuer: Arc<str>,
+    http: reqwest::Client,
 }
 
 impl AuthService {
@@ -151,6 +168,11 @@ impl AuthService {
             hasher,
             runtime: Arc::new(ArcSwap::from_pointee(runtime)),
             issuer: issuer.into(),
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(3))
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap_or_default(),
         }
     }
 
@@ -211,9 +233,33 @@ impl AuthService {
             .store
             .user_by_identity(&tenant.id, kind, &identity)
             .await?;
+        let policy = rt.config.policy_for(&tenant.id);
+        // Unknown identities are counted under their own key, so they behave exactly alike.
+        let account_key = match &user {
+            Some(u) => account_gate_key(&tenant.id, &u.id),
+            None => format!("kg:gate:acct:{}:?{identity}", tenant.id),
+        };
+        let ip_key = format!("kg:gate:ip:{}", req.client_ip.as_deref().unwrap_or("unknown"));
+        self.check_captcha(&policy.captcha, &req.captcha, req.client_ip.as_deref(), &account_key, &ip_key)
+            .await?;
+        let (account_rule, ip_rule) = gate_rules(&policy.lockout);
+        let now_ms = (self.clock.now().unix_timestamp_nanos() / 1_000_000) as i64;
+        if let ephemeral::Gate::Refused { retry_after_ms, locked } = self
+            .ephemeral
+            .gate_attempt(&account_key, &ip_key, (&account_rule, &ip_rule), now_ms)
+            .await
+        {
+            return Err(AuthError::LoginThrottled {
+                retry_after: retry_after_ms.div_ceil(1000).max(1),
+                locked,
+            });
+        }
         let digest = recovered.digest(&tenant.id);
         let stored = user.as_ref().and_then(|u| u.password_hash.clone());
         let verified = self.hasher.verify(digest, stored).await?;
+        if verified != Verified::No && user.is_some() {
+            self.ephemeral.gate_success(&account_key, &ip_key).await;
+        }
         let user = match (verified, user) {
             (Verified::No, _) | (_, None) => return Err(AuthError::InvalidCredentials),
             (Verified::Yes, Some(u)) => u,
@@ -237,6 +283,128 @@ impl AuthService {
             tokens,
             password,
         })
+    }
+
+    /// Demands and checks a CAPTCHA when the tenant's policy says so for this attempt.
+    async fn check_captcha(
+        &self,
+        policy: &keygate_config::CaptchaPolicy,
+        answer: &CaptchaAnswer,
+        client_ip: Option<&str>,
+        account_key: &str,
+        ip_key: &str,
+    ) -> Result<(), AuthError> {
+        use keygate_config::CaptchaMode;
+        let required = match policy.mode {
+            CaptchaMode::Never => false,
+            CaptchaMode::Always => true,
+            CaptchaMode::AfterFailures => {
+                let (account, ip) = self.ephemeral.gate_failures(account_key, ip_key).await;
+                account.max(ip) >= policy.after_failures
+            }
+        };
+        if !required {
+            return Ok(());
+        }
+        let token = answer
+            .token
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .ok_or(AuthError::CaptchaRequired)?;
+        if token.len() > 4096 {
+            return Err(AuthError::CaptchaInvalid);
+        }
+        match answer.provider.as_deref().unwrap_or("pow") {
+            "pow" => self.redeem_pow(answer.challenge_id.as_deref(), token, client_ip, policy).await,
+            "turnstile" => {
+                let secret = policy.turnstile_secret.as_deref().ok_or(AuthError::CaptchaInvalid)?;
+                captcha::verify_turnstile(&self.http, &policy.turnstile_verify_url, secret, token, client_ip).await
+            }
+            _ => Err(AuthError::CaptchaInvalid),
+        }
+    }
+
+    /// Issues a single-use proof-of-work challenge to a client address.
+    pub async fn issue_pow(
+        &self,
+        tenant_id: &str,
+        client_ip: Option<&str>,
+        requested_difficulty: Option<u32>,
+    ) -> Result<captcha::PowChallenge, AuthError> {
+        let rt = self.runtime();
+        let policy = &rt.config.policy_for(tenant_id).captcha;
+        // The policy's difficulty is a floor; clients may ask for more, up to 8.
+        let difficulty = requested_difficulty.unwrap_or(0).clamp(policy.pow_difficulty, 8);
+        let challenge = captcha::PowChallenge {
+            id: random::id("cap"),
+            challenge: hex::encode(random::bytes(16)),
+            difficulty,
+            expires_at: self.clock.unix() + secs(policy.pow_ttl_seconds),
+        };
+        let ttl = Duration::from_secs(policy.pow_ttl_seconds);
+        self.ephemeral
+            .set(
+                &captcha::challenge_key(&challenge.id),
+                &format!("{}|{}", challenge.challenge, challenge.difficulty),
+                ttl,
+            )
+            .await?;
+        if let Some(ip) = client_ip {
+            self.ephemeral
+                .set(&captcha::newest_for_address_key(ip), &challenge.id, ttl)
+                .await?;
+        }
+        Ok(challenge)
+    }
+
+    async fn redeem_pow(
+        &self,
+        challenge_id: Option<&str>,
+        token: &str,
+        client_ip: Option<&str>,
+        policy: &keygate_config::CaptchaPolicy,
+    ) -> Result<(), AuthError> {
+        let id = match challenge_id.filter(|c| !c.is_empty()) {
+            Some(id) => id.to_owned(),
+            None => {
+                let ip = client_ip.ok_or(AuthError::CaptchaInvalid)?;
+                self.ephemeral
+                    .take(&captcha::newest_for_address_key(ip))
+                    .await?
+                    .ok_or(AuthError::CaptchaInvalid)?
+            }
+        };
+        if id.len() > 64 {
+            return Err(AuthError::CaptchaInvalid);
+        }
+        // Single use: whoever takes it first is the only one to check it.
+        let stored = self
+            .ephemeral
+            .take(&captcha::challenge_key(&id))
+            .await?
+            .ok_or(AuthError::CaptchaInvalid)?;
+        let (challenge, difficulty) = stored.split_once('|').ok_or(AuthError::CaptchaInvalid)?;
+        let difficulty: u32 = difficulty.parse().map_err(|_| AuthError::CaptchaInvalid)?;
+        if difficulty >= policy.pow_difficulty && captcha::pow_solves(challenge, difficulty, token) {
+            Ok(())
+        } else {
+            Err(AuthError::CaptchaInvalid)
+        }
+    }
+
+    /// Lifts the sign-in lock and delay of a user (administrators).
+    pub async fn unlock_user(&self, admin: &User, user_id: &str) -> Result<(), AuthError> {
+        let user = self
+            .store
+            .user(user_id)
+            .await?
+            .filter(|u| u.tenant_id == admin.tenant_id)
+            .ok_or(AuthError::NotFound("user"))?;
+        self.ephemeral
+            .gate_clear(&[account_gate_key(&user.tenant_id, &user.id)])
+            .await?;
+        tracing::info!(admin = %admin.id, user = %user.id, "sign-in lock lifted");
+        Ok(())
     }
 
     /// Where `user`'s password stands now under its tenant's policy.
@@ -596,6 +764,28 @@ fn check_password_field(
             format!("at most {max} bytes"),
         ));
     }
+}
+
+fn account_gate_key(tenant_id: &str, user_id: &str) -> String {
+    format!("kg:gate:acct:{tenant_id}:{user_id}")
+}
+
+/// The attempt-gate rules of a lockout policy: (account, client address).
+fn gate_rules(p: &keygate_config::LockoutPolicy) -> (ephemeral::GateRule, ephemeral::GateRule) {
+    let account = ephemeral::GateRule {
+        delay_after: p.delay_after,
+        base_delay_ms: p.base_delay_seconds.saturating_mul(1000),
+        max_delay_ms: p.max_delay_seconds.saturating_mul(1000),
+        lock_after: p.lock_after,
+        lock_ms: p.lock_seconds.saturating_mul(1000),
+        window_ms: p.window_seconds.saturating_mul(1000),
+    };
+    let ip = ephemeral::GateRule {
+        delay_after: p.ip_delay_after,
+        lock_after: p.ip_lock_after,
+        ..account
+    };
+    (account, ip)
 }
 
 fn secs(s: u64) -> i64 {

@@ -1,6 +1,7 @@
 //! The in-process ephemeral store: a mutex-guarded map with per-entry expiry read from the
 //! injected clock, swept as it grows.
 
+use super::attempts::{Gate, GateRule, GateState, decide};
 use crate::auth::clock::SharedClock;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,6 +20,7 @@ pub struct MemoryEphemeral {
 #[derive(Debug, Default)]
 struct Inner {
     entries: HashMap<String, (String, i128)>,
+    gates: HashMap<String, (GateState, i64)>,
     writes_since_sweep: usize,
 }
 
@@ -66,5 +68,53 @@ impl MemoryEphemeral {
             .entries
             .remove(key)
             .and_then(|(v, exp)| (exp > now).then_some(v))
+    }
+
+    fn gate_state(g: &mut Inner, key: &str, now: i64) -> GateState {
+        match g.gates.get(key) {
+            Some((state, expires)) if *expires > now => *state,
+            _ => GateState::default(),
+        }
+    }
+
+    pub(super) fn gate_attempt(&self, account: &str, ip: &str, rules: (&GateRule, &GateRule), now: i64) -> Gate {
+        let mut g = self.lock();
+        if g.gates.len() > 100_000 {
+            g.gates.retain(|_, (_, exp)| *exp > now);
+        }
+        let mut a = Self::gate_state(&mut g, account, now);
+        let mut i = Self::gate_state(&mut g, ip, now);
+        let gate = decide(&mut a, &mut i, rules, now);
+        if let Gate::Admitted { .. } = gate {
+            for (key, state, rule) in [(account, a, rules.0), (ip, i, rules.1)] {
+                let expires = (now + rule.window_ms as i64).max(state.locked_until_ms);
+                g.gates.insert(key.to_owned(), (state, expires));
+            }
+        }
+        gate
+    }
+
+    pub(super) fn gate_success(&self, account: &str, ip: &str) {
+        let mut g = self.lock();
+        g.gates.remove(account);
+        if let Some((state, _)) = g.gates.get_mut(ip) {
+            state.failures = state.failures.saturating_sub(1);
+        }
+    }
+
+    pub(super) fn gate_failures(&self, account: &str, ip: &str) -> (u32, u32) {
+        let now = self.now_ms() as i64;
+        let mut g = self.lock();
+        (
+            Self::gate_state(&mut g, account, now).failures,
+            Self::gate_state(&mut g, ip, now).failures,
+        )
+    }
+
+    pub(super) fn gate_clear(&self, keys: &[String]) {
+        let mut g = self.lock();
+        for k in keys {
+            g.gates.remove(k);
+        }
     }
 }

@@ -2,9 +2,11 @@
 //! challenges and counters as they arrive): in Redis through fred when configured, so that
 //! every replica sees the same state, or in process for a single embedded instance.
 
+pub mod attempts;
 mod memory;
 mod redis;
 
+pub use attempts::{Gate, GateRule};
 pub use memory::MemoryEphemeral;
 pub use redis::RedisEphemeral;
 
@@ -79,3 +81,84 @@ pub fn denied_jti_key(jti: &str) -> String {
 pub fn denied_sid_key(sid: &str) -> String {
     format!("kg:deny:sid:{sid}")
 }
+
+impl Ephemeral {
+    /// Decides a sign-in attempt on an account key and a client-address key (see
+    /// `attempts`). With Redis down, decides on this replica's own counters and says so.
+    pub async fn gate_attempt(
+        &self,
+        account: &str,
+        ip: &str,
+        rules: (&GateRule, &GateRule),
+        now_ms: i64,
+    ) -> Gate {
+        match self {
+            Self::Memory(m) => m.gate_attempt(account, ip, rules, now_ms),
+            Self::Redis(r) => match r.gate_attempt(account, ip, rules, now_ms).await {
+                Ok(gate) => gate,
+                Err(e) => {
+                    degraded(&e);
+                    r.fallback().gate_attempt(account, ip, rules, now_ms)
+                }
+            },
+        }
+    }
+
+    /// A successful sign-in: the account's count is reset, the address gets its attempt back.
+    pub async fn gate_success(&self, account: &str, ip: &str) {
+        match self {
+            Self::Memory(m) => m.gate_success(account, ip),
+            Self::Redis(r) => {
+                if let Err(e) = r.gate_success(account, ip).await {
+                    degraded(&e);
+                }
+                r.fallback().gate_success(account, ip);
+            }
+        }
+    }
+
+    /// Failures counted so far on an account key and a client-address key.
+    pub async fn gate_failures(&self, account: &str, ip: &str) -> (u32, u32) {
+        match self {
+            Self::Memory(m) => m.gate_failures(account, ip),
+            Self::Redis(r) => match r.gate_failures(account, ip).await {
+                Ok(f) => f,
+                Err(e) => {
+                    degraded(&e);
+                    r.fallback().gate_failures(account, ip)
+                }
+            },
+        }
+    }
+
+    /// Clears gate keys (an administrator's unlock).
+    pub async fn gate_clear(&self, keys: &[String]) -> Result<(), EphemeralError> {
+        match self {
+            Self::Memory(m) => {
+                m.gate_clear(keys);
+                Ok(())
+            }
+            Self::Redis(r) => {
+                r.fallback().gate_clear(keys);
+                r.gate_clear(keys).await
+            }
+        }
+    }
+}
+
+/// Logs (at most every few seconds) that counters are per replica while Redis is down.
+fn degraded(e: &EphemeralError) {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    if LAST.swap(now, Ordering::Relaxed) + 5 <= now {
+        tracing::warn!(
+            error = %e,
+            "Redis unavailable: sign-in delays and lockout are counted per replica until it returns"
+        );
+    }
+    DEGRADED_DECISIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Attempt-gate decisions taken on per-replica counters because Redis was unavailable.
+pub static DEGRADED_DECISIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

@@ -1,7 +1,9 @@
 //! The Redis ephemeral store through a fred connection pool: commands time out quickly and the
 //! pool reconnects by itself, so a Redis outage is an error now and recovery needs no restart.
 
-use super::EphemeralError;
+use super::attempts::{Gate, GateRule};
+use super::{EphemeralError, MemoryEphemeral};
+use crate::auth::clock::SharedClock;
 use fred::prelude::*;
 use fred::types::Expiration;
 use std::time::Duration;
@@ -10,6 +12,72 @@ use std::time::Duration;
 #[derive(Clone)]
 pub struct RedisEphemeral {
     pool: Pool,
+    /// Per-replica counters used while Redis is unreachable.
+    fallback: MemoryEphemeral,
+}
+
+/// The attempt gate of `attempts.rs`, as one atomic script over both keys. Fields: `f`
+/// failures, `n` next allowed (ms), `l` locked until (ms).
+const GATE_SCRIPT: &str = r#"
+local now = tonumber(ARGV[1])
+local function rule(o)
+  return {tonumber(ARGV[o]), tonumber(ARGV[o+1]), tonumber(ARGV[o+2]), tonumber(ARGV[o+3]), tonumber(ARGV[o+4]), tonumber(ARGV[o+5])}
+end
+local function load(k)
+  local v = redis.call('HMGET', k, 'f', 'n', 'l')
+  local s = {f = tonumber(v[1]) or 0, n = tonumber(v[2]) or 0, l = tonumber(v[3]) or 0}
+  if s.l > 0 and s.l <= now then s = {f = 0, n = 0, l = 0} end
+  return s
+end
+local function refusal(s)
+  if s.l > now then return {s.l - now, 1} end
+  if s.n > now then return {s.n - now, 0} end
+  return nil
+end
+local function admit(k, s, r)
+  s.f = s.f + 1
+  local d = 0
+  if s.f >= r[1] then
+    d = r[2] * (2 ^ math.min(s.f - r[1], 32))
+    if d > r[3] then d = r[3] end
+  end
+  s.n = now + d
+  if s.f >= r[4] then s.l = now + r[5] end
+  redis.call('HSET', k, 'f', s.f, 'n', string.format('%d', s.n), 'l', string.format('%d', s.l))
+  local ttl = r[6]
+  if s.l - now > ttl then ttl = s.l - now end
+  redis.call('PEXPIRE', k, string.format('%d', ttl))
+end
+local a, i = load(KEYS[1]), load(KEYS[2])
+local x, y = refusal(a), refusal(i)
+if x or y then
+  local best = x
+  if y and (not x or y[1] > x[1]) then best = y end
+  return {1, best[1], best[2]}
+end
+local af, ipf = a.f, i.f
+admit(KEYS[1], a, rule(2))
+admit(KEYS[2], i, rule(8))
+return {0, af, ipf}
+"#;
+
+const SUCCESS_SCRIPT: &str = r#"
+redis.call('DEL', KEYS[1])
+local f = tonumber(redis.call('HGET', KEYS[2], 'f') or '0')
+if f > 0 then redis.call('HSET', KEYS[2], 'f', f - 1) end
+return 1
+"#;
+
+fn rule_args(r: &GateRule) -> [i64; 6] {
+    let c = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    [
+        i64::from(r.delay_after),
+        c(r.base_delay_ms),
+        c(r.max_delay_ms),
+        i64::from(r.lock_after),
+        c(r.lock_ms),
+        c(r.window_ms.max(1)),
+    ]
 }
 
 impl std::fmt::Debug for RedisEphemeral {
@@ -25,7 +93,7 @@ fn err(e: fred::error::Error) -> EphemeralError {
 impl RedisEphemeral {
     /// Connects a pool to `url` (`redis://`, `rediss://`, or fred's sentinel/cluster URL
     /// forms). Fails if the first connection cannot be made within a few seconds.
-    pub async fn connect(url: &str) -> Result<Self, EphemeralError> {
+    pub async fn connect(url: &str, clock: SharedClock) -> Result<Self, EphemeralError> {
         let config = Config::from_url(url).map_err(err)?;
         let pool = Builder::from_config(config)
             .with_connection_config(|c| {
@@ -40,7 +108,10 @@ impl RedisEphemeral {
             .build_pool(4)
             .map_err(err)?;
         pool.init().await.map_err(err)?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            fallback: MemoryEphemeral::new(clock),
+        })
     }
 
     pub(super) async fn set(
@@ -70,5 +141,59 @@ impl RedisEphemeral {
 
     pub(super) async fn ping(&self) -> Result<(), EphemeralError> {
         self.pool.ping::<()>(None).await.map_err(err)
+    }
+
+    pub(super) fn fallback(&self) -> &MemoryEphemeral {
+        &self.fallback
+    }
+
+    pub(super) async fn gate_attempt(
+        &self,
+        account: &str,
+        ip: &str,
+        rules: (&GateRule, &GateRule),
+        now_ms: i64,
+    ) -> Result<Gate, EphemeralError> {
+        let mut args = vec![now_ms];
+        args.extend(rule_args(rules.0));
+        args.extend(rule_args(rules.1));
+        let reply: Vec<i64> = self
+            .pool
+            .eval(GATE_SCRIPT, vec![account.to_owned(), ip.to_owned()], args)
+            .await
+            .map_err(err)?;
+        let field = |i: usize| reply.get(i).copied().unwrap_or(0);
+        Ok(if field(0) == 1 {
+            Gate::Refused {
+                retry_after_ms: u64::try_from(field(1)).unwrap_or(0),
+                locked: field(2) == 1,
+            }
+        } else {
+            Gate::Admitted {
+                account_failures: u32::try_from(field(1)).unwrap_or(u32::MAX),
+                ip_failures: u32::try_from(field(2)).unwrap_or(u32::MAX),
+            }
+        })
+    }
+
+    pub(super) async fn gate_success(&self, account: &str, ip: &str) -> Result<(), EphemeralError> {
+        self.pool
+            .eval::<i64, _, _, _>(SUCCESS_SCRIPT, vec![account.to_owned(), ip.to_owned()], Vec::<String>::new())
+            .await
+            .map(|_| ())
+            .map_err(err)
+    }
+
+    pub(super) async fn gate_failures(&self, account: &str, ip: &str) -> Result<(u32, u32), EphemeralError> {
+        let a: Option<u32> = self.pool.hget(account, "f").await.map_err(err)?;
+        let i: Option<u32> = self.pool.hget(ip, "f").await.map_err(err)?;
+        Ok((a.unwrap_or(0), i.unwrap_or(0)))
+    }
+
+    pub(super) async fn gate_clear(&self, keys: &[String]) -> Result<(), EphemeralError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.pool.del::<i64, _>(keys.to_vec()).await.map(|_| ()).map_err(err)
     }
 }

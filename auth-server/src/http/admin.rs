@@ -1,7 +1,7 @@
 //! Administration routes: `POST /admin/users`.
 
 use super::AppState;
-use super::dto::{DataResponse, UserInfo};
+use super::dto::{DataResponse, SimpleResponse, UserInfo};
 use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, Bearer};
 use crate::auth::users::UserInput;
@@ -76,4 +76,28 @@ pub async fn create_user(
             &state.auth.password_status(&user),
         ))),
     ))
+}
+
+/// Lift a user's sign-in delay and lock (administrators of the same tenant).
+#[utoipa::path(
+    post,
+    path = "/admin/users/{user_id}/unlock",
+    tag = "admin",
+    params(("user_id" = String, Path, description = "User id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Unlocked", body = SimpleResponse),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an administrator", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such user in the tenant", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn unlock_user(
+    State(state): State<AppState>,
+    Bearer(claims): Bearer,
+    axum::extract::Path(user_id): axum::extract::Path<String>,
+) -> Result<Json<SimpleResponse>, ApiError> {
+    let admin = state.auth.require_role(&claims, "admin").await?;
+    state.auth.unlock_user(&admin, &user_id).await?;
+    Ok(Json(SimpleResponse::new("unlocked")))
 }

@@ -27,6 +27,10 @@ pub enum ProblemKind {
     TransmissionNotAccepted,
     PasswordUndecodable,
     KeyExchangeExpired,
+    CaptchaRequired,
+    CaptchaInvalid,
+    LoginDelayed,
+    AccountLocked,
     Unauthenticated,
     TokenRevoked,
     Forbidden,
@@ -54,6 +58,10 @@ impl ProblemKind {
         Self::TransmissionNotAccepted,
         Self::PasswordUndecodable,
         Self::KeyExchangeExpired,
+        Self::CaptchaRequired,
+        Self::CaptchaInvalid,
+        Self::LoginDelayed,
+        Self::AccountLocked,
         Self::Unauthenticated,
         Self::TokenRevoked,
         Self::Forbidden,
@@ -121,6 +129,30 @@ impl ProblemKind {
                 61000106,
                 "key-exchange-expired",
                 "Key exchange expired or already used",
+            ),
+            Self::CaptchaRequired => (
+                S::BAD_REQUEST,
+                40000301,
+                "captcha-required",
+                "CAPTCHA required",
+            ),
+            Self::CaptchaInvalid => (
+                S::BAD_REQUEST,
+                40000302,
+                "captcha-invalid",
+                "CAPTCHA invalid",
+            ),
+            Self::LoginDelayed => (
+                S::TOO_MANY_REQUESTS,
+                42900002,
+                "login-delayed",
+                "Too many failed sign-ins: wait",
+            ),
+            Self::AccountLocked => (
+                S::TOO_MANY_REQUESTS,
+                42900003,
+                "login-locked",
+                "Too many failed sign-ins: locked",
             ),
             Self::Unauthenticated => (
                 S::UNAUTHORIZED,
@@ -335,6 +367,25 @@ impl From<AuthError> for ApiError {
                 K::KeyExchangeExpired,
                 "the key exchange is unknown, expired or already used; fetch a new one",
             ),
+            AuthError::CaptchaRequired => Self::new(
+                K::CaptchaRequired,
+                "a captcha is required: send captcha_provider and captcha_token",
+            ),
+            AuthError::CaptchaInvalid => Self::new(
+                K::CaptchaInvalid,
+                "the captcha answer is wrong, expired or already used",
+            ),
+            AuthError::LoginThrottled { retry_after, locked } => Self {
+                retry_after: Some(retry_after),
+                ..Self::new(
+                    if locked { K::AccountLocked } else { K::LoginDelayed },
+                    if locked {
+                        format!("too many failed sign-ins: locked; retry in {retry_after} s")
+                    } else {
+                        format!("too many failed sign-ins: retry in {retry_after} s")
+                    },
+                )
+            },
             AuthError::InvalidRefreshToken => Self::new(
                 K::InvalidRefreshToken,
                 "the refresh token is unknown, expired or revoked",

@@ -118,6 +118,24 @@ pub fn tenant_of(body_tenant: Option<&str>, headers: &HeaderMap) -> String {
         .unwrap_or_else(|| DEFAULT_TENANT.to_owned())
 }
 
+/// The client's address as seen on the socket (trusted-proxy headers come with the rate
+/// limiter); `None` when the server was not given connection info (in-process tests).
+#[derive(Debug, Clone)]
+pub struct ClientIp(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip().to_string()),
+        ))
+    }
+}
+
 /// Verified claims of the bearer token (and not revoked).
 #[derive(Debug, Clone)]
 pub struct Bearer(pub AccessClaims);

@@ -3,8 +3,8 @@
 use super::AppState;
 use super::dto::LoginResponse;
 use super::error::{ApiError, Problem};
-use super::extract::{ApiJson, tenant_of};
-use crate::auth::PasswordLogin;
+use super::extract::{ApiJson, ClientIp, tenant_of};
+use crate::auth::{CaptchaAnswer, PasswordLogin};
 use crate::auth::transmission::SentPassword;
 use axum::Json;
 use axum::extract::State;
@@ -58,7 +58,8 @@ pub struct LoginRequest {
     responses(
         (status = 200, description = "Signed in", body = LoginResponse),
         (status = 400, description = "Invalid input, credentials, tenant, transmission mode (61000104), undecryptable password (61000105) or spent key exchange (61000106)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Account disabled", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Account disabled, or password expired past its grace period", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many failures: delayed or locked (retry_after, Retry-After)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
     )
@@ -66,6 +67,7 @@ pub struct LoginRequest {
 pub async fn login(
     State(state): State<AppState>,
     headers: HeaderMap,
+    ClientIp(client_ip): ClientIp,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
     let tenant_id = tenant_of(req.tenant_id.as_deref(), &headers);
@@ -81,6 +83,12 @@ pub async fn login(
                 key_id: req.key_id,
             },
             tenant_id,
+            client_ip,
+            captcha: CaptchaAnswer {
+                provider: req.captcha_provider,
+                token: req.captcha_token,
+                challenge_id: req.captcha_challenge_id,
+            },
         })
         .await;
     state

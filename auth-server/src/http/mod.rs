@@ -3,6 +3,7 @@
 //! route table.
 
 pub mod admin;
+pub mod captcha;
 pub mod dto;
 pub mod error;
 pub mod extract;
@@ -106,6 +107,8 @@ fn api(base_path: &str) -> OpenApiRouter<AppState> {
         .routes(routes!(tokens::logout))
         .routes(routes!(tokens::me))
         .routes(routes!(admin::create_user))
+        .routes(routes!(admin::unlock_user))
+        .routes(routes!(captcha::challenge))
         .routes(routes!(public::key_exchange))
         .routes(routes!(public::auth_config));
     let root = OpenApiRouter::with_openapi(ApiDoc::openapi())
