@@ -138,8 +138,10 @@ pub enum CaptchaProvider {
 pub struct CaptchaPolicy {
     /// When to demand it.
     pub mode: CaptchaMode,
-    /// Failures before it is demanded (`after_failures` mode).
+    /// Failures of the account before it is demanded (`after_failures` mode).
     pub after_failures: u32,
+    /// Failures from the client address (any account) before it is demanded.
+    pub ip_after_failures: u32,
     /// The provider clients are told to use.
     pub provider: CaptchaProvider,
     /// Leading hex zeros a proof of work needs (the server's floor, whatever clients ask).
@@ -159,6 +161,7 @@ impl Default for CaptchaPolicy {
         Self {
             mode: CaptchaMode::AfterFailures,
             after_failures: 3,
+            ip_after_failures: 10,
             provider: CaptchaProvider::Pow,
             pow_difficulty: 4,
             pow_ttl_seconds: 300,

@@ -32,11 +32,15 @@ pub fn newest_for_address_key(ip: &str) -> String {
 /// Whether `token` (`pow_` + base-36 nonce) solves `challenge` at `difficulty`: lowercase hex
 /// SHA-256 of `challenge + decimal nonce` starts with `difficulty` zeros.
 pub fn pow_solves(challenge: &str, difficulty: u32, token: &str) -> bool {
-    let Some(n) = token.strip_prefix("pow_").and_then(|b36| u64::from_str_radix(b36, 36).ok()) else {
+    let Some(n) = token
+        .strip_prefix("pow_")
+        .and_then(|b36| u64::from_str_radix(b36, 36).ok())
+    else {
         return false;
     };
     let digest = hex::encode(Sha256::digest(format!("{challenge}{n}").as_bytes()));
-    digest.bytes().take(difficulty as usize).all(|b| b == b'0') && digest.len() >= difficulty as usize
+    digest.bytes().take(difficulty as usize).all(|b| b == b'0')
+        && digest.len() >= difficulty as usize
 }
 
 /// Finds a nonce for `challenge` (what a client does); for tests and tools.
@@ -86,7 +90,10 @@ pub async fn verify_turnstile(
         .await
         .map_err(|e| AuthError::Unavailable(format!("turnstile verify: {e}")))?;
     if !res.status().is_success() {
-        return Err(AuthError::Unavailable(format!("turnstile verify answered {}", res.status())));
+        return Err(AuthError::Unavailable(format!(
+            "turnstile verify answered {}",
+            res.status()
+        )));
     }
     let body: serde_json::Value = res
         .json()

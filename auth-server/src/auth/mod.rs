@@ -239,12 +239,24 @@ impl AuthService {
             Some(u) => account_gate_key(&tenant.id, &u.id),
             None => format!("kg:gate:acct:{}:?{identity}", tenant.id),
         };
-        let ip_key = format!("kg:gate:ip:{}", req.client_ip.as_deref().unwrap_or("unknown"));
-        self.check_captcha(&policy.captcha, &req.captcha, req.client_ip.as_deref(), &account_key, &ip_key)
-            .await?;
+        let ip_key = format!(
+            "kg:gate:ip:{}",
+            req.client_ip.as_deref().unwrap_or("unknown")
+        );
+        self.check_captcha(
+            &policy.captcha,
+            &req.captcha,
+            req.client_ip.as_deref(),
+            &account_key,
+            &ip_key,
+        )
+        .await?;
         let (account_rule, ip_rule) = gate_rules(&policy.lockout);
         let now_ms = (self.clock.now().unix_timestamp_nanos() / 1_000_000) as i64;
-        if let ephemeral::Gate::Refused { retry_after_ms, locked } = self
+        if let ephemeral::Gate::Refused {
+            retry_after_ms,
+            locked,
+        } = self
             .ephemeral
             .gate_attempt(&account_key, &ip_key, (&account_rule, &ip_rule), now_ms)
             .await
@@ -300,7 +312,7 @@ impl AuthService {
             CaptchaMode::Always => true,
             CaptchaMode::AfterFailures => {
                 let (account, ip) = self.ephemeral.gate_failures(account_key, ip_key).await;
-                account.max(ip) >= policy.after_failures
+                account >= policy.after_failures || ip >= policy.ip_after_failures
             }
         };
         if !required {
@@ -315,10 +327,23 @@ impl AuthService {
             return Err(AuthError::CaptchaInvalid);
         }
         match answer.provider.as_deref().unwrap_or("pow") {
-            "pow" => self.redeem_pow(answer.challenge_id.as_deref(), token, client_ip, policy).await,
+            "pow" => {
+                self.redeem_pow(answer.challenge_id.as_deref(), token, client_ip, policy)
+                    .await
+            }
             "turnstile" => {
-                let secret = policy.turnstile_secret.as_deref().ok_or(AuthError::CaptchaInvalid)?;
-                captcha::verify_turnstile(&self.http, &policy.turnstile_verify_url, secret, token, client_ip).await
+                let secret = policy
+                    .turnstile_secret
+                    .as_deref()
+                    .ok_or(AuthError::CaptchaInvalid)?;
+                captcha::verify_turnstile(
+                    &self.http,
+                    &policy.turnstile_verify_url,
+                    secret,
+                    token,
+                    client_ip,
+                )
+                .await
             }
             _ => Err(AuthError::CaptchaInvalid),
         }
@@ -334,7 +359,9 @@ impl AuthService {
         let rt = self.runtime();
         let policy = &rt.config.policy_for(tenant_id).captcha;
         // The policy's difficulty is a floor; clients may ask for more, up to 8.
-        let difficulty = requested_difficulty.unwrap_or(0).clamp(policy.pow_difficulty, 8);
+        let difficulty = requested_difficulty
+            .unwrap_or(0)
+            .clamp(policy.pow_difficulty, 8);
         let challenge = captcha::PowChallenge {
             id: random::id("cap"),
             challenge: hex::encode(random::bytes(16)),
@@ -385,7 +412,8 @@ impl AuthService {
             .ok_or(AuthError::CaptchaInvalid)?;
         let (challenge, difficulty) = stored.split_once('|').ok_or(AuthError::CaptchaInvalid)?;
         let difficulty: u32 = difficulty.parse().map_err(|_| AuthError::CaptchaInvalid)?;
-        if difficulty >= policy.pow_difficulty && captcha::pow_solves(challenge, difficulty, token) {
+        if difficulty >= policy.pow_difficulty && captcha::pow_solves(challenge, difficulty, token)
+        {
             Ok(())
         } else {
             Err(AuthError::CaptchaInvalid)

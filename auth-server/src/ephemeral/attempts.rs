@@ -58,7 +58,9 @@ pub fn delay_ms(rule: &GateRule, failures: u32) -> u64 {
         return 0;
     }
     let doublings = (failures - rule.delay_after).min(32);
-    rule.base_delay_ms.saturating_mul(1u64 << doublings).min(rule.max_delay_ms)
+    rule.base_delay_ms
+        .saturating_mul(1u64 << doublings)
+        .min(rule.max_delay_ms)
 }
 
 fn refusal(state: &GateState, now: i64) -> Option<(u64, bool)> {
@@ -137,46 +139,96 @@ mod tests {
 
     #[test]
     fn delays_grow_then_the_key_locks() {
-        assert_eq!([0, 1, 2, 3, 4, 5, 9].map(|f| delay_ms(&RULE, f)), [0, 0, 0, 1000, 2000, 4000, 8000]);
+        assert_eq!(
+            [0, 1, 2, 3, 4, 5, 9].map(|f| delay_ms(&RULE, f)),
+            [0, 0, 0, 1000, 2000, 4000, 8000]
+        );
         let (mut a, mut i) = (GateState::default(), GateState::default());
         let mut now = 0;
         for expected_before in 0..3 {
             assert_eq!(
                 decide(&mut a, &mut i, (&RULE, &LOOSE), now),
-                Gate::Admitted { account_failures: expected_before, ip_failures: expected_before }
+                Gate::Admitted {
+                    account_failures: expected_before,
+                    ip_failures: expected_before
+                }
             );
         }
         // After the third failure the next attempt must wait a second.
-        assert_eq!(decide(&mut a, &mut i, (&RULE, &LOOSE), now), Gate::Refused { retry_after_ms: 1000, locked: false });
+        assert_eq!(
+            decide(&mut a, &mut i, (&RULE, &LOOSE), now),
+            Gate::Refused {
+                retry_after_ms: 1000,
+                locked: false
+            }
+        );
         now += 1000;
-        assert!(matches!(decide(&mut a, &mut i, (&RULE, &LOOSE), now), Gate::Admitted { .. }));
-        assert_eq!(decide(&mut a, &mut i, (&RULE, &LOOSE), now + 1999), Gate::Refused { retry_after_ms: 1, locked: false });
+        assert!(matches!(
+            decide(&mut a, &mut i, (&RULE, &LOOSE), now),
+            Gate::Admitted { .. }
+        ));
+        assert_eq!(
+            decide(&mut a, &mut i, (&RULE, &LOOSE), now + 1999),
+            Gate::Refused {
+                retry_after_ms: 1,
+                locked: false
+            }
+        );
         now += 2000;
-        assert!(matches!(decide(&mut a, &mut i, (&RULE, &LOOSE), now), Gate::Admitted { .. }));
+        assert!(matches!(
+            decide(&mut a, &mut i, (&RULE, &LOOSE), now),
+            Gate::Admitted { .. }
+        ));
         now += 4000;
-        assert!(matches!(decide(&mut a, &mut i, (&RULE, &LOOSE), now), Gate::Admitted { .. }));
+        assert!(matches!(
+            decide(&mut a, &mut i, (&RULE, &LOOSE), now),
+            Gate::Admitted { .. }
+        ));
         // That was the sixth: locked for a minute.
-        assert_eq!(decide(&mut a, &mut i, (&RULE, &LOOSE), now + 10_000), Gate::Refused { retry_after_ms: 50_000, locked: true });
+        assert_eq!(
+            decide(&mut a, &mut i, (&RULE, &LOOSE), now + 10_000),
+            Gate::Refused {
+                retry_after_ms: 50_000,
+                locked: true
+            }
+        );
         // After the lock, counting starts afresh.
         assert_eq!(
             decide(&mut a, &mut i, (&RULE, &LOOSE), now + 60_000),
-            Gate::Admitted { account_failures: 0, ip_failures: 6 }
+            Gate::Admitted {
+                account_failures: 0,
+                ip_failures: 6
+            }
         );
     }
 
     #[test]
     fn the_address_gate_refuses_every_account() {
-        let ip_rule = GateRule { delay_after: 2, lock_after: 4, ..RULE };
+        let ip_rule = GateRule {
+            delay_after: 2,
+            lock_after: 4,
+            ..RULE
+        };
         let mut ip = GateState::default();
         for n in 0..2 {
             let mut fresh_account = GateState::default();
             assert_eq!(
                 decide(&mut fresh_account, &mut ip, (&RULE, &ip_rule), 0),
-                Gate::Admitted { account_failures: 0, ip_failures: n }
+                Gate::Admitted {
+                    account_failures: 0,
+                    ip_failures: n
+                }
             );
         }
         let mut another = GateState::default();
-        assert!(matches!(decide(&mut another, &mut ip, (&RULE, &ip_rule), 10), Gate::Refused { .. }));
-        assert_eq!(another, GateState::default(), "a refused attempt counts nowhere");
+        assert!(matches!(
+            decide(&mut another, &mut ip, (&RULE, &ip_rule), 10),
+            Gate::Refused { .. }
+        ));
+        assert_eq!(
+            another,
+            GateState::default(),
+            "a refused attempt counts nowhere"
+        );
     }
 }

@@ -77,7 +77,13 @@ impl MemoryEphemeral {
         }
     }
 
-    pub(super) fn gate_attempt(&self, account: &str, ip: &str, rules: (&GateRule, &GateRule), now: i64) -> Gate {
+    pub(super) fn gate_attempt(
+        &self,
+        account: &str,
+        ip: &str,
+        rules: (&GateRule, &GateRule),
+        now: i64,
+    ) -> Gate {
         let mut g = self.lock();
         if g.gates.len() > 100_000 {
             g.gates.retain(|_, (_, exp)| *exp > now);

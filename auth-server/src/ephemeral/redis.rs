@@ -178,13 +178,21 @@ impl RedisEphemeral {
 
     pub(super) async fn gate_success(&self, account: &str, ip: &str) -> Result<(), EphemeralError> {
         self.pool
-            .eval::<i64, _, _, _>(SUCCESS_SCRIPT, vec![account.to_owned(), ip.to_owned()], Vec::<String>::new())
+            .eval::<i64, _, _, _>(
+                SUCCESS_SCRIPT,
+                vec![account.to_owned(), ip.to_owned()],
+                Vec::<String>::new(),
+            )
             .await
             .map(|_| ())
             .map_err(err)
     }
 
-    pub(super) async fn gate_failures(&self, account: &str, ip: &str) -> Result<(u32, u32), EphemeralError> {
+    pub(super) async fn gate_failures(
+        &self,
+        account: &str,
+        ip: &str,
+    ) -> Result<(u32, u32), EphemeralError> {
         let a: Option<u32> = self.pool.hget(account, "f").await.map_err(err)?;
         let i: Option<u32> = self.pool.hget(ip, "f").await.map_err(err)?;
         Ok((a.unwrap_or(0), i.unwrap_or(0)))
@@ -194,6 +202,10 @@ impl RedisEphemeral {
         if keys.is_empty() {
             return Ok(());
         }
-        self.pool.del::<i64, _>(keys.to_vec()).await.map(|_| ()).map_err(err)
+        self.pool
+            .del::<i64, _>(keys.to_vec())
+            .await
+            .map(|_| ())
+            .map_err(err)
     }
 }

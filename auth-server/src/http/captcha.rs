@@ -69,10 +69,20 @@ pub async fn challenge(
         )]));
     }
     let tenant_id = tenant_of(q.tenant_id.as_deref(), &headers);
-    if state.auth.store.tenant(&tenant_id).await.map_err(AuthError::from)?.is_none() {
+    if state
+        .auth
+        .store
+        .tenant(&tenant_id)
+        .await
+        .map_err(AuthError::from)?
+        .is_none()
+    {
         return Err(AuthError::UnknownTenant.into());
     }
-    let c = state.auth.issue_pow(&tenant_id, client_ip.as_deref(), q.difficulty).await?;
+    let c = state
+        .auth
+        .issue_pow(&tenant_id, client_ip.as_deref(), q.difficulty)
+        .await?;
     Ok(Json(DataResponse::new(CaptchaChallenge {
         id: c.id,
         type_: "pow".into(),

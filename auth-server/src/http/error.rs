@@ -375,10 +375,17 @@ impl From<AuthError> for ApiError {
                 K::CaptchaInvalid,
                 "the captcha answer is wrong, expired or already used",
             ),
-            AuthError::LoginThrottled { retry_after, locked } => Self {
+            AuthError::LoginThrottled {
+                retry_after,
+                locked,
+            } => Self {
                 retry_after: Some(retry_after),
                 ..Self::new(
-                    if locked { K::AccountLocked } else { K::LoginDelayed },
+                    if locked {
+                        K::AccountLocked
+                    } else {
+                        K::LoginDelayed
+                    },
                     if locked {
                         format!("too many failed sign-ins: locked; retry in {retry_after} s")
                     } else {

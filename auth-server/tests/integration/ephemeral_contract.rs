@@ -45,9 +45,12 @@ async fn ephemeral_contract_memory() {
 #[tokio::test]
 async fn ephemeral_contract_redis() {
     let e = Ephemeral::Redis(
-        RedisEphemeral::connect(&keygate_tests::redis_url(), std::sync::Arc::new(auth_server::auth::clock::SystemClock))
-            .await
-            .unwrap(),
+        RedisEphemeral::connect(
+            &keygate_tests::redis_url(),
+            std::sync::Arc::new(auth_server::auth::clock::SystemClock),
+        )
+        .await
+        .unwrap(),
     );
     let prefix = keygate_tests::unique("test:");
     contract(e, &prefix, async || {
@@ -60,7 +63,11 @@ async fn ephemeral_contract_redis() {
 async fn an_unreachable_redis_is_an_error_not_a_hang() {
     let port = keygate_tests::free_port();
     let started = std::time::Instant::now();
-    let r = RedisEphemeral::connect(&format!("redis://127.0.0.1:{port}"), std::sync::Arc::new(auth_server::auth::clock::SystemClock)).await;
+    let r = RedisEphemeral::connect(
+        &format!("redis://127.0.0.1:{port}"),
+        std::sync::Arc::new(auth_server::auth::clock::SystemClock),
+    )
+    .await;
     assert!(r.is_err());
     assert!(started.elapsed() < Duration::from_secs(10));
 }
@@ -76,32 +83,56 @@ async fn gate_contract(e: Ephemeral, prefix: &str) {
         lock_ms: 60_000,
         window_ms: 3_600_000,
     };
-    let loose = GateRule { delay_after: 1000, lock_after: 2000, ..rule };
+    let loose = GateRule {
+        delay_after: 1000,
+        lock_after: 2000,
+        ..rule
+    };
     let (acct, ip) = (format!("{prefix}acct"), format!("{prefix}ip"));
     let t0: i64 = 1_900_000_000_000;
     for n in 0..3 {
         assert_eq!(
             e.gate_attempt(&acct, &ip, (&rule, &loose), t0).await,
-            Gate::Admitted { account_failures: n, ip_failures: n }
+            Gate::Admitted {
+                account_failures: n,
+                ip_failures: n
+            }
         );
     }
     assert_eq!(e.gate_failures(&acct, &ip).await, (3, 3));
     assert_eq!(
         e.gate_attempt(&acct, &ip, (&rule, &loose), t0 + 400).await,
-        Gate::Refused { retry_after_ms: 600, locked: false }
+        Gate::Refused {
+            retry_after_ms: 600,
+            locked: false
+        }
     );
-    assert!(matches!(e.gate_attempt(&acct, &ip, (&rule, &loose), t0 + 1000).await, Gate::Admitted { .. }));
-    assert!(matches!(e.gate_attempt(&acct, &ip, (&rule, &loose), t0 + 3000).await, Gate::Admitted { .. }));
+    assert!(matches!(
+        e.gate_attempt(&acct, &ip, (&rule, &loose), t0 + 1000).await,
+        Gate::Admitted { .. }
+    ));
+    assert!(matches!(
+        e.gate_attempt(&acct, &ip, (&rule, &loose), t0 + 3000).await,
+        Gate::Admitted { .. }
+    ));
     assert_eq!(
-        e.gate_attempt(&acct, &ip, (&rule, &loose), t0 + 13_000).await,
-        Gate::Refused { retry_after_ms: 50_000, locked: true }
+        e.gate_attempt(&acct, &ip, (&rule, &loose), t0 + 13_000)
+            .await,
+        Gate::Refused {
+            retry_after_ms: 50_000,
+            locked: true
+        }
     );
     // Success resets the account and returns one attempt to the address.
     e.gate_success(&acct, &ip).await;
     assert_eq!(e.gate_failures(&acct, &ip).await, (0, 4));
     // Clearing (unlock) empties a key.
-    assert!(matches!(e.gate_attempt(&acct, &ip, (&rule, &loose), t0 + 14_000).await, Gate::Admitted { .. }));
-    e.gate_clear(&[acct.clone()]).await.unwrap();
+    assert!(matches!(
+        e.gate_attempt(&acct, &ip, (&rule, &loose), t0 + 14_000)
+            .await,
+        Gate::Admitted { .. }
+    ));
+    e.gate_clear(std::slice::from_ref(&acct)).await.unwrap();
     assert_eq!(e.gate_failures(&acct, &ip).await.0, 0);
 
     // Contention: of 40 simultaneous attempts on a fresh account exactly delay_after pass.
@@ -110,7 +141,9 @@ async fn gate_contract(e: Ephemeral, prefix: &str) {
     let mut tasks = Vec::new();
     for _ in 0..40 {
         let (e, a, i) = (e.clone(), acct2.clone(), ip2.clone());
-        tasks.push(tokio::spawn(async move { e.gate_attempt(&a, &i, (&rule, &loose), t0).await }));
+        tasks.push(tokio::spawn(async move {
+            e.gate_attempt(&a, &i, (&rule, &loose), t0).await
+        }));
     }
     let mut admitted = 0;
     for t in tasks {
@@ -121,7 +154,11 @@ async fn gate_contract(e: Ephemeral, prefix: &str) {
 
 #[tokio::test]
 async fn gate_contract_memory() {
-    gate_contract(Ephemeral::Memory(MemoryEphemeral::new(ManualClock::at(1_900_000_000))), "").await;
+    gate_contract(
+        Ephemeral::Memory(MemoryEphemeral::new(ManualClock::at(1_900_000_000))),
+        "",
+    )
+    .await;
 }
 
 #[tokio::test]

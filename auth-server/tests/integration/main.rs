@@ -6,6 +6,7 @@
 
 mod common;
 mod ephemeral_contract;
+mod hardening;
 mod http_api;
 mod store_contract;
 mod transmission;

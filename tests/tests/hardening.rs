@@ -1,0 +1,180 @@
+//! Login hardening across processes: many parallel wrong passwords against two server
+//! processes sharing one Redis evaluate no more passwords than the policy allows; a client
+//! that solves a proof of work silently (no challenge id) is matched by its address.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use keygate_tests::{ServerOptions, ServerProcess, add_user};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+const PW: &str = "correct horse battery staple";
+
+fn write_config(dir: &std::path::Path, config: &Value) -> String {
+    let path = dir.join("keygate.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    path.display().to_string()
+}
+
+#[tokio::test]
+async fn parallel_wrong_passwords_on_two_replicas_evaluate_only_what_the_policy_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = std::process::Command::new(keygate_tests::workspace_bin("auth-server"))
+        .args(["key", "generate"])
+        .output()
+        .unwrap();
+    let key: Value = serde_json::from_slice(&key.stdout).unwrap();
+    let config = json!({
+        "signing_keys": [key],
+        "policy": {
+            "captcha": {"mode": "never"},
+            "lockout": {"delay_after": 5, "lock_after": 8, "base_delay_seconds": 30, "max_delay_seconds": 60,
+                        "ip_delay_after": 1000, "ip_lock_after": 2000}
+        }
+    });
+    let env = vec![
+        (
+            "KEYGATE_DATABASE_URL".to_owned(),
+            keygate_tests::fresh_postgres_database().await,
+        ),
+        ("KEYGATE_REDIS_URL".to_owned(), keygate_tests::redis_url()),
+        (
+            "KEYGATE_CONFIG".to_owned(),
+            write_config(dir.path(), &config),
+        ),
+    ];
+    add_user(dir.path(), &env, &["--username", "alice"], PW);
+    let a = ServerProcess::start(ServerOptions {
+        env: env.clone(),
+        ..Default::default()
+    });
+    let b = ServerProcess::start(ServerOptions {
+        env,
+        ..Default::default()
+    });
+    let client = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for n in 0..80 {
+        let url = format!(
+            "{}/api/v1/auth/login",
+            if n % 2 == 0 { &a.base_url } else { &b.base_url }
+        );
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let res = client
+                .post(url)
+                .json(&json!({"identity": "alice", "password": format!("wrong {n}")}))
+                .send()
+                .await
+                .unwrap();
+            let status = res.status().as_u16();
+            let body: Value = res.json().await.unwrap();
+            (status, body["code"].as_u64().unwrap())
+        }));
+    }
+    let mut evaluated = 0;
+    let mut throttled = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            (400, 40000101) => evaluated += 1,
+            (429, 42900002) => throttled += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert_eq!(
+        evaluated, 5,
+        "exactly delay_after passwords may be evaluated in a burst"
+    );
+    assert_eq!(throttled, 75);
+    // The right password is refused too until the delay has passed, on both replicas.
+    for base in [&a.base_url, &b.base_url] {
+        let res = client
+            .post(format!("{base}/api/v1/auth/login"))
+            .json(&json!({"identity": "alice", "password": PW}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 429);
+        assert!(res.headers().get("retry-after").is_some());
+    }
+}
+
+fn solve(challenge: &str, difficulty: usize) -> String {
+    let zeros = "0".repeat(difficulty);
+    let mut n: u64 = 0;
+    loop {
+        if hex::encode(Sha256::digest(format!("{challenge}{n}"))).starts_with(&zeros) {
+            let mut digits = Vec::new();
+            let mut m = n;
+            loop {
+                digits.push(std::char::from_digit((m % 36) as u32, 36).unwrap());
+                m /= 36;
+                if m == 0 {
+                    break;
+                }
+            }
+            return format!("pow_{}", digits.iter().rev().collect::<String>());
+        }
+        n += 1;
+    }
+}
+
+#[tokio::test]
+async fn a_silently_solved_proof_of_work_is_matched_by_client_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &json!({"policy": {"captcha": {"mode": "always", "pow_difficulty": 3}}}),
+    );
+    let env = vec![("KEYGATE_CONFIG".to_owned(), config)];
+    add_user(dir.path(), &env, &["--username", "alice"], PW);
+    let server = ServerProcess::start(ServerOptions {
+        data_dir: Some(dir.path().to_path_buf()),
+        env,
+        ..Default::default()
+    });
+    let client = reqwest::Client::new();
+    let cfg: Value = client
+        .get(format!(
+            "{}/api/v1/public/auth-config/default",
+            server.base_url
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cfg["data"]["silent_challenge_enabled"], true);
+    let c: Value = client
+        .get(format!(
+            "{}/api/v1/auth/captcha/challenge?provider=pow",
+            server.base_url
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = solve(
+        c["data"]["data"]["challenge"].as_str().unwrap(),
+        c["data"]["data"]["difficulty"].as_u64().unwrap() as usize,
+    );
+    let login = |token: String| {
+        let client = client.clone();
+        let url = format!("{}/api/v1/auth/login", server.base_url);
+        async move {
+            client
+                .post(url)
+                .json(&json!({"identity": "alice", "password": PW, "captcha_provider": "pow", "captcha_token": token}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(login(token.clone()).await, 200);
+    // Consumed: the same answer again has no challenge behind it.
+    assert_eq!(login(token).await, 400);
+}
