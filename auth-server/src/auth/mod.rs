@@ -467,63 +467,196 @@ impl AuthService {
         sent: &transmission::SentPassword,
         field: &str,
     ) -> Result<transmission::Recovered, AuthError> {
+        let mut recovered = self
+            .recover_passwords(rt, accepted, sent, &[(&sent.value, field)])
+            .await?;
+        recovered
+            .pop()
+            .ok_or_else(|| AuthError::Internal("nothing recovered".into()))
+    }
+
+    /// Recovers several passwords sent in one request under the same mode (a password change
+    /// sends the old and the new one; in `symmetric` mode both use the one key exchange).
+    pub async fn recover_passwords(
+        &self,
+        rt: &Runtime,
+        accepted: &[keygate_config::Transmission],
+        sent: &transmission::SentPassword,
+        values: &[(&str, &str)],
+    ) -> Result<Vec<transmission::Recovered>, AuthError> {
         use keygate_config::Transmission as T;
-        let recovered = match transmission::mode_of(sent, accepted, "password_transmission")? {
-            T::Plain => transmission::Recovered::Plain(sent.value.clone()),
-            T::Hash => transmission::recover_hash(&sent.value, field)?,
-            T::Asymmetric => {
-                let key = match sent.key_id.as_deref().filter(|k| !k.is_empty()) {
-                    None => rt.transmission.first(),
-                    Some(kid) => rt.transmission.iter().find(|k| k.kid == kid),
-                }
+        let mode = transmission::mode_of(sent, accepted, "password_transmission")?;
+        let kex_secret = if mode == T::Symmetric {
+            let id = sent
+                .key_exchange_id
+                .as_deref()
+                .filter(|k| !k.is_empty())
                 .ok_or_else(|| {
                     AuthError::Validation(vec![FieldViolation::new(
-                        "key_id",
-                        "format",
-                        "unknown transmission key",
+                        "key_exchange_id",
+                        "required",
+                        "symmetric mode needs the key_exchange_id from /public/key-exchange",
                     )])
                 })?;
-                transmission::recover_asymmetric(&sent.value, key, field)?
+            if id.len() > 64 {
+                return Err(AuthError::KeyExchangeExpired);
             }
-            T::Symmetric => {
-                let id = sent
-                    .key_exchange_id
-                    .as_deref()
-                    .filter(|k| !k.is_empty())
+            self.ephemeral
+                .take(&format!("kg:kex:{id}"))
+                .await?
+                .and_then(|h| hex::decode(h).ok())
+                .ok_or(AuthError::KeyExchangeExpired)?
+        } else {
+            Vec::new()
+        };
+        let mut out = Vec::with_capacity(values.len());
+        for (value, field) in values {
+            let recovered = match mode {
+                T::Plain => transmission::Recovered::Plain((*value).to_owned()),
+                T::Hash => transmission::recover_hash(value, field)?,
+                T::Asymmetric => {
+                    let key = match sent.key_id.as_deref().filter(|k| !k.is_empty()) {
+                        None => rt.transmission.first(),
+                        Some(kid) => rt.transmission.iter().find(|k| k.kid == kid),
+                    }
                     .ok_or_else(|| {
                         AuthError::Validation(vec![FieldViolation::new(
-                            "key_exchange_id",
-                            "required",
-                            "symmetric mode needs the key_exchange_id from /public/key-exchange",
+                            "key_id",
+                            "format",
+                            "unknown transmission key",
                         )])
                     })?;
-                if id.len() > 64 {
-                    return Err(AuthError::KeyExchangeExpired);
+                    transmission::recover_asymmetric(value, key, field)?
                 }
-                let secret = self
-                    .ephemeral
-                    .take(&format!("kg:kex:{id}"))
-                    .await?
-                    .and_then(|h| hex::decode(h).ok())
-                    .ok_or(AuthError::KeyExchangeExpired)?;
-                transmission::recover_symmetric(
-                    &sent.value,
+                T::Symmetric => transmission::recover_symmetric(
+                    value,
                     sent.client_pub_key.as_deref(),
-                    &secret,
+                    &kex_secret,
                     field,
-                )?
+                )?,
+            };
+            if let transmission::Recovered::Plain(p) = &recovered
+                && p.len() > password::MAX_PASSWORD_BYTES
+            {
+                return Err(AuthError::Validation(vec![FieldViolation::new(
+                    *field,
+                    "range",
+                    format!("at most {} bytes", password::MAX_PASSWORD_BYTES),
+                )]));
             }
+            out.push(recovered);
+        }
+        Ok(out)
+    }
+
+    /// Changes the caller's password: the old one must verify, the new one must meet the
+    /// tenant's rules and differ from the recent ones; every other session is ended.
+    pub async fn change_password(
+        &self,
+        claims: &AccessClaims,
+        sent: &transmission::SentPassword,
+        old_password: &str,
+        new_password: &str,
+    ) -> Result<(), AuthError> {
+        let mut errors = Vec::new();
+        for (value, field) in [
+            (old_password, "old_password"),
+            (new_password, "new_password"),
+        ] {
+            let probe = transmission::SentPassword {
+                value: value.to_owned(),
+                ..sent.clone()
+            };
+            check_password_field(&probe, field, &mut errors);
+        }
+        if !errors.is_empty() {
+            return Err(AuthError::Validation(errors));
+        }
+        let user = self.current_user(claims).await?;
+        let rt = self.runtime();
+        let policy = &rt.config.policy_for(&user.tenant_id).password;
+        // The server must see the new password to apply the rules: not in hash mode.
+        let accepted: Vec<_> = policy
+            .accepted_transmissions
+            .iter()
+            .copied()
+            .filter(|t| *t != keygate_config::Transmission::Hash)
+            .collect();
+        let recovered = self
+            .recover_passwords(
+                &rt,
+                &accepted,
+                sent,
+                &[
+                    (old_password, "old_password"),
+                    (new_password, "new_password"),
+                ],
+            )
+            .await?;
+        let [old, new] = <[transmission::Recovered; 2]>::try_from(recovered)
+            .map_err(|_| AuthError::Internal("two passwords expected".into()))?;
+        let transmission::Recovered::Plain(new_plain) = &new else {
+            return Err(AuthError::TransmissionNotAccepted);
         };
-        if let transmission::Recovered::Plain(p) = &recovered
-            && p.len() > password::MAX_PASSWORD_BYTES
-        {
+        users::check_password_rules(new_plain, policy, "new_password")?;
+        let verified = self
+            .hasher
+            .verify(old.digest(&user.tenant_id), user.password_hash.clone())
+            .await?;
+        if verified == Verified::No {
             return Err(AuthError::Validation(vec![FieldViolation::new(
-                field,
-                "range",
-                format!("at most {} bytes", password::MAX_PASSWORD_BYTES),
+                "old_password",
+                "format",
+                "the current password is wrong",
             )]));
         }
-        Ok(recovered)
+        let new_digest = new.digest(&user.tenant_id);
+        let mut previous = self
+            .store
+            .password_history(&user.id, policy.history)
+            .await?;
+        previous.extend(user.password_hash.clone());
+        for old_hash in previous {
+            if self
+                .hasher
+                .verify(new_digest.clone(), Some(old_hash))
+                .await?
+                != Verified::No
+            {
+                return Err(AuthError::Validation(vec![FieldViolation::new(
+                    "new_password",
+                    "conflict",
+                    format!(
+                        "must differ from the current and the last {} passwords",
+                        policy.history
+                    ),
+                )]));
+            }
+        }
+        let new_hash = self.hasher.hash(new_digest).await?;
+        let now = self.clock.unix();
+        self.store
+            .change_password(
+                &user.id,
+                user.password_hash.as_deref(),
+                &new_hash,
+                now,
+                policy.history,
+            )
+            .await?;
+        let ended = self
+            .store
+            .revoke_other_sessions(&user.id, &claims.sid, now, "password_change")
+            .await?;
+        let ttl =
+            Duration::from_secs(rt.config.tokens.access_token_ttl_seconds + tokens::LEEWAY_SECONDS);
+        for sid in &ended {
+            self.ephemeral
+                .set(&denied_sid_key(sid), "password_change", ttl)
+                .await?;
+        }
+        tracing::info!(user = %user.id, sessions_ended = ended.len(), "password changed");
+        Ok(())
     }
 
     /// Opens a session for `user` and issues its first tokens.
@@ -737,9 +870,15 @@ impl AuthService {
         tenant_id: &str,
         input: users::UserInput,
     ) -> Result<User, AuthError> {
-        let valid = users::validate_user(input)?;
+        let mut valid = users::validate_user(input)?;
         if self.store.tenant(tenant_id).await?.is_none() {
             return Err(AuthError::UnknownTenant);
+        }
+        let rt = self.runtime();
+        let policy = &rt.config.policy_for(tenant_id).password;
+        if let Some(pw) = &valid.password {
+            users::check_password_rules(pw, policy, "password")?;
+            valid.must_change_password |= policy.force_change_on_first_login;
         }
         let password_hash = match &valid.password {
             Some(pw) => Some(self.hasher.hash(canonical_digest(pw, tenant_id)).await?),

@@ -131,6 +131,55 @@ pub fn validate_user(input: UserInput) -> Result<UserInput, AuthError> {
     })
 }
 
+/// Checks a new password against the tenant's composition rules (length in characters,
+/// character classes); every broken rule is reported.
+pub fn check_password_rules(
+    password: &str,
+    policy: &keygate_config::PasswordPolicy,
+    field: &str,
+) -> Result<(), AuthError> {
+    let mut broken = Vec::new();
+    let chars = password.chars().count();
+    if chars < policy.min_length || chars > policy.max_length {
+        broken.push(format!(
+            "between {} and {} characters",
+            policy.min_length, policy.max_length
+        ));
+    }
+    let classes: [(bool, fn(char) -> bool, &str); 4] = [
+        (
+            policy.require_upper,
+            char::is_uppercase,
+            "an uppercase letter",
+        ),
+        (
+            policy.require_lower,
+            char::is_lowercase,
+            "a lowercase letter",
+        ),
+        (policy.require_digit, |c| c.is_ascii_digit(), "a digit"),
+        (
+            policy.require_special,
+            |c| !c.is_alphanumeric(),
+            "a character that is neither letter nor digit",
+        ),
+    ];
+    for (required, test, what) in classes {
+        if required && !password.chars().any(test) {
+            broken.push(format!("at least {what}"));
+        }
+    }
+    if broken.is_empty() {
+        Ok(())
+    } else {
+        Err(AuthError::Validation(vec![FieldViolation::new(
+            field,
+            "format",
+            broken.join("; "),
+        )]))
+    }
+}
+
 /// Where a user's password stands against the tenant's expiry policy.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PasswordStatus {

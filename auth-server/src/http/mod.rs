@@ -106,6 +106,7 @@ fn api(base_path: &str) -> OpenApiRouter<AppState> {
         .routes(routes!(tokens::refresh))
         .routes(routes!(tokens::logout))
         .routes(routes!(tokens::me))
+        .routes(routes!(tokens::change_password))
         .routes(routes!(admin::create_user))
         .routes(routes!(admin::unlock_user))
         .routes(routes!(captcha::challenge))

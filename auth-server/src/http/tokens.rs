@@ -4,6 +4,7 @@ use super::AppState;
 use super::dto::{DataResponse, LoginResponse, SimpleResponse, UserInfo};
 use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, Bearer};
+use crate::auth::transmission::SentPassword;
 use axum::Json;
 use axum::extract::State;
 use serde::Deserialize;
@@ -95,4 +96,58 @@ pub async fn me(
         &user,
         &state.auth.password_status(&user),
     ))))
+}
+
+/// Password change request: both passwords in the same transmission mode (`hash` is not
+/// accepted here: the server must see the new password to apply the rules).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ChangePasswordRequest {
+    /// The current password (or its ciphertext).
+    pub old_password: String,
+    /// The new password (or its ciphertext).
+    pub new_password: String,
+    /// `plain` (default), `symmetric` or `asymmetric`.
+    #[serde(default)]
+    pub password_transmission: Option<String>,
+    /// symmetric mode: one key exchange for both passwords.
+    #[serde(default)]
+    pub key_exchange_id: Option<String>,
+    /// symmetric mode: the client's ephemeral public key.
+    #[serde(default)]
+    pub client_pub_key: Option<String>,
+    /// asymmetric mode: the transmission key id.
+    #[serde(default)]
+    pub key_id: Option<String>,
+}
+
+/// Change the caller's password; every other session of the account is ended.
+#[utoipa::path(
+    put,
+    path = "/auth/me/password",
+    tag = "auth",
+    request_body = ChangePasswordRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Changed; other sessions ended", body = SimpleResponse),
+        (status = 400, description = "Wrong current password, rules not met, or a recent password (errors[] names the field)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or revoked token", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn change_password(
+    State(state): State<AppState>,
+    Bearer(claims): Bearer,
+    ApiJson(req): ApiJson<ChangePasswordRequest>,
+) -> Result<Json<SimpleResponse>, ApiError> {
+    let sent = SentPassword {
+        mode: req.password_transmission,
+        value: String::new(),
+        key_exchange_id: req.key_exchange_id,
+        client_pub_key: req.client_pub_key,
+        key_id: req.key_id,
+    };
+    state
+        .auth
+        .change_password(&claims, &sent, &req.old_password, &req.new_password)
+        .await?;
+    Ok(Json(SimpleResponse::new("password changed")))
 }

@@ -293,6 +293,112 @@ impl SqlStore {
             .map_err(db)
     }
 
+    /// Replaces a password: the old hash goes into the history (keeping the newest `keep`),
+    /// the change time is set and any demand to change is cleared, atomically.
+    pub async fn change_password(
+        &self,
+        user_id: &str,
+        old_hash: Option<&str>,
+        new_hash: &str,
+        now: i64,
+        keep: usize,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        if let Some(old) = old_hash {
+            sqlx::query("INSERT INTO password_history (user_id, password_hash, created_at) VALUES ($1, $2, $3)")
+                .bind(user_id)
+                .bind(old)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        sqlx::query(
+            "UPDATE users SET password_hash = $1, password_changed_at = $2, must_change_password = 0, \
+             updated_at = $3 WHERE id = $4",
+        )
+        .bind(new_hash)
+        .bind(now)
+        .bind(now)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        let rows =
+            sqlx::query("SELECT seq FROM password_history WHERE user_id = $1 ORDER BY seq DESC")
+                .bind(user_id)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db)?;
+        if let Some(row) = rows.get(keep) {
+            let cutoff: i64 = row.try_get("seq").map_err(db)?;
+            sqlx::query("DELETE FROM password_history WHERE user_id = $1 AND seq <= $2")
+                .bind(user_id)
+                .bind(cutoff)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    /// The newest `limit` previous password hashes of a user.
+    pub async fn password_history(
+        &self,
+        user_id: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT password_hash FROM password_history WHERE user_id = $1 ORDER BY seq DESC LIMIT $2",
+        )
+        .bind(user_id)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|r| r.try_get("password_hash"))
+            .collect::<Result<_, _>>()
+            .map_err(db)
+    }
+
+    /// Revokes every open session of a user except `keep`; returns the revoked ids.
+    pub async fn revoke_other_sessions(
+        &self,
+        user_id: &str,
+        keep: &str,
+        now: i64,
+        reason: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let rows = sqlx::query(
+            "SELECT id FROM sessions WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL",
+        )
+        .bind(user_id)
+        .bind(keep)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        let ids: Vec<String> = rows
+            .iter()
+            .map(|r| r.try_get("id"))
+            .collect::<Result<_, _>>()
+            .map_err(db)?;
+        sqlx::query(
+            "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 \
+             WHERE user_id = $3 AND id <> $4 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(reason)
+        .bind(user_id)
+        .bind(keep)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(ids)
+    }
+
     /// Opens a session with its first refresh token, atomically.
     pub async fn create_session(&self, s: &Session, first: &NewRefresh) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(db)?;

@@ -124,6 +124,15 @@ impl TestApp {
             .await
     }
 
+    pub async fn send_put(&self, path: &str, body: Value, bearer: &str) -> Reply {
+        let req = Request::put(path)
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {bearer}"))
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        self.send(req).await
+    }
+
     pub async fn get(&self, path: &str, bearer: Option<&str>) -> Reply {
         let mut b = Request::get(path);
         if let Some(t) = bearer {

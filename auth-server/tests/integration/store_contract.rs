@@ -236,6 +236,53 @@ async fn contract(s: SqlStore) {
         Some(1300)
     );
 
+    // Password changes keep a bounded history, newest first.
+    for (i, h) in ["$h2", "$h3", "$h4"].iter().enumerate() {
+        let old = s.user("usr_3").await.unwrap().unwrap().password_hash;
+        s.change_password("usr_3", old.as_deref(), h, 2000 + i as i64, 2)
+            .await
+            .unwrap();
+    }
+    let u3 = s.user("usr_3").await.unwrap().unwrap();
+    assert_eq!(u3.password_hash.as_deref(), Some("$h4"));
+    assert_eq!(u3.password_changed_at, Some(2002));
+    assert!(!u3.must_change_password);
+    assert_eq!(
+        s.password_history("usr_3", 10).await.unwrap(),
+        ["$h3", "$h2"]
+    );
+    assert_eq!(s.password_history("usr_3", 1).await.unwrap(), ["$h3"]);
+
+    // Ending every other session of a user.
+    for id in ["ses_a", "ses_b", "ses_c"] {
+        let other = Session {
+            id: id.into(),
+            user_id: "usr_3".into(),
+            ..session.clone()
+        };
+        s.create_session(&other, &refresh(&format!("rt_{id}"), 1000))
+            .await
+            .unwrap();
+    }
+    let mut ended = s
+        .revoke_other_sessions("usr_3", "ses_b", 2100, "password_change")
+        .await
+        .unwrap();
+    ended.sort();
+    assert_eq!(ended, ["ses_a", "ses_c"]);
+    assert!(
+        s.session("ses_b")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_none()
+    );
+    assert_eq!(
+        s.session("ses_a").await.unwrap().unwrap().revoked_at,
+        Some(2100)
+    );
+
     // Purge removes ended tokens and sessions only.
     s.create_session(
         &Session {

@@ -203,3 +203,127 @@ async fn auth_config_describes_the_tenant() {
         40400001,
     );
 }
+
+#[tokio::test]
+async fn password_change_applies_rules_history_and_ends_other_sessions() {
+    let app = TestApp::with_config(RuntimeConfig {
+        password_hashing: small_hashing(),
+        policy: TenantPolicy {
+            password: PasswordPolicy {
+                require_digit: true,
+                require_upper: true,
+                history: 2,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let first = "First password 1";
+    app.add_user("alice", first, &[]).await;
+    let mine = app.login("alice", first).await.body;
+    let other = app.login("alice", first).await.body;
+    let at = mine["access_token"].as_str().unwrap().to_owned();
+    let change = |old: &str, new: &str| json!({"old_password": old, "new_password": new});
+    let path = "/api/v1/auth/me/password";
+    // Wrong current password; rules; the current password again.
+    let r = app
+        .send_put(path, change("nope", "Second password 2"), &at)
+        .await;
+    assert_eq!(
+        assert_problem(&r, 400, 40000001)["errors"][0]["field"],
+        "old_password"
+    );
+    let r = app
+        .send_put(path, change(first, "no digits or caps"), &at)
+        .await;
+    let b = assert_problem(&r, 400, 40000001);
+    assert_eq!(b["errors"][0]["field"], "new_password");
+    assert!(
+        b["errors"][0]["description"]
+            .as_str()
+            .unwrap()
+            .contains("digit")
+    );
+    let r = app.send_put(path, change(first, first), &at).await;
+    assert_eq!(
+        assert_problem(&r, 400, 40000001)["errors"][0]["code"],
+        "conflict"
+    );
+    // Hash mode cannot carry a new password the server must check.
+    let digest = hex::encode(Sha256::digest(format!("{first}|default")));
+    let r = app
+        .send_put(path, json!({"old_password": digest, "new_password": digest, "password_transmission": "hash"}), &at)
+        .await;
+    assert_problem(&r, 400, 61000104);
+    // A good change (asymmetric): the other session ends, this one stays.
+    let cfg = app
+        .get("/api/v1/public/auth-config/default", None)
+        .await
+        .body["data"]
+        .clone();
+    let public =
+        rsa::RsaPublicKey::from_public_key_pem(cfg["transmission_public_key"].as_str().unwrap())
+            .unwrap();
+    let enc = |p: &str| {
+        STANDARD.encode(
+            public
+                .encrypt(
+                    &mut rand::rngs::OsRng,
+                    rsa::Oaep::new::<Sha256>(),
+                    p.as_bytes(),
+                )
+                .unwrap(),
+        )
+    };
+    let r = app
+        .send_put(path, json!({"old_password": enc(first), "new_password": enc("Second password 2"), "password_transmission": "asymmetric"}), &at)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(app.get("/api/v1/auth/me", Some(&at)).await.status, 200);
+    assert_problem(
+        &app.get("/api/v1/auth/me", other["access_token"].as_str())
+            .await,
+        401,
+        40100002,
+    );
+    assert_problem(
+        &app.post(
+            "/api/v1/auth/refresh",
+            json!({"refresh_token": other["refresh_token"]}),
+            None,
+        )
+        .await,
+        400,
+        40000202,
+    );
+    assert_problem(&app.login("alice", first).await, 400, 40000101);
+    assert_eq!(app.login("alice", "Second password 2").await.status, 200);
+    // History of 2: the first password comes back only after two more changes.
+    assert_eq!(
+        app.send_put(path, change("Second password 2", "Third password 3"), &at)
+            .await
+            .status,
+        200
+    );
+    let r = app
+        .send_put(path, change("Third password 3", first), &at)
+        .await;
+    assert_eq!(
+        assert_problem(&r, 400, 40000001)["errors"][0]["code"],
+        "conflict"
+    );
+    assert_eq!(
+        app.send_put(path, change("Third password 3", "Fourth password 4"), &at)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        app.send_put(path, change("Fourth password 4", first), &at)
+            .await
+            .status,
+        200
+    );
+}

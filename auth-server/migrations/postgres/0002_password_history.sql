@@ -1,0 +1,9 @@
+-- Previous password hashes (newest = highest seq), for the history rule.
+CREATE TABLE password_history (
+    seq           BIGSERIAL PRIMARY KEY,
+    user_id       TEXT NOT NULL REFERENCES users (id),
+    password_hash TEXT NOT NULL,
+    created_at    BIGINT NOT NULL
+);
+
+CREATE INDEX password_history_user ON password_history (user_id, seq);
