@@ -146,7 +146,8 @@ pub fn check_password_rules(
             policy.min_length, policy.max_length
         ));
     }
-    let classes: [(bool, fn(char) -> bool, &str); 4] = [
+    type ClassRule = (bool, fn(char) -> bool, &'static str);
+    let classes: [ClassRule; 4] = [
         (
             policy.require_upper,
             char::is_uppercase,
