@@ -40,6 +40,9 @@ enum Command {
     /// Manage users.
     #[command(subcommand)]
     User(UserCommand),
+    /// Manage tenants.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
     /// Manage signing keys of the runtime configuration.
     #[command(subcommand)]
     Key(KeyCommand),
@@ -48,6 +51,20 @@ enum Command {
         /// Prefix of the API routes in the document.
         #[arg(long, env = "KEYGATE_BASE_PATH", default_value = "/api/v1")]
         base_path: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TenantCommand {
+    /// Create a tenant. Its users, identities and policy (runtime configuration
+    /// `tenants.<id>`) are its own.
+    Add {
+        /// Tenant id: 1-63 of a-z, 0-9 and '-', starting with a letter.
+        #[arg(long)]
+        id: String,
+        /// Name shown to people.
+        #[arg(long)]
+        display_name: String,
     },
 }
 
@@ -94,6 +111,18 @@ enum UserCommand {
         #[arg(long)]
         must_change_password: bool,
     },
+}
+
+/// A domain error as one line for the terminal, with every field violation.
+fn describe(e: auth_server::auth::error::AuthError) -> String {
+    match e {
+        auth_server::auth::error::AuthError::Validation(v) => v
+            .iter()
+            .map(|f| format!("{}: {}", f.field, f.description))
+            .collect::<Vec<_>>()
+            .join("; "),
+        other => other.to_string(),
+    }
 }
 
 fn init_logging(json: bool) {
@@ -189,18 +218,21 @@ async fn run(storage: StorageSettings, command: Command) -> anyhow::Result<()> {
                     },
                 )
                 .await
-                .map_err(|e| match e {
-                    auth_server::auth::error::AuthError::Validation(v) => anyhow::anyhow!(
-                        "invalid user: {}",
-                        v.iter()
-                            .map(|f| format!("{}: {}", f.field, f.description))
-                            .collect::<Vec<_>>()
-                            .join("; ")
-                    ),
-                    other => anyhow::anyhow!("{other}"),
-                })?;
+                .map_err(|e| anyhow::anyhow!("invalid user: {}", describe(e)))?;
             auth.store.close().await;
             println!("{}", user.id);
+        }
+        Command::Tenant(TenantCommand::Add { id, display_name }) => {
+            init_logging(false);
+            let opened = app::open(&storage).await?;
+            let (auth, _) =
+                app::service(opened, None, String::new(), Arc::new(SystemClock)).await?;
+            let tenant = auth
+                .create_tenant(&id, &display_name)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", describe(e)))?;
+            auth.store.close().await;
+            println!("{}", tenant.id);
         }
         Command::Key(KeyCommand::Generate { alg, activate_in }) => {
             let now = time::OffsetDateTime::now_utc().unix_timestamp();

@@ -390,6 +390,38 @@ fn the_cli_explains_itself_and_refuses_passwords_on_the_command_line() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("username"));
+    // Tenants: created by the CLI, then users in them.
+    let tenant = Command::new(workspace_bin("auth-server"))
+        .args([
+            "tenant",
+            "add",
+            "--id",
+            "acme",
+            "--display-name",
+            "Acme Corp",
+        ])
+        .env("KEYGATE_DATA_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        tenant.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tenant.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&tenant.stdout).trim(), "acme");
+    let again = Command::new(workspace_bin("auth-server"))
+        .args(["tenant", "add", "--id", "acme", "--display-name", "Again"])
+        .env("KEYGATE_DATA_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    let id = add_user(
+        dir.path(),
+        &[],
+        &["--username", "zed", "--tenant", "acme"],
+        PW,
+    );
+    assert!(id.starts_with("usr_"));
     let migrate = Command::new(workspace_bin("auth-server"))
         .arg("migrate")
         .env("KEYGATE_DATA_DIR", dir.path())

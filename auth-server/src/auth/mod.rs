@@ -864,6 +864,44 @@ impl AuthService {
         }
     }
 
+    /// Creates a tenant; its id is 1-63 of `a-z`, `0-9`, `-`, starting with a letter.
+    pub async fn create_tenant(
+        &self,
+        id: &str,
+        display_name: &str,
+    ) -> Result<crate::store::Tenant, AuthError> {
+        let ok = (1..=63).contains(&id.len())
+            && id.starts_with(|c: char| c.is_ascii_lowercase())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !ok {
+            return Err(AuthError::Validation(vec![FieldViolation::new(
+                "id",
+                "format",
+                "1-63 of a-z, 0-9 and '-', starting with a letter",
+            )]));
+        }
+        let display = display_name.trim();
+        if display.is_empty() || display.chars().count() > 200 {
+            return Err(AuthError::Validation(vec![FieldViolation::new(
+                "display_name",
+                "range",
+                "1-200 characters",
+            )]));
+        }
+        if self.store.tenant(id).await?.is_some() {
+            return Err(AuthError::Conflict("id"));
+        }
+        let tenant = crate::store::Tenant {
+            id: id.to_owned(),
+            name: id.to_owned(),
+            display_name: display.to_owned(),
+        };
+        self.store.create_tenant(&tenant, self.clock.unix()).await?;
+        Ok(tenant)
+    }
+
     /// Creates a user in `tenant_id` after validation.
     pub async fn create_user(
         &self,

@@ -612,3 +612,112 @@ async fn password_expiry_warns_then_demands_a_change_then_refuses() {
     // A wrong password still gets the ordinary answer: expiry is revealed only to the owner.
     assert_problem(&app.login("alice", "not the password").await, 400, 40000101);
 }
+
+#[tokio::test]
+async fn tenants_have_their_own_users_and_policy() {
+    use keygate_config::{PasswordPolicy, TenantPolicy, Transmission};
+    let mut tenants = std::collections::BTreeMap::new();
+    tenants.insert(
+        "acme".to_owned(),
+        TenantPolicy {
+            password: PasswordPolicy {
+                accepted_transmissions: vec![Transmission::Plain],
+                preferred_transmission: Transmission::Plain,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    );
+    let app = TestApp::with_config(RuntimeConfig {
+        password_hashing: small_hashing(),
+        tenants,
+        ..Default::default()
+    })
+    .await;
+    app.auth.create_tenant("acme", "Acme Corp").await.unwrap();
+    assert!(app.auth.create_tenant("acme", "Again").await.is_err());
+    assert!(app.auth.create_tenant("Bad_Id", "x").await.is_err());
+    let in_default = app.add_user("alice", PW, &["admin"]).await;
+    let in_acme = app
+        .auth
+        .create_user(
+            "acme",
+            auth_server::auth::users::UserInput {
+                username: "alice".into(),
+                email: Some("alice@example.com".into()),
+                password: Some("another password".into()),
+                roles: vec!["admin".into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .id;
+    assert_ne!(in_default, in_acme);
+    // Same identity, different tenants, different accounts.
+    let r = app
+        .post(
+            "/api/v1/auth/login",
+            json!({"identity": "alice", "password": "another password", "tenant_id": "acme"}),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["user_id"], in_acme.as_str());
+    let acme_token = r.body["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        app.auth.authenticate(&acme_token).await.unwrap().tid,
+        "acme"
+    );
+    let r = app
+        .send(
+            Request::post("/api/v1/auth/login")
+                .header("content-type", "application/json")
+                .header("x-tenant-id", "acme")
+                .body(Body::from(
+                    json!({"identity": "alice", "password": PW}).to_string(),
+                ))
+                .unwrap(),
+        )
+        .await;
+    assert_problem(&r, 400, 40000101);
+    assert_eq!(
+        app.login("alice", PW).await.body["user_id"],
+        in_default.as_str()
+    );
+    // Each tenant's policy applies to its users only.
+    let digest = |t: &str| hex::encode(sha2::Sha256::digest(format!("another password|{t}")));
+    use sha2::Digest;
+    let r = app
+        .post("/api/v1/auth/login", json!({"identity": "alice", "password": digest("acme"), "password_transmission": "hash", "tenant_id": "acme"}), None)
+        .await;
+    assert_problem(&r, 400, 61000104);
+    let cfg = app.get("/api/v1/public/auth-config/acme", None).await.body;
+    assert_eq!(cfg["data"]["display_name"], "Acme Corp");
+    assert_eq!(
+        cfg["data"]["password_policy"]["accepted_transmissions"],
+        json!(["plain"])
+    );
+    // An administrator acts in the token's tenant only, whatever the body says.
+    let r = app
+        .post(
+            "/api/v1/admin/users",
+            json!({"username": "bob", "password": PW, "tenant_id": "default"}),
+            Some(&acme_token),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let bob = r.body["data"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        app.auth.store.user(&bob).await.unwrap().unwrap().tenant_id,
+        "acme"
+    );
+    let r = app
+        .post(
+            &format!("/api/v1/admin/users/{in_default}/unlock"),
+            json!({}),
+            Some(&acme_token),
+        )
+        .await;
+    assert_problem(&r, 404, 40400001);
+}
