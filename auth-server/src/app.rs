@@ -46,6 +46,8 @@ pub struct Opened {
     pub dev_keys: DevKeys,
     /// Password hashing with the configured parameters and pepper.
     pub hasher: PasswordHasher,
+    /// The key for secrets at rest.
+    pub data_key: crate::auth::mfa::DataKey,
 }
 
 /// Opens storage (creating the data directory and applying migrations), loads the
@@ -80,7 +82,13 @@ pub async fn open(storage: &StorageSettings) -> Result<Opened, StartError> {
         .map(|p| p.as_bytes().to_vec());
     let hasher = PasswordHasher::new(&config.password_hashing, pepper)
         .map_err(|e| StartError(e.to_string()))?;
+    let data_key = match &storage.data_key {
+        Some(text) => crate::auth::mfa::DataKey::from_base64(text),
+        None => crate::auth::mfa::DataKey::load_or_generate(&storage.data_dir),
+    }
+    .map_err(|e| StartError(format!("data key: {e}")))?;
     Ok(Opened {
+        data_key,
         store,
         config,
         dev_keys,
@@ -112,6 +120,7 @@ pub async fn service(
             opened.hasher,
             runtime,
             issuer,
+            opened.data_key,
         ),
         opened.dev_keys,
     ))

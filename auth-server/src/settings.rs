@@ -40,6 +40,11 @@ pub struct StorageSettings {
     )]
     pub password_pepper: Option<String>,
 
+    /// Key (base64 of 32 bytes) that encrypts TOTP secrets at rest and keys backup-code
+    /// hashes. Default: generated in the data directory. Replicas must share it.
+    #[arg(long, env = "KEYGATE_DATA_KEY", hide_env_values = true, global = true)]
+    pub data_key: Option<String>,
+
     /// Algorithm of the signing key generated in the data directory when the runtime
     /// configuration has none: ES256, EdDSA or RS256.
     #[arg(

@@ -5,8 +5,8 @@
 mod policy;
 
 pub use policy::{
-    CaptchaMode, CaptchaPolicy, CaptchaProvider, LockoutPolicy, PasswordPolicy, TenantPolicy,
-    Transmission,
+    CaptchaMode, CaptchaPolicy, CaptchaProvider, LockoutPolicy, MfaMode, MfaPolicy, PasswordPolicy,
+    RiskLevel, TenantPolicy, Transmission,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};

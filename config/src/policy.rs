@@ -51,6 +51,68 @@ pub struct TenantPolicy {
     pub captcha: CaptchaPolicy,
     /// Progressive delay and lockout.
     pub lockout: LockoutPolicy,
+    /// Adaptive MFA.
+    pub mfa: MfaPolicy,
+}
+
+/// When users with a second factor are challenged for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MfaMode {
+    /// At every password sign-in.
+    Always,
+    /// When the sign-in's risk level reaches `risk_level`.
+    Risk,
+    /// Never (the factor is kept but not asked for).
+    Off,
+}
+
+/// Risk levels, lowest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RiskLevel {
+    /// Nothing unusual.
+    Low,
+    /// Something unusual.
+    Medium,
+    /// Several unusual things, or a denied address.
+    High,
+}
+
+impl RiskLevel {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Low => "low",
+            Self::Medium => "medium",
+            Self::High => "high",
+        }
+    }
+}
+
+/// Adaptive MFA policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MfaPolicy {
+    /// When enrolled users are challenged.
+    pub mode: MfaMode,
+    /// The level from which `risk` mode challenges.
+    pub risk_level: RiskLevel,
+    /// Seconds a challenge stays valid.
+    pub challenge_ttl_seconds: u64,
+    /// Wrong codes a challenge survives before it is spent.
+    pub max_attempts: u32,
+}
+
+impl Default for MfaPolicy {
+    fn default() -> Self {
+        Self {
+            mode: MfaMode::Always,
+            risk_level: RiskLevel::Medium,
+            challenge_ttl_seconds: 300,
+            max_attempts: 5,
+        }
+    }
 }
 
 /// Password transmission, composition, history and expiry.
@@ -243,6 +305,13 @@ impl TenantPolicy {
         if c.provider == CaptchaProvider::Turnstile && c.turnstile_secret.is_none() {
             return Err(format!(
                 "tenants.{tenant}.captcha: turnstile needs turnstile_secret"
+            ));
+        }
+        if !(30..=3600).contains(&self.mfa.challenge_ttl_seconds)
+            || !(1..=20).contains(&self.mfa.max_attempts)
+        {
+            return Err(format!(
+                "tenants.{tenant}.mfa: need challenge_ttl_seconds within 30..=3600 and max_attempts within 1..=20"
             ));
         }
         let l = &self.lockout;

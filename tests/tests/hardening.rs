@@ -178,3 +178,77 @@ async fn a_silently_solved_proof_of_work_is_matched_by_client_address() {
     // Consumed: the same answer again has no challenge behind it.
     assert_eq!(login(token).await, 400);
 }
+
+fn pyotp(secret: &str, offset_seconds: i64) -> String {
+    let script = format!(
+        "import pyotp, time; print(pyotp.TOTP('{secret}').at(int(time.time()) + {offset_seconds}))"
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "pyotp is missing (scripts/test installs it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[tokio::test]
+async fn totp_interoperates_with_an_independent_implementation() {
+    let dir = tempfile::tempdir().unwrap();
+    add_user(dir.path(), &[], &["--username", "alice"], PW);
+    let server = ServerProcess::start(ServerOptions {
+        data_dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    });
+    let client = reqwest::Client::new();
+    let api = |p: &str| format!("{}/api/v1{p}", server.base_url);
+    let login = || async {
+        let v: Value = client
+            .post(api("/auth/login"))
+            .json(&json!({"identity": "alice", "password": PW}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v
+    };
+    let token = login().await["access_token"].as_str().unwrap().to_owned();
+    let setup: Value = client
+        .post(api("/auth/mfa/totp/setup"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let secret = setup["data"]["secret"].as_str().unwrap().to_owned();
+    let uri = setup["data"]["otpauth_uri"].as_str().unwrap();
+    assert!(uri.contains(&format!("secret={secret}")), "{uri}");
+    let res = client
+        .post(api("/auth/mfa/totp/verify"))
+        .bearer_auth(&token)
+        .json(&json!({"code": pyotp(&secret, 0)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    // Sign in: challenged; the next step's code (within the allowed skew) finishes it.
+    let c = login().await;
+    assert_eq!(c["requires_mfa"], true);
+    let res = client
+        .post(api("/auth/mfa/verify-challenge"))
+        .json(&json!({"challenge_token": c["challenge_token"], "code": pyotp(&secret, 30)}))
+        .send()
+        .await
+        .unwrap();
+    let status = res.status();
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body["access_token"].is_string());
+}

@@ -71,6 +71,12 @@ pub enum AuthError {
         /// A lock rather than a delay.
         locked: bool,
     },
+    /// The MFA code is wrong (the challenge survives until its attempts are used up).
+    #[error("wrong mfa code")]
+    MfaCodeInvalid,
+    /// The MFA challenge is unknown, expired, used up or already answered.
+    #[error("mfa challenge expired or used")]
+    MfaChallengeInvalid,
     /// Unknown, expired or revoked refresh token.
     #[error("invalid refresh token")]
     InvalidRefreshToken,

@@ -3,9 +3,11 @@
 //! time comes from the injected clock and randomness from `random`.
 
 pub mod captcha;
+pub mod challenge;
 pub mod clock;
 pub mod error;
 pub mod keys;
+pub mod mfa;
 pub mod password;
 pub mod random;
 pub mod tokens;
@@ -149,6 +151,7 @@ pub struct AuthService {
     runtime: Arc<ArcSwap<Runtime>>,
     issuer: Arc<str>,
     http: reqwest::Client,
+    data_key: Arc<mfa::DataKey>,
 }
 
 impl AuthService {
@@ -160,8 +163,10 @@ impl AuthService {
         hasher: PasswordHasher,
         runtime: Runtime,
         issuer: String,
+        data_key: mfa::DataKey,
     ) -> Self {
         Self {
+            data_key: Arc::new(data_key),
             store,
             ephemeral,
             clock,
@@ -194,8 +199,11 @@ impl AuthService {
         &self.issuer
     }
 
-    /// Signs in with identity and password.
-    pub async fn login_password(&self, req: PasswordLogin) -> Result<SignedIn, AuthError> {
+    /// Signs in with identity and password; users with a second factor may be asked for it.
+    pub async fn login_password(
+        &self,
+        req: PasswordLogin,
+    ) -> Result<challenge::LoginOutcome, AuthError> {
         let mut errors = Vec::new();
         if req.identity.trim().is_empty() {
             errors.push(FieldViolation::new(
@@ -289,12 +297,15 @@ impl AuthService {
         if password.is_expired() {
             return Err(AuthError::PasswordExpired);
         }
+        if let Some(pending) = self.mfa_gate(&user, &policy.mfa, &password).await? {
+            return Ok(challenge::LoginOutcome::MfaRequired(pending));
+        }
         let tokens = self.open_session(&user, vec!["pwd".into()], None).await?;
-        Ok(SignedIn {
+        Ok(challenge::LoginOutcome::SignedIn(SignedIn {
             user,
             tokens,
             password,
-        })
+        }))
     }
 
     /// Demands and checks a CAPTCHA when the tenant's policy says so for this attempt.

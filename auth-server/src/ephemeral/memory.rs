@@ -62,6 +62,30 @@ impl MemoryEphemeral {
             .any(|k| g.entries.get(k).is_some_and(|(_, exp)| *exp > now))
     }
 
+    pub(super) fn get(&self, key: &str) -> Option<String> {
+        let now = self.now_ms();
+        self.lock()
+            .entries
+            .get(key)
+            .filter(|(_, exp)| *exp > now)
+            .map(|(v, _)| v.clone())
+    }
+
+    pub(super) fn incr(&self, key: &str, ttl: Duration) -> i64 {
+        let now = self.now_ms();
+        let mut g = self.lock();
+        let entry = g
+            .entries
+            .entry(key.to_owned())
+            .or_insert_with(|| ("0".to_owned(), now + ttl.as_millis() as i128));
+        if entry.1 <= now {
+            *entry = ("0".to_owned(), now + ttl.as_millis() as i128);
+        }
+        let n = entry.0.parse::<i64>().unwrap_or(0) + 1;
+        entry.0 = n.to_string();
+        n
+    }
+
     pub(super) fn take(&self, key: &str) -> Option<String> {
         let now = self.now_ms();
         self.lock()

@@ -46,6 +46,23 @@ impl Ephemeral {
         }
     }
 
+    /// The value under `key`, if present.
+    pub async fn get(&self, key: &str) -> Result<Option<String>, EphemeralError> {
+        match self {
+            Self::Memory(m) => Ok(m.get(key)),
+            Self::Redis(r) => r.get(key).await,
+        }
+    }
+
+    /// Adds one to the counter under `key` (created with `ttl`) and returns the new value;
+    /// atomic across replicas.
+    pub async fn incr(&self, key: &str, ttl: Duration) -> Result<i64, EphemeralError> {
+        match self {
+            Self::Memory(m) => Ok(m.incr(key, ttl)),
+            Self::Redis(r) => r.incr(key, ttl).await,
+        }
+    }
+
     /// Removes and returns the value under `key`, atomically: of concurrent callers at most
     /// one gets it.
     pub async fn take(&self, key: &str) -> Result<Option<String>, EphemeralError> {

@@ -61,6 +61,13 @@ admit(KEYS[2], i, rule(8))
 return {0, af, ipf}
 "#;
 
+/// INCR that sets the expiry when it creates the counter.
+const INCR_SCRIPT: &str = r#"
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return n
+"#;
+
 const SUCCESS_SCRIPT: &str = r#"
 redis.call('DEL', KEYS[1])
 local f = tonumber(redis.call('HGET', KEYS[2], 'f') or '0')
@@ -133,6 +140,18 @@ impl RedisEphemeral {
         }
         let n: i64 = self.pool.exists(keys.to_vec()).await.map_err(err)?;
         Ok(n > 0)
+    }
+
+    pub(super) async fn get(&self, key: &str) -> Result<Option<String>, EphemeralError> {
+        self.pool.get(key).await.map_err(err)
+    }
+
+    pub(super) async fn incr(&self, key: &str, ttl: Duration) -> Result<i64, EphemeralError> {
+        let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
+        self.pool
+            .eval(INCR_SCRIPT, vec![key.to_owned()], vec![ms])
+            .await
+            .map_err(err)
     }
 
     pub(super) async fn take(&self, key: &str) -> Result<Option<String>, EphemeralError> {

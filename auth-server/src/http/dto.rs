@@ -2,6 +2,7 @@
 //! `DataResponse`/`SimpleResponse` envelopes, with field names exactly as the contract has them.
 
 use crate::auth::SignedIn;
+use crate::auth::challenge::LoginOutcome;
 use crate::auth::clock::rfc3339;
 use crate::auth::users::PasswordStatus;
 use crate::store::User;
@@ -167,6 +168,39 @@ impl SimpleResponse {
             code: 0,
             message: message.into(),
             timestamp: rfc3339(time::OffsetDateTime::now_utc().unix_timestamp()),
+        }
+    }
+}
+
+impl From<LoginOutcome> for LoginResponse {
+    fn from(outcome: LoginOutcome) -> Self {
+        match outcome {
+            LoginOutcome::SignedIn(s) => s.into(),
+            LoginOutcome::MfaRequired(p) => {
+                let user = UserInfo::new(&p.user, &p.password);
+                Self {
+                    access_token: None,
+                    refresh_token: None,
+                    token_type: "Bearer".into(),
+                    expires_in: 0,
+                    user_id: user.id.clone(),
+                    must_change_password: user.must_change_password,
+                    password_expires_in: user.password_expires_in,
+                    password_warning: user.password_warning.clone(),
+                    user,
+                    requires_mfa: true,
+                    challenge_token: Some(p.challenge_token),
+                    required_mfa_methods: p.methods.clone(),
+                    mfa_check_reason: Some(p.reason),
+                    risk_level: "low".into(),
+                    risk_assessment: RiskAssessmentInfo {
+                        score: 0,
+                        level: "low".into(),
+                        require_mfa: true,
+                        recommended_mfa_methods: p.methods,
+                    },
+                }
+            }
         }
     }
 }

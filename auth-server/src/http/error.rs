@@ -29,6 +29,8 @@ pub enum ProblemKind {
     KeyExchangeExpired,
     CaptchaRequired,
     CaptchaInvalid,
+    MfaCodeInvalid,
+    MfaChallengeInvalid,
     LoginDelayed,
     AccountLocked,
     Unauthenticated,
@@ -60,6 +62,8 @@ impl ProblemKind {
         Self::KeyExchangeExpired,
         Self::CaptchaRequired,
         Self::CaptchaInvalid,
+        Self::MfaCodeInvalid,
+        Self::MfaChallengeInvalid,
         Self::LoginDelayed,
         Self::AccountLocked,
         Self::Unauthenticated,
@@ -141,6 +145,18 @@ impl ProblemKind {
                 40000302,
                 "captcha-invalid",
                 "CAPTCHA invalid",
+            ),
+            Self::MfaCodeInvalid => (
+                S::BAD_REQUEST,
+                61000402,
+                "mfa-code-invalid",
+                "Wrong MFA code",
+            ),
+            Self::MfaChallengeInvalid => (
+                S::FORBIDDEN,
+                61000403,
+                "mfa-challenge-invalid",
+                "MFA challenge expired or used",
             ),
             Self::LoginDelayed => (
                 S::TOO_MANY_REQUESTS,
@@ -393,6 +409,11 @@ impl From<AuthError> for ApiError {
                     },
                 )
             },
+            AuthError::MfaCodeInvalid => Self::new(K::MfaCodeInvalid, "the code is wrong"),
+            AuthError::MfaChallengeInvalid => Self::new(
+                K::MfaChallengeInvalid,
+                "the challenge is unknown, expired, used up or already answered; sign in again",
+            ),
             AuthError::InvalidRefreshToken => Self::new(
                 K::InvalidRefreshToken,
                 "the refresh token is unknown, expired or revoked",

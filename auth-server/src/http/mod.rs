@@ -9,6 +9,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod login;
+pub mod mfa;
 pub mod public;
 pub mod tokens;
 pub mod wellknown;
@@ -74,6 +75,7 @@ impl AppState {
     tags(
         (name = "auth", description = "Sign-in, tokens and the current account"),
         (name = "admin", description = "Administration (admin role)"),
+        (name = "mfa", description = "Second factors: TOTP enrolment and MFA challenges"),
         (name = "public", description = "Client bootstrap: key exchange and tenant sign-in configuration"),
         (name = "keys", description = "Discovery and signing keys"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
@@ -107,6 +109,9 @@ fn api(base_path: &str) -> OpenApiRouter<AppState> {
         .routes(routes!(tokens::logout))
         .routes(routes!(tokens::me))
         .routes(routes!(tokens::change_password))
+        .routes(routes!(mfa::verify_challenge))
+        .routes(routes!(mfa::totp_setup))
+        .routes(routes!(mfa::totp_verify))
         .routes(routes!(admin::create_user))
         .routes(routes!(admin::unlock_user))
         .routes(routes!(captcha::challenge))

@@ -154,3 +154,14 @@ pub struct NewRefresh {
     /// End of validity.
     pub expires_at: i64,
 }
+
+/// A user's TOTP factor as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TotpFactor {
+    /// The secret, sealed with the data key.
+    pub secret_sealed: String,
+    /// Activated (verified once).
+    pub confirmed: bool,
+    /// The last time step a code was accepted for (codes are single use).
+    pub last_used_step: i64,
+}

@@ -1,7 +1,9 @@
 //! The SQL implementation of durable storage over sqlx's `Any` pool: connection set-up per
 //! backend (SQLite pragmas, Postgres pool), migrations, and every statement.
 
-use super::{IdentityKind, NewRefresh, NewUser, RefreshRecord, Session, StoreError, Tenant, User};
+use super::{
+    IdentityKind, NewRefresh, NewUser, RefreshRecord, Session, StoreError, Tenant, TotpFactor, User,
+};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 use std::time::Duration;
@@ -397,6 +399,128 @@ impl SqlStore {
         .map_err(db)?;
         tx.commit().await.map_err(db)?;
         Ok(ids)
+    }
+
+    /// The user's TOTP factor, if any.
+    pub async fn totp(&self, user_id: &str) -> Result<Option<TotpFactor>, StoreError> {
+        let row = sqlx::query(
+            "SELECT secret_sealed, confirmed_at, last_used_step FROM mfa_totp WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        row.map(|r| {
+            Ok(TotpFactor {
+                secret_sealed: r.try_get("secret_sealed")?,
+                confirmed: r.try_get::<Option<i64>, _>("confirmed_at")?.is_some(),
+                last_used_step: r.try_get("last_used_step")?,
+            })
+        })
+        .transpose()
+        .map_err(db)
+    }
+
+    /// Stores a new, unconfirmed TOTP secret; `false` if an active factor exists.
+    pub async fn put_unconfirmed_totp(
+        &self,
+        user_id: &str,
+        sealed: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        sqlx::query(
+            "INSERT INTO mfa_totp (user_id, secret_sealed, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (user_id) DO UPDATE SET secret_sealed = excluded.secret_sealed, \
+             created_at = excluded.created_at, last_used_step = 0 WHERE mfa_totp.confirmed_at IS NULL",
+        )
+        .bind(user_id)
+        .bind(sealed)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map(|r| r.rows_affected() == 1)
+        .map_err(db)
+    }
+
+    /// Activates the pending TOTP factor with the step of its first code and replaces the
+    /// backup codes, atomically; `false` if there was nothing to activate.
+    pub async fn confirm_totp(
+        &self,
+        user_id: &str,
+        step: i64,
+        now: i64,
+        backup_hashes: &[String],
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let done = sqlx::query(
+            "UPDATE mfa_totp SET confirmed_at = $1, last_used_step = $2 \
+             WHERE user_id = $3 AND confirmed_at IS NULL AND last_used_step < $4",
+        )
+        .bind(now)
+        .bind(step)
+        .bind(user_id)
+        .bind(step)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        if done != 1 {
+            tx.rollback().await.map_err(db)?;
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM backup_codes WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        for h in backup_hashes {
+            sqlx::query(
+                "INSERT INTO backup_codes (user_id, code_hash, created_at) VALUES ($1, $2, $3)",
+            )
+            .bind(user_id)
+            .bind(h)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(true)
+    }
+
+    /// Records that a TOTP code of `step` was used; `false` when that step (or a later one)
+    /// was already used, so no code works twice.
+    pub async fn use_totp_step(&self, user_id: &str, step: i64) -> Result<bool, StoreError> {
+        sqlx::query(
+            "UPDATE mfa_totp SET last_used_step = $1 \
+             WHERE user_id = $2 AND confirmed_at IS NOT NULL AND last_used_step < $3",
+        )
+        .bind(step)
+        .bind(user_id)
+        .bind(step)
+        .execute(&self.pool)
+        .await
+        .map(|r| r.rows_affected() == 1)
+        .map_err(db)
+    }
+
+    /// Spends a backup code; `false` if unknown or already used.
+    pub async fn use_backup_code(
+        &self,
+        user_id: &str,
+        code_hash: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        sqlx::query(
+            "UPDATE backup_codes SET used_at = $1 WHERE user_id = $2 AND code_hash = $3 AND used_at IS NULL",
+        )
+        .bind(now)
+        .bind(user_id)
+        .bind(code_hash)
+        .execute(&self.pool)
+        .await
+        .map(|r| r.rows_affected() == 1)
+        .map_err(db)
     }
 
     /// Opens a session with its first refresh token, atomically.

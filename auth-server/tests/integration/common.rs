@@ -70,6 +70,7 @@ impl TestApp {
             hasher,
             runtime,
             ISSUER.into(),
+            auth_server::auth::mfa::DataKey::load_or_generate(dir.path()).unwrap(),
         );
         let router = router(AppState::new(auth.clone(), "/api/v1"));
         Self {

@@ -8,5 +8,6 @@ mod common;
 mod ephemeral_contract;
 mod hardening;
 mod http_api;
+mod mfa;
 mod store_contract;
 mod transmission;

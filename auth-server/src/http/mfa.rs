@@ -1,0 +1,113 @@
+//! MFA routes: `POST /auth/mfa/verify-challenge` (finish a sign-in with a second factor),
+//! `POST /auth/mfa/totp/setup` and `POST /auth/mfa/totp/verify` (enrol TOTP).
+
+use super::AppState;
+use super::dto::{DataResponse, LoginResponse};
+use super::error::{ApiError, Problem};
+use super::extract::{ApiJson, Bearer};
+use crate::auth::challenge::MfaMethod;
+use axum::Json;
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Answer to an MFA challenge.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct VerifyChallengeRequest {
+    /// `challenge_token` from the sign-in response.
+    pub challenge_token: String,
+    /// The code.
+    pub code: String,
+    /// `totp` (default) or `backup`.
+    #[serde(default)]
+    pub mfa_method: Option<String>,
+}
+
+/// Finish a sign-in that requires MFA.
+#[utoipa::path(post, path = "/auth/mfa/verify-challenge", tag = "mfa", request_body = VerifyChallengeRequest,
+    responses(
+        (status = 200, description = "Signed in; amr records both factors", body = LoginResponse),
+        (status = 400, description = "Wrong code (61000402)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Challenge expired, used up or already answered (61000403)", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn verify_challenge(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<VerifyChallengeRequest>,
+) -> Result<Json<LoginResponse>, ApiError> {
+    let method = MfaMethod::parse(req.mfa_method.as_deref())?;
+    let result = state
+        .auth
+        .verify_challenge(&req.challenge_token, &req.code, method)
+        .await;
+    state
+        .metrics
+        .record_login("mfa", result.as_ref().map(|_| ()));
+    Ok(Json(result?.into()))
+}
+
+/// A TOTP secret to enrol.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TotpSetup {
+    /// Base32 secret (for manual entry).
+    pub secret: String,
+    /// `otpauth://` URI (for a QR code).
+    pub otpauth_uri: String,
+    /// `SHA1`.
+    pub algorithm: String,
+    /// 6.
+    pub digits: u32,
+    /// 30.
+    pub period: i64,
+}
+
+/// Start TOTP enrolment; the factor is inactive until verified.
+#[utoipa::path(post, path = "/auth/mfa/totp/setup", tag = "mfa", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Secret", body = DataResponse<TotpSetup>),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "TOTP is already active", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn totp_setup(
+    State(state): State<AppState>,
+    Bearer(claims): Bearer,
+) -> Result<Json<DataResponse<TotpSetup>>, ApiError> {
+    let (secret, otpauth_uri) = state.auth.setup_totp(&claims).await?;
+    Ok(Json(DataResponse::new(TotpSetup {
+        secret,
+        otpauth_uri,
+        algorithm: "SHA1".into(),
+        digits: crate::auth::mfa::DIGITS,
+        period: crate::auth::mfa::PERIOD,
+    })))
+}
+
+/// A code from the authenticator.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TotpVerifyRequest {
+    /// Six digits.
+    pub code: String,
+}
+
+/// Backup codes, shown once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BackupCodes {
+    /// Each works once, in place of a TOTP code.
+    pub backup_codes: Vec<String>,
+}
+
+/// Activate TOTP with a current code; returns one-time backup codes.
+#[utoipa::path(post, path = "/auth/mfa/totp/verify", tag = "mfa", request_body = TotpVerifyRequest, security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Active", body = DataResponse<BackupCodes>),
+        (status = 400, description = "Wrong code (61000402)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No pending setup", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Already active", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn totp_verify(
+    State(state): State<AppState>,
+    Bearer(claims): Bearer,
+    ApiJson(req): ApiJson<TotpVerifyRequest>,
+) -> Result<Json<DataResponse<BackupCodes>>, ApiError> {
+    let backup_codes = state.auth.activate_totp(&claims, &req.code).await?;
+    Ok(Json(DataResponse::new(BackupCodes { backup_codes })))
+}

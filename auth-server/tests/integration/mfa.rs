@@ -1,0 +1,280 @@
+//! Adaptive MFA through the HTTP API: TOTP enrolment, the challenge flow (wrong code 400,
+//! limited attempts, expiry and reuse 403), codes that work once, backup codes, and `amr`.
+
+use crate::common::{TestApp, assert_problem};
+use auth_server::auth::clock::Clock;
+use auth_server::auth::mfa::{PERIOD, totp_at};
+use serde_json::{Value, json};
+
+const PW: &str = "correct horse battery";
+
+fn secret_bytes(b32: &str) -> Vec<u8> {
+    // RFC 4648 base32 decode (test side).
+    let mut bits = 0u32;
+    let mut value = 0u32;
+    let mut out = Vec::new();
+    for c in b32.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'2'..=b'7' => c - b'2' + 26,
+            _ => panic!("not base32"),
+        };
+        value = (value << 5) | u32::from(v);
+        bits += 5;
+        if bits >= 8 {
+            out.push((value >> (bits - 8)) as u8);
+            bits -= 8;
+        }
+    }
+    out
+}
+
+async fn enrol(app: &TestApp, token: &str) -> (Vec<u8>, Vec<String>) {
+    let setup = app
+        .post("/api/v1/auth/mfa/totp/setup", json!({}), Some(token))
+        .await;
+    assert_eq!(setup.status, 200, "{}", setup.body);
+    let d = &setup.body["data"];
+    assert!(
+        d["otpauth_uri"]
+            .as_str()
+            .unwrap()
+            .starts_with("otpauth://totp/")
+    );
+    let secret = secret_bytes(d["secret"].as_str().unwrap());
+    let now = app.clock.now().unix_timestamp();
+    let wrong = app
+        .post(
+            "/api/v1/auth/mfa/totp/verify",
+            json!({"code": "000000"}),
+            Some(token),
+        )
+        .await;
+    if wrong.status != 200 {
+        assert_problem(&wrong, 400, 61000402);
+    }
+    let code = totp_at(&secret, now / PERIOD);
+    let r = app
+        .post(
+            "/api/v1/auth/mfa/totp/verify",
+            json!({"code": code}),
+            Some(token),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let codes: Vec<String> = r.body["data"]["backup_codes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(codes.len(), 10);
+    (secret, codes)
+}
+
+async fn challenge(app: &TestApp) -> Value {
+    let r = app.login("alice", PW).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["requires_mfa"], true, "{}", r.body);
+    assert_eq!(r.body["access_token"], Value::Null);
+    assert_eq!(r.body["refresh_token"], Value::Null);
+    assert_eq!(r.body["required_mfa_methods"], json!(["totp", "backup"]));
+    assert_eq!(r.body["mfa_check_reason"], "mfa_enrolled");
+    assert!(
+        r.body["challenge_token"]
+            .as_str()
+            .unwrap()
+            .starts_with("chg_")
+    );
+    r.body
+}
+
+#[tokio::test]
+async fn totp_enrolment_and_the_challenge_flow() {
+    let app = TestApp::new().await;
+    app.add_user("alice", PW, &[]).await;
+    let token = app.login("alice", PW).await.body["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (secret, backup) = enrol(&app, &token).await;
+    // A second setup while active is refused.
+    assert_problem(
+        &app.post("/api/v1/auth/mfa/totp/setup", json!({}), Some(&token))
+            .await,
+        409,
+        40900001,
+    );
+
+    // Sign-in now stops at the challenge.
+    app.clock.advance(PERIOD);
+    let c = challenge(&app).await;
+    let chg = c["challenge_token"].as_str().unwrap();
+    let verify = |code: String, method: &str| json!({"challenge_token": chg, "code": code, "mfa_method": method});
+    assert_problem(
+        &app.post(
+            "/api/v1/auth/mfa/verify-challenge",
+            verify("123456".into(), "totp"),
+            None,
+        )
+        .await,
+        400,
+        61000402,
+    );
+    let now = app.clock.now().unix_timestamp();
+    let code = totp_at(&secret, now / PERIOD);
+    let r = app
+        .post(
+            "/api/v1/auth/mfa/verify-challenge",
+            verify(code.clone(), "totp"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["requires_mfa"], false);
+    let claims = app
+        .auth
+        .authenticate(r.body["access_token"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(claims.amr, ["pwd", "otp"]);
+    // The challenge is spent; the code cannot be used twice.
+    assert_problem(
+        &app.post(
+            "/api/v1/auth/mfa/verify-challenge",
+            verify(code.clone(), "totp"),
+            None,
+        )
+        .await,
+        403,
+        61000403,
+    );
+    let c2 = challenge(&app).await;
+    let r = app
+        .post(
+            "/api/v1/auth/mfa/verify-challenge",
+            json!({"challenge_token": c2["challenge_token"], "code": code}),
+            None,
+        )
+        .await;
+    assert_problem(&r, 400, 61000402);
+
+    // Backup codes work once each, normalised.
+    let r = app
+        .post("/api/v1/auth/mfa/verify-challenge", json!({"challenge_token": c2["challenge_token"], "code": backup[0].to_uppercase(), "mfa_method": "backup"}), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        app.auth
+            .authenticate(r.body["access_token"].as_str().unwrap())
+            .await
+            .unwrap()
+            .amr,
+        ["pwd", "backup"]
+    );
+    let c3 = challenge(&app).await;
+    let r = app
+        .post("/api/v1/auth/mfa/verify-challenge", json!({"challenge_token": c3["challenge_token"], "code": backup[0], "mfa_method": "backup"}), None)
+        .await;
+    assert_problem(&r, 400, 61000402);
+    let r = app
+        .post(
+            "/api/v1/auth/mfa/verify-challenge",
+            json!({"challenge_token": c3["challenge_token"], "code": "x", "mfa_method": "sms"}),
+            None,
+        )
+        .await;
+    assert_eq!(
+        assert_problem(&r, 400, 40000001)["errors"][0]["field"],
+        "mfa_method"
+    );
+}
+
+#[tokio::test]
+async fn challenges_have_limited_attempts_and_expire() {
+    let app = TestApp::new().await;
+    app.add_user("alice", PW, &[]).await;
+    let token = app.login("alice", PW).await.body["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (secret, _) = enrol(&app, &token).await;
+    app.clock.advance(PERIOD);
+    let c = challenge(&app).await;
+    for _ in 0..5 {
+        let r = app
+            .post(
+                "/api/v1/auth/mfa/verify-challenge",
+                json!({"challenge_token": c["challenge_token"], "code": "000001"}),
+                None,
+            )
+            .await;
+        assert_problem(&r, 400, 61000402);
+    }
+    // Used up: even the right code is refused.
+    let code = totp_at(&secret, app.clock.now().unix_timestamp() / PERIOD);
+    let r = app
+        .post(
+            "/api/v1/auth/mfa/verify-challenge",
+            json!({"challenge_token": c["challenge_token"], "code": code}),
+            None,
+        )
+        .await;
+    assert_problem(&r, 403, 61000403);
+    // Expiry.
+    let c = challenge(&app).await;
+    app.clock.advance(301);
+    let code = totp_at(&secret, app.clock.now().unix_timestamp() / PERIOD);
+    let r = app
+        .post(
+            "/api/v1/auth/mfa/verify-challenge",
+            json!({"challenge_token": c["challenge_token"], "code": code}),
+            None,
+        )
+        .await;
+    assert_problem(&r, 403, 61000403);
+    assert_problem(
+        &app.post(
+            "/api/v1/auth/mfa/verify-challenge",
+            json!({"challenge_token": "chg_nope", "code": "1"}),
+            None,
+        )
+        .await,
+        403,
+        61000403,
+    );
+}
+
+#[tokio::test]
+async fn concurrent_right_answers_open_one_session() {
+    let app = TestApp::new().await;
+    app.add_user("alice", PW, &[]).await;
+    let token = app.login("alice", PW).await.body["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, backup) = enrol(&app, &token).await;
+    let c = challenge(&app).await;
+    let mut tasks = Vec::new();
+    for code in backup.iter().take(6) {
+        let body =
+            json!({"challenge_token": c["challenge_token"], "code": code, "mfa_method": "backup"});
+        let router = app.router.clone();
+        tasks.push(tokio::spawn(async move {
+            let req = axum::http::Request::post("/api/v1/auth/mfa/verify-challenge")
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(body.to_string()))
+                .unwrap();
+            tower::ServiceExt::oneshot(router, req)
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        ok += usize::from(t.await.unwrap() == 200);
+    }
+    assert_eq!(ok, 1, "exactly one right answer may open a session");
+}
