@@ -6,7 +6,7 @@ mod policy;
 
 pub use policy::{
     CaptchaMode, CaptchaPolicy, CaptchaProvider, LockoutPolicy, MfaMode, MfaPolicy, PasswordPolicy,
-    RiskLevel, TenantPolicy, Transmission,
+    RiskLevel, RiskPolicy, RiskWeights, TenantPolicy, Transmission, cidr_contains, parse_cidr,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -321,6 +321,51 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("retires_at"));
         c.signing_keys = vec![key("a", Some(10), Some(50)), key("b", None, None)];
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn cidrs_parse_and_match() {
+        let net = parse_cidr("10.1.0.0/16").unwrap();
+        assert!(cidr_contains(net, "10.1.200.3".parse().unwrap()));
+        assert!(!cidr_contains(net, "10.2.0.1".parse().unwrap()));
+        assert!(!cidr_contains(net, "::1".parse().unwrap()));
+        let v6 = parse_cidr("2001:db8::/32").unwrap();
+        assert!(cidr_contains(v6, "2001:db8:1::5".parse().unwrap()));
+        assert!(cidr_contains(
+            parse_cidr("192.0.2.7").unwrap(),
+            "192.0.2.7".parse().unwrap()
+        ));
+        assert!(parse_cidr("10.0.0.0/33").is_none());
+        assert!(parse_cidr("nope/8").is_none());
+        let bad = RuntimeConfig::parse(
+            r#"{"policy": {"risk": {"deny_list": ["x"]}}}"#,
+            Format::Json,
+        );
+        assert!(bad.unwrap_err().to_string().contains("deny_list"));
+    }
+
+    #[test]
+    fn policy_cross_field_rules() {
+        for bad in [
+            r#"{"policy": {"password": {"accepted_transmissions": []}}}"#,
+            r#"{"policy": {"password": {"accepted_transmissions": ["plain"], "preferred_transmission": "hash"}}}"#,
+            r#"{"policy": {"lockout": {"delay_after": 5, "lock_after": 5}}}"#,
+            r#"{"policy": {"captcha": {"provider": "turnstile"}}}"#,
+            r#"{"policy": {"risk": {"medium_threshold": 50, "high_threshold": 40}}}"#,
+            r#"{"tenants": {"acme": {"mfa": {"max_attempts": 0}}}}"#,
+        ] {
+            assert!(
+                RuntimeConfig::parse(bad, Format::Json).is_err(),
+                "{bad} should be refused"
+            );
+        }
+        let ok = RuntimeConfig::parse(
+            r#"{"tenants": {"acme": {"mfa": {"mode": "risk"}}}}"#,
+            Format::Json,
+        )
+        .unwrap();
+        assert_eq!(ok.policy_for("acme").mfa.mode, MfaMode::Risk);
+        assert_eq!(ok.policy_for("other").mfa.mode, MfaMode::Always);
     }
 
     #[test]

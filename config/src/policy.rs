@@ -53,6 +53,70 @@ pub struct TenantPolicy {
     pub lockout: LockoutPolicy,
     /// Adaptive MFA.
     pub mfa: MfaPolicy,
+    /// Risk scoring.
+    pub risk: RiskPolicy,
+}
+
+/// Signal weights (points added to the score when a signal fires).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RiskWeights {
+    /// A device the user has not signed in from.
+    pub new_device: u32,
+    /// A network (IPv4 /24, IPv6 /48) the user has not signed in from.
+    pub new_network: u32,
+    /// Failed attempts on the account before this one.
+    pub recent_failures: u32,
+    /// An hour of the day (UTC) the user rarely signs in at.
+    pub unusual_hour: u32,
+    /// The client address is on the deny list.
+    pub deny_listed_ip: u32,
+    /// More sign-ins for the account in the last hour than `velocity_per_hour`.
+    pub velocity: u32,
+}
+
+impl Default for RiskWeights {
+    fn default() -> Self {
+        Self {
+            new_device: 25,
+            new_network: 20,
+            recent_failures: 15,
+            unusual_hour: 10,
+            deny_listed_ip: 70,
+            velocity: 20,
+        }
+    }
+}
+
+/// Risk scoring policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RiskPolicy {
+    /// Points per signal.
+    pub weights: RiskWeights,
+    /// Score from which the level is `medium`.
+    pub medium_threshold: u32,
+    /// Score from which the level is `high`.
+    pub high_threshold: u32,
+    /// Client networks (CIDR, IPv4 or IPv6) that always add `deny_listed_ip`.
+    pub deny_list: Vec<String>,
+    /// Sign-ins per account per hour above which `velocity` fires.
+    pub velocity_per_hour: u32,
+    /// Devices and networks remembered per user (least recently seen dropped first).
+    pub remember: usize,
+}
+
+impl Default for RiskPolicy {
+    fn default() -> Self {
+        Self {
+            weights: RiskWeights::default(),
+            medium_threshold: 30,
+            high_threshold: 60,
+            deny_list: Vec::new(),
+            velocity_per_hour: 10,
+            remember: 10,
+        }
+    }
 }
 
 /// When users with a second factor are challenged for it.
@@ -314,6 +378,22 @@ impl TenantPolicy {
                 "tenants.{tenant}.mfa: need challenge_ttl_seconds within 30..=3600 and max_attempts within 1..=20"
             ));
         }
+        let r = &self.risk;
+        if r.medium_threshold == 0
+            || r.high_threshold <= r.medium_threshold
+            || !(1..=100).contains(&r.remember)
+        {
+            return Err(format!(
+                "tenants.{tenant}.risk: need 0 < medium_threshold < high_threshold and remember within 1..=100"
+            ));
+        }
+        for cidr in &r.deny_list {
+            if parse_cidr(cidr).is_none() {
+                return Err(format!(
+                    "tenants.{tenant}.risk.deny_list: {cidr:?} is not a CIDR network"
+                ));
+            }
+        }
         let l = &self.lockout;
         if l.lock_after <= l.delay_after || l.lock_after == 0 {
             return Err(format!(
@@ -332,4 +412,34 @@ impl TenantPolicy {
         }
         Ok(())
     }
+}
+
+/// Parses `a.b.c.d/n` or `v6::/n` (a bare address is a single host) into (address, prefix).
+pub fn parse_cidr(text: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (addr, len) = match text.split_once('/') {
+        Some((a, l)) => (a.trim(), Some(l.trim().parse::<u8>().ok()?)),
+        None => (text.trim(), None),
+    };
+    let addr: std::net::IpAddr = addr.parse().ok()?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len = len.unwrap_or(max);
+    (len <= max).then_some((addr, len))
+}
+
+/// Whether `ip` lies in the network `(net, prefix)`.
+pub fn cidr_contains(net: (std::net::IpAddr, u8), ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    let (a, b, bits) = match (net.0, ip) {
+        (IpAddr::V4(n), IpAddr::V4(i)) => {
+            (u128::from(u32::from(n)), u128::from(u32::from(i)), 32u32)
+        }
+        (IpAddr::V6(n), IpAddr::V6(i)) => (u128::from(n), u128::from(i), 128u32),
+        _ => return false,
+    };
+    let prefix = u32::from(net.1);
+    if prefix == 0 {
+        return true;
+    }
+    let shift = bits - prefix;
+    (a >> shift) == (b >> shift)
 }

@@ -33,6 +33,8 @@ pub struct MfaPending {
     pub reason: String,
     /// The password's expiry status.
     pub password: PasswordStatus,
+    /// The sign-in's risk assessment.
+    pub risk: super::risk::RiskAssessment,
 }
 
 /// What a challenge remembers (in the ephemeral store, under the hash of its token).
@@ -42,6 +44,10 @@ struct ChallengeState {
     amr: Vec<String>,
     methods: Vec<String>,
     max_attempts: u32,
+    /// Remembered in the risk profile once the challenge is answered.
+    device: Option<String>,
+    ip: Option<String>,
+    hour: u8,
 }
 
 fn challenge_key(token: &str) -> String {
@@ -85,6 +91,8 @@ impl AuthService {
         user: &User,
         policy: &MfaPolicy,
         password: &PasswordStatus,
+        risk: &super::risk::RiskAssessment,
+        context: &super::risk::SignInContext,
     ) -> Result<Option<MfaPending>, AuthError> {
         let enrolled = self
             .store
@@ -95,8 +103,15 @@ impl AuthService {
             return Ok(None);
         }
         let reason = match policy.mode {
-            MfaMode::Always => "mfa_enrolled".to_owned(),
-            // Risk-driven challenges arrive with the risk assessment.
+            MfaMode::Always => risk
+                .signals
+                .first()
+                .copied()
+                .unwrap_or("mfa_enrolled")
+                .to_owned(),
+            MfaMode::Risk if risk.level >= policy.risk_level => {
+                risk.signals.first().copied().unwrap_or("risk").to_owned()
+            }
             MfaMode::Risk | MfaMode::Off => return Ok(None),
         };
         let methods = vec!["totp".to_owned(), "backup".to_owned()];
@@ -106,6 +121,9 @@ impl AuthService {
             amr: vec!["pwd".into()],
             methods: methods.clone(),
             max_attempts: policy.max_attempts,
+            device: context.device.clone(),
+            ip: context.ip.map(|ip| ip.to_string()),
+            hour: context.hour,
         };
         let json = serde_json::to_string(&state).map_err(|e| AuthError::Internal(e.to_string()))?;
         self.ephemeral
@@ -121,6 +139,7 @@ impl AuthService {
             methods,
             reason,
             password: password.clone(),
+            risk: risk.clone(),
         }))
     }
 
@@ -178,8 +197,24 @@ impl AuthService {
         let mut amr = state.amr;
         amr.push(factor.to_owned());
         let tokens = self.open_session(&user, amr, None).await?;
+        let context = super::risk::SignInContext {
+            device: state.device,
+            ip: state.ip.and_then(|ip| ip.parse().ok()),
+            hour: state.hour,
+            ..Default::default()
+        };
+        let rt = self.runtime();
+        let profile = self.risk_profile(&user.id).await?;
+        self.remember_sign_in(
+            &user,
+            &rt.config.policy_for(&user.tenant_id).risk,
+            profile,
+            &context,
+        )
+        .await?;
         Ok(SignedIn {
             password: self.password_status(&user),
+            risk: None,
             user,
             tokens,
         })

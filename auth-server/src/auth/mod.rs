@@ -10,6 +10,7 @@ pub mod keys;
 pub mod mfa;
 pub mod password;
 pub mod random;
+pub mod risk;
 pub mod tokens;
 pub mod transmission;
 pub mod users;
@@ -109,6 +110,8 @@ pub struct SignedIn {
     pub tokens: IssuedTokens,
     /// Where its password stands against the expiry policy.
     pub password: users::PasswordStatus,
+    /// The risk assessment, for sign-ins that made one.
+    pub risk: Option<risk::RiskAssessment>,
 }
 
 /// A password sign-in request.
@@ -122,6 +125,8 @@ pub struct PasswordLogin {
     pub tenant_id: String,
     /// The client's address, when known.
     pub client_ip: Option<String>,
+    /// Device fingerprint: the client's `X-Device-ID`, or a hash of its user agent.
+    pub device: Option<String>,
     /// The CAPTCHA answer, if any.
     pub captcha: CaptchaAnswer,
 }
@@ -261,19 +266,24 @@ impl AuthService {
         .await?;
         let (account_rule, ip_rule) = gate_rules(&policy.lockout);
         let now_ms = (self.clock.now().unix_timestamp_nanos() / 1_000_000) as i64;
-        if let ephemeral::Gate::Refused {
-            retry_after_ms,
-            locked,
-        } = self
+        let recent_failures = match self
             .ephemeral
             .gate_attempt(&account_key, &ip_key, (&account_rule, &ip_rule), now_ms)
             .await
         {
-            return Err(AuthError::LoginThrottled {
-                retry_after: retry_after_ms.div_ceil(1000).max(1),
+            ephemeral::Gate::Refused {
+                retry_after_ms,
                 locked,
-            });
-        }
+            } => {
+                return Err(AuthError::LoginThrottled {
+                    retry_after: retry_after_ms.div_ceil(1000).max(1),
+                    locked,
+                });
+            }
+            ephemeral::Gate::Admitted {
+                account_failures, ..
+            } => account_failures,
+        };
         let digest = recovered.digest(&tenant.id);
         let stored = user.as_ref().and_then(|u| u.password_hash.clone());
         let verified = self.hasher.verify(digest, stored).await?;
@@ -297,15 +307,85 @@ impl AuthService {
         if password.is_expired() {
             return Err(AuthError::PasswordExpired);
         }
-        if let Some(pending) = self.mfa_gate(&user, &policy.mfa, &password).await? {
+        let context = self
+            .sign_in_context(
+                &user,
+                req.client_ip.as_deref(),
+                req.device.clone(),
+                recent_failures,
+            )
+            .await?;
+        let profile = self.risk_profile(&user.id).await?;
+        let assessment = risk::assess(&policy.risk, &profile, &context);
+        if let Some(pending) = self
+            .mfa_gate(&user, &policy.mfa, &password, &assessment, &context)
+            .await?
+        {
             return Ok(challenge::LoginOutcome::MfaRequired(pending));
         }
+        self.remember_sign_in(&user, &policy.risk, profile, &context)
+            .await?;
         let tokens = self.open_session(&user, vec!["pwd".into()], None).await?;
         Ok(challenge::LoginOutcome::SignedIn(SignedIn {
             user,
             tokens,
             password,
+            risk: Some(assessment),
         }))
+    }
+
+    /// The facts of this sign-in that risk scoring looks at (counts it for velocity).
+    async fn sign_in_context(
+        &self,
+        user: &User,
+        client_ip: Option<&str>,
+        device: Option<String>,
+        recent_failures: u32,
+    ) -> Result<risk::SignInContext, AuthError> {
+        let now = self.clock.now();
+        let hour_bucket = now.unix_timestamp() / 3600;
+        let sign_ins = self
+            .ephemeral
+            .incr(
+                &format!("kg:risk:vel:{}:{hour_bucket}", user.id),
+                Duration::from_secs(3600),
+            )
+            .await
+            .unwrap_or(1);
+        Ok(risk::SignInContext {
+            device,
+            ip: client_ip.and_then(|ip| ip.parse().ok()),
+            hour: now.hour(),
+            recent_failures,
+            sign_ins_last_hour: u32::try_from(sign_ins).unwrap_or(u32::MAX),
+        })
+    }
+
+    /// The user's risk profile (empty when none, or when the stored one is unreadable).
+    pub(crate) async fn risk_profile(&self, user_id: &str) -> Result<risk::RiskProfile, AuthError> {
+        Ok(self
+            .store
+            .risk_profile(user_id)
+            .await?
+            .and_then(|json| serde_json::from_str(&json).ok())
+            .unwrap_or_default())
+    }
+
+    /// Adds a completed sign-in to the user's risk profile.
+    pub(crate) async fn remember_sign_in(
+        &self,
+        user: &User,
+        policy: &keygate_config::RiskPolicy,
+        mut profile: risk::RiskProfile,
+        context: &risk::SignInContext,
+    ) -> Result<(), AuthError> {
+        risk::remember(&mut profile, context, policy.remember);
+        let json =
+            serde_json::to_string(&profile).map_err(|e| AuthError::Internal(e.to_string()))?;
+        self.store
+            .put_risk_profile(&user.id, &json, self.clock.unix())
+            .await?;
+        Ok(())
     }
 
     /// Demands and checks a CAPTCHA when the tenant's policy says so for this attempt.
@@ -779,6 +859,7 @@ impl AuthService {
         let access_token = self.sign_access(&rt, &session, now, None)?;
         Ok(SignedIn {
             password: self.password_status(&user),
+            risk: None,
             user,
             tokens: IssuedTokens {
                 access_token,

@@ -4,8 +4,10 @@
 use crate::auth::SignedIn;
 use crate::auth::challenge::LoginOutcome;
 use crate::auth::clock::rfc3339;
+use crate::auth::risk::RiskAssessment;
 use crate::auth::users::PasswordStatus;
 use crate::store::User;
+use keygate_config::RiskLevel;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -97,9 +99,26 @@ pub struct LoginResponse {
     pub password_warning: Option<String>,
 }
 
+impl RiskAssessmentInfo {
+    fn new(risk: Option<&RiskAssessment>, require_mfa: bool, methods: Vec<String>) -> Self {
+        let risk = risk.cloned().unwrap_or_default();
+        Self {
+            score: i64::from(risk.score),
+            level: risk.level.as_str().into(),
+            require_mfa,
+            recommended_mfa_methods: if risk.level > RiskLevel::Low || require_mfa {
+                methods
+            } else {
+                Vec::new()
+            },
+        }
+    }
+}
+
 impl From<SignedIn> for LoginResponse {
     fn from(s: SignedIn) -> Self {
         let user = UserInfo::new(&s.user, &s.password);
+        let risk = RiskAssessmentInfo::new(s.risk.as_ref(), false, vec!["totp".into()]);
         Self {
             access_token: Some(s.tokens.access_token),
             refresh_token: Some(s.tokens.refresh_token),
@@ -114,13 +133,8 @@ impl From<SignedIn> for LoginResponse {
             challenge_token: None,
             required_mfa_methods: Vec::new(),
             mfa_check_reason: None,
-            risk_level: "low".into(),
-            risk_assessment: RiskAssessmentInfo {
-                score: 0,
-                level: "low".into(),
-                require_mfa: false,
-                recommended_mfa_methods: Vec::new(),
-            },
+            risk_level: risk.level.clone(),
+            risk_assessment: risk,
         }
     }
 }
@@ -178,6 +192,7 @@ impl From<LoginOutcome> for LoginResponse {
             LoginOutcome::SignedIn(s) => s.into(),
             LoginOutcome::MfaRequired(p) => {
                 let user = UserInfo::new(&p.user, &p.password);
+                let risk = RiskAssessmentInfo::new(Some(&p.risk), true, p.methods.clone());
                 Self {
                     access_token: None,
                     refresh_token: None,
@@ -192,13 +207,8 @@ impl From<LoginOutcome> for LoginResponse {
                     challenge_token: Some(p.challenge_token),
                     required_mfa_methods: p.methods.clone(),
                     mfa_check_reason: Some(p.reason),
-                    risk_level: "low".into(),
-                    risk_assessment: RiskAssessmentInfo {
-                        score: 0,
-                        level: "low".into(),
-                        require_mfa: true,
-                        recommended_mfa_methods: p.methods,
-                    },
+                    risk_level: risk.level.clone(),
+                    risk_assessment: risk,
                 }
             }
         }

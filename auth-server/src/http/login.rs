@@ -84,6 +84,7 @@ pub async fn login(
             },
             tenant_id,
             client_ip,
+            device: device_of(&headers),
             captcha: CaptchaAnswer {
                 provider: req.captcha_provider,
                 token: req.captcha_token,
@@ -95,4 +96,26 @@ pub async fn login(
         .metrics
         .record_login("password", result.as_ref().map(|_| ()));
     Ok(Json(result?.into()))
+}
+
+/// A device fingerprint: the client's `X-Device-ID` (up to 128 characters), else a hash of its
+/// `User-Agent`.
+fn device_of(headers: &HeaderMap) -> Option<String> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    if let Some(id) = header("x-device-id").filter(|id| id.len() <= 128) {
+        return Some(format!("id:{id}"));
+    }
+    header("user-agent").map(|ua| {
+        use sha2::Digest;
+        format!(
+            "ua:{}",
+            &hex::encode(sha2::Sha256::digest(ua.as_bytes()))[..16]
+        )
+    })
 }

@@ -523,6 +523,36 @@ impl SqlStore {
         .map_err(db)
     }
 
+    /// The stored risk profile (JSON) of a user.
+    pub async fn risk_profile(&self, user_id: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT profile FROM risk_profiles WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.map(|r| r.try_get("profile")).transpose().map_err(db)
+    }
+
+    /// Stores a user's risk profile (JSON).
+    pub async fn put_risk_profile(
+        &self,
+        user_id: &str,
+        profile: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO risk_profiles (user_id, profile, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (user_id) DO UPDATE SET profile = excluded.profile, updated_at = excluded.updated_at",
+        )
+        .bind(user_id)
+        .bind(profile)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map(|_| ())
+        .map_err(db)
+    }
+
     /// Opens a session with its first refresh token, atomically.
     pub async fn create_session(&self, s: &Session, first: &NewRefresh) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(db)?;

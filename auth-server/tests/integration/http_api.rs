@@ -82,7 +82,26 @@ async fn access_tokens_carry_the_contract_claims() {
 
 #[tokio::test]
 async fn unknown_identity_answers_exactly_like_a_wrong_password() {
-    let app = TestApp::new().await;
+    // No CAPTCHA and no delays here, so that every attempt is evaluated.
+    let app = TestApp::with_config(RuntimeConfig {
+        password_hashing: small_hashing(),
+        policy: keygate_config::TenantPolicy {
+            captcha: keygate_config::CaptchaPolicy {
+                mode: keygate_config::CaptchaMode::Never,
+                ..Default::default()
+            },
+            lockout: keygate_config::LockoutPolicy {
+                delay_after: 100,
+                lock_after: 200,
+                ip_delay_after: 1000,
+                ip_lock_after: 2000,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
     app.add_user("alice", PW, &[]).await;
     let wrong = app.login("alice", "not the password").await;
     let unknown = app.login("mallory", "not the password").await;

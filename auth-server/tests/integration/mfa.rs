@@ -278,3 +278,57 @@ async fn concurrent_right_answers_open_one_session() {
     }
     assert_eq!(ok, 1, "exactly one right answer may open a session");
 }
+
+#[tokio::test]
+async fn risk_decides_when_mfa_is_asked_for() {
+    use keygate_config::{MfaMode, MfaPolicy, RuntimeConfig, TenantPolicy};
+    let app = TestApp::with_config(RuntimeConfig {
+        password_hashing: crate::common::small_hashing(),
+        policy: TenantPolicy {
+            mfa: MfaPolicy {
+                mode: MfaMode::Risk,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    app.add_user("alice", PW, &[]).await;
+    let login_from = |device: &'static str, password: &'static str| {
+        let req = axum::http::Request::post("/api/v1/auth/login")
+            .header("content-type", "application/json")
+            .header("x-device-id", device)
+            .body(axum::body::Body::from(
+                json!({"identity": "alice", "password": password}).to_string(),
+            ))
+            .unwrap();
+        app.send(req)
+    };
+    let first = login_from("laptop", PW).await;
+    assert_eq!(first.body["risk_level"], "low");
+    assert_eq!(first.body["risk_assessment"]["score"], 0);
+    let token = first.body["access_token"].as_str().unwrap().to_owned();
+    enrol(&app, &token).await;
+    // The usual device at the usual hour: low risk, no challenge.
+    for _ in 0..3 {
+        let r = login_from("laptop", PW).await;
+        assert_eq!(r.body["requires_mfa"], false, "{}", r.body);
+    }
+    // A new device right after a failure: medium risk, challenged, and told why.
+    assert_problem(&login_from("laptop", "wrong").await, 400, 40000101);
+    let r = login_from("phone", PW).await;
+    assert_eq!(r.body["requires_mfa"], true, "{}", r.body);
+    assert_eq!(r.body["mfa_check_reason"], "new_device");
+    assert_eq!(r.body["risk_level"], "medium");
+    assert_eq!(r.body["risk_assessment"]["score"], 40);
+    assert_eq!(r.body["risk_assessment"]["require_mfa"], true);
+    assert_eq!(
+        r.body["risk_assessment"]["recommended_mfa_methods"],
+        json!(["totp", "backup"])
+    );
+    // A new device alone stays below the threshold (25 < 30).
+    let r = login_from("tablet", PW).await;
+    assert_eq!(r.body["requires_mfa"], false, "{}", r.body);
+    assert_eq!(r.body["risk_assessment"]["score"], 25);
+}
