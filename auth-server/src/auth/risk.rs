@@ -113,7 +113,7 @@ pub fn assess(policy: &RiskPolicy, profile: &RiskProfile, ctx: &SignInContext) -
     if ctx.sign_ins_last_hour > policy.velocity_per_hour {
         fired.push(("velocity", w.velocity));
     }
-    fired.sort_by(|a, b| b.1.cmp(&a.1));
+    fired.sort_by_key(|(_, weight)| std::cmp::Reverse(*weight));
     let score = fired.iter().map(|(_, w)| *w).sum::<u32>().min(100);
     let level = if score >= policy.high_threshold {
         RiskLevel::High
