@@ -15,7 +15,9 @@ use sha2::{Digest, Sha256};
 
 const PW: &str = "correct horse battery";
 
-async fn symmetric_body(app: &TestApp, password: &str, use_hkdf: bool) -> Value {
+/// Encrypts each password under one fresh key exchange, as a client would; returns the
+/// ciphertexts and the exchange's fields.
+async fn symmetric_seal(app: &TestApp, passwords: &[&str], use_hkdf: bool) -> (Vec<String>, Value) {
     let kex = app.get("/api/v1/public/key-exchange", None).await.body["data"].clone();
     assert_eq!(kex["algorithm"], "ECDH-P256-HKDF-SHA256-AES256GCM");
     let server = p256::PublicKey::from_sec1_bytes(
@@ -40,17 +42,29 @@ async fn symmetric_body(app: &TestApp, password: &str, use_hkdf: bool) -> Value 
         key.copy_from_slice(&shared.raw_secret_bytes()[..]);
     }
     let cipher = Aes256Gcm::new_from_slice(&key).unwrap();
-    let iv = Aes256Gcm::generate_nonce(&mut rand::rngs::OsRng);
-    let mut blob = iv.to_vec();
-    blob.extend(cipher.encrypt(&iv, password.as_bytes()).unwrap());
-    blob.extend_from_slice(&point);
-    json!({
-        "identity": "alice",
-        "password": STANDARD.encode(blob),
+    let sealed = passwords
+        .iter()
+        .map(|p| {
+            let iv = Aes256Gcm::generate_nonce(&mut rand::rngs::OsRng);
+            let mut blob = iv.to_vec();
+            blob.extend(cipher.encrypt(&iv, p.as_bytes()).unwrap());
+            blob.extend_from_slice(&point);
+            STANDARD.encode(blob)
+        })
+        .collect();
+    let fields = json!({
         "password_transmission": "symmetric",
         "key_exchange_id": kex["key_exchange_id"],
         "client_pub_key": STANDARD.encode(&point),
-    })
+    });
+    (sealed, fields)
+}
+
+async fn symmetric_body(app: &TestApp, password: &str, use_hkdf: bool) -> Value {
+    let (sealed, mut body) = symmetric_seal(app, &[password], use_hkdf).await;
+    body["identity"] = json!("alice");
+    body["password"] = json!(sealed[0]);
+    body
 }
 
 #[tokio::test]
