@@ -271,20 +271,23 @@ async fn two_replicas_share_postgres_redis_and_keys() {
 #[tokio::test]
 async fn sigterm_lets_in_flight_requests_finish() {
     let dir = tempfile::tempdir().unwrap();
-    add_user(dir.path(), &[], &["--username", "alice"], PW);
+    // One user per request: concurrent sign-ins of one account count against its gate.
+    for n in 0..8 {
+        add_user(dir.path(), &[], &["--username", &format!("user{n}")], PW);
+    }
     let mut server = ServerProcess::start(ServerOptions {
         data_dir: Some(dir.path().to_path_buf()),
         ..Default::default()
     });
     let base = server.base_url.clone();
     let mut inflight = Vec::new();
-    for _ in 0..8 {
+    for n in 0..8 {
         let base = base.clone();
         inflight.push(tokio::spawn(async move {
             post(
                 &base,
                 "/auth/login",
-                json!({"identity": "alice", "password": PW}),
+                json!({"identity": format!("user{n}"), "password": PW}),
                 None,
             )
             .await
