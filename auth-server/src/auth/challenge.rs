@@ -88,17 +88,13 @@ impl AuthService {
     /// Whether this sign-in must show a second factor; if so, the challenge for it.
     pub(super) async fn mfa_gate(
         &self,
+        enrolled: bool,
         user: &User,
         policy: &MfaPolicy,
         password: &PasswordStatus,
         risk: &super::risk::RiskAssessment,
         context: &super::risk::SignInContext,
     ) -> Result<Option<MfaPending>, AuthError> {
-        let enrolled = self
-            .store
-            .totp(&user.id)
-            .await?
-            .is_some_and(|f| f.confirmed);
         if !enrolled || policy.mode == MfaMode::Off {
             return Ok(None);
         }

@@ -157,6 +157,7 @@ pub struct AuthService {
     issuer: Arc<str>,
     http: reqwest::Client,
     data_key: Arc<mfa::DataKey>,
+    tenants: Arc<std::sync::Mutex<std::collections::HashMap<String, (crate::store::Tenant, i64)>>>,
 }
 
 impl AuthService {
@@ -172,6 +173,7 @@ impl AuthService {
     ) -> Self {
         Self {
             data_key: Arc::new(data_key),
+            tenants: Arc::default(),
             store,
             ephemeral,
             clock,
@@ -227,11 +229,7 @@ impl AuthService {
         if !errors.is_empty() {
             return Err(AuthError::Validation(errors));
         }
-        let tenant = self
-            .store
-            .tenant(&req.tenant_id)
-            .await?
-            .ok_or(AuthError::UnknownTenant)?;
+        let tenant = self.tenant_cached(&req.tenant_id).await?;
         let rt = self.runtime();
         let accepted = &rt
             .config
@@ -242,10 +240,11 @@ impl AuthService {
             .recover_password(&rt, accepted, &req.password, "password")
             .await?;
         let (kind, identity) = users::classify_identity(&req.identity);
-        let user = self
-            .store
-            .user_by_identity(&tenant.id, kind, &identity)
-            .await?;
+        let record = self.store.login_lookup(&tenant.id, kind, &identity).await?;
+        let (user, totp_active, stored_profile) = match record {
+            Some(r) => (Some(r.user), r.totp_active, r.risk_profile),
+            None => (None, false, None),
+        };
         let policy = rt.config.policy_for(&tenant.id);
         // Unknown identities are counted under their own key, so they behave exactly alike.
         let account_key = match &user {
@@ -315,23 +314,59 @@ impl AuthService {
                 recent_failures,
             )
             .await?;
-        let profile = self.risk_profile(&user.id).await?;
+        let mut profile: risk::RiskProfile = stored_profile
+            .and_then(|json| serde_json::from_str(&json).ok())
+            .unwrap_or_default();
         let assessment = risk::assess(&policy.risk, &profile, &context);
         if let Some(pending) = self
-            .mfa_gate(&user, &policy.mfa, &password, &assessment, &context)
+            .mfa_gate(
+                totp_active,
+                &user,
+                &policy.mfa,
+                &password,
+                &assessment,
+                &context,
+            )
             .await?
         {
             return Ok(challenge::LoginOutcome::MfaRequired(pending));
         }
-        self.remember_sign_in(&user, &policy.risk, profile, &context)
+        risk::remember(&mut profile, &context, policy.risk.remember);
+        let profile_json =
+            serde_json::to_string(&profile).map_err(|e| AuthError::Internal(e.to_string()))?;
+        let tokens = self
+            .open_session_recording(&user, vec!["pwd".into()], None, Some(&profile_json))
             .await?;
-        let tokens = self.open_session(&user, vec!["pwd".into()], None).await?;
         Ok(challenge::LoginOutcome::SignedIn(SignedIn {
             user,
             tokens,
             password,
             risk: Some(assessment),
         }))
+    }
+
+    /// A tenant by id, from a short-lived in-process cache (tenants are created rarely and
+    /// never renamed, so a found tenant may be reused for a minute; misses always ask).
+    async fn tenant_cached(&self, id: &str) -> Result<crate::store::Tenant, AuthError> {
+        let now = self.clock.unix();
+        if let Ok(cache) = self.tenants.lock()
+            && let Some((tenant, until)) = cache.get(id)
+            && *until > now
+        {
+            return Ok(tenant.clone());
+        }
+        let tenant = self
+            .store
+            .tenant(id)
+            .await?
+            .ok_or(AuthError::UnknownTenant)?;
+        if let Ok(mut cache) = self.tenants.lock() {
+            if cache.len() > 10_000 {
+                cache.clear();
+            }
+            cache.insert(id.to_owned(), (tenant.clone(), now + 60));
+        }
+        Ok(tenant)
     }
 
     /// The facts of this sign-in that risk scoring looks at (counts it for velocity).
@@ -757,6 +792,17 @@ impl AuthService {
         amr: Vec<String>,
         act: Option<Actor>,
     ) -> Result<IssuedTokens, AuthError> {
+        self.open_session_recording(user, amr, act, None).await
+    }
+
+    /// Opens a session and, in the same transaction, stores the user's updated risk profile.
+    async fn open_session_recording(
+        &self,
+        user: &User,
+        amr: Vec<String>,
+        act: Option<Actor>,
+        risk_profile: Option<&str>,
+    ) -> Result<IssuedTokens, AuthError> {
         let rt = self.runtime();
         let policy = &rt.config.tokens;
         let now = self.clock.unix();
@@ -775,7 +821,9 @@ impl AuthService {
             created_at: now,
             expires_at: (now + secs(policy.refresh_token_ttl_seconds)).min(session.expires_at),
         };
-        self.store.create_session(&session, &first).await?;
+        self.store
+            .create_session_with_profile(&session, &first, risk_profile)
+            .await?;
         let access_token = self.sign_access(&rt, &session, now, act)?;
         Ok(IssuedTokens {
             access_token,

@@ -165,3 +165,14 @@ pub struct TotpFactor {
     /// The last time step a code was accepted for (codes are single use).
     pub last_used_step: i64,
 }
+
+/// A user with what a password sign-in needs besides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginRecord {
+    /// The user.
+    pub user: User,
+    /// A TOTP factor is active.
+    pub totp_active: bool,
+    /// The stored risk profile (JSON), if any.
+    pub risk_profile: Option<String>,
+}

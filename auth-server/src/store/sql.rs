@@ -2,7 +2,8 @@
 //! backend (SQLite pragmas, Postgres pool), migrations, and every statement.
 
 use super::{
-    IdentityKind, NewRefresh, NewUser, RefreshRecord, Session, StoreError, Tenant, TotpFactor, User,
+    IdentityKind, LoginRecord, NewRefresh, NewUser, RefreshRecord, Session, StoreError, Tenant,
+    TotpFactor, User,
 };
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
@@ -276,6 +277,42 @@ impl SqlStore {
             .await
             .map_err(db)?;
         row.as_ref().map(user_from).transpose().map_err(db)
+    }
+
+    /// Everything a password sign-in needs about a user, in one round trip: the user, whether
+    /// a TOTP factor is active, and the stored risk profile.
+    pub async fn login_lookup(
+        &self,
+        tenant_id: &str,
+        kind: IdentityKind,
+        value: &str,
+    ) -> Result<Option<LoginRecord>, StoreError> {
+        let column = match kind {
+            IdentityKind::Username => "username",
+            IdentityKind::Email => "email",
+            IdentityKind::Phone => "phone",
+        };
+        let sql = format!(
+            "SELECT {USER_COLUMNS}, \
+             (SELECT t.confirmed_at FROM mfa_totp t WHERE t.user_id = users.id) AS totp_confirmed_at, \
+             (SELECT r.profile FROM risk_profiles r WHERE r.user_id = users.id) AS risk_profile \
+             FROM users WHERE tenant_id = $1 AND {column} = $2"
+        );
+        let row = sqlx::query(&sql)
+            .bind(tenant_id)
+            .bind(value)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.map(|r| {
+            Ok(LoginRecord {
+                user: user_from(&r)?,
+                totp_active: r.try_get::<Option<i64>, _>("totp_confirmed_at")?.is_some(),
+                risk_profile: r.try_get("risk_profile")?,
+            })
+        })
+        .transpose()
+        .map_err(db)
     }
 
     /// Replaces a user's password hash (rehash on parameter change, password change).
@@ -555,7 +592,29 @@ impl SqlStore {
 
     /// Opens a session with its first refresh token, atomically.
     pub async fn create_session(&self, s: &Session, first: &NewRefresh) -> Result<(), StoreError> {
+        self.create_session_with_profile(s, first, None).await
+    }
+
+    /// Opens a session and, in the same transaction, stores the user's updated risk profile.
+    pub async fn create_session_with_profile(
+        &self,
+        s: &Session,
+        first: &NewRefresh,
+        profile: Option<&str>,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(db)?;
+        if let Some(profile) = profile {
+            sqlx::query(
+                "INSERT INTO risk_profiles (user_id, profile, updated_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (user_id) DO UPDATE SET profile = excluded.profile, updated_at = excluded.updated_at",
+            )
+            .bind(&s.user_id)
+            .bind(profile)
+            .bind(s.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
         sqlx::query(
             "INSERT INTO sessions (id, tenant_id, user_id, amr, created_at, expires_at) \
              VALUES ($1, $2, $3, $4, $5, $6)",
