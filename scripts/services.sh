@@ -74,7 +74,26 @@ start_services() {
   echo "postgres on 127.0.0.1:$pg_port, redis on 127.0.0.1:$redis_port"
 }
 
+KUBE_DIR=""
+
+# Builds (cached) and starts the Kubernetes control plane; exports KEYGATE_TEST_KUBECONFIG and
+# KEYGATE_TEST_KUBE_BIN. Call after start_services (it shares its scratch directory).
+start_kube() {
+  KUBE_DIR="$SERVICES_DIR/kube"
+  local started=$SECONDS
+  bash scripts/kube/build.sh >/dev/null
+  echo "kubernetes binaries ready in $((SECONDS - started)) s (cached under ~/.cache/keygate/kube)"
+  started=$SECONDS
+  bash scripts/kube/controlplane.sh start "$KUBE_DIR"
+  # shellcheck disable=SC1091
+  . "$KUBE_DIR/env"
+  echo "kube-apiserver ready in $((SECONDS - started)) s"
+}
+
 stop_services() {
+  if [ -n "$KUBE_DIR" ] && [ -d "$KUBE_DIR" ]; then
+    bash scripts/kube/controlplane.sh stop "$KUBE_DIR" || true
+  fi
   if [ -n "$PG_DATA" ] && [ -f "$PG_DATA/postmaster.pid" ]; then
     $PG_CTL -D "$PG_DATA" -m immediate stop >/dev/null 2>&1 || true
   fi

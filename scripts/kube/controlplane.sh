@@ -62,7 +62,7 @@ start() {
   if [ -n "$watch_pid" ]; then
     # Stop everything when the process that asked for the control plane is gone, whatever
     # way it ended.
-    ( while kill -0 "$watch_pid" 2>/dev/null; do sleep 1; done; "$0" stop "$dir" ) >/dev/null 2>&1 &
+    ( while kill -0 "$watch_pid" 2>/dev/null; do sleep 1; done; "$0" stop "$dir"; rm -rf "$dir" ) >/dev/null 2>&1 &
     echo $! > "$dir/watcher.pid"
   fi
 

@@ -3,6 +3,8 @@
 //! built binary on free loopback ports and killed when dropped.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod cluster;
+
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
