@@ -258,6 +258,13 @@ pub fn add_user(
         .to_owned()
 }
 
+/// Writes a runtime-configuration file (JSON) into `dir` and returns its path.
+pub fn write_config(dir: &Path, config: &serde_json::Value) -> String {
+    let path = dir.join("keygate.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(config).expect("json")).expect("write config");
+    path.display().to_string()
+}
+
 /// The repository root (for scripts and fixtures).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -4,10 +4,11 @@
 //! Postgres and Redis; graceful shutdown.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use keygate_tests::{ServerOptions, ServerProcess, add_user, repo_root, workspace_bin};
+use keygate_tests::{
+    ServerOptions, ServerProcess, add_user, repo_root, workspace_bin, write_config,
+};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -63,12 +64,6 @@ fn verify_with_jose(base: &str, issuer: &str, token: &str) -> Result<Value, Stri
     } else {
         Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
-}
-
-fn write_config(dir: &Path, config: &Value) -> String {
-    let path = dir.join("keygate.json");
-    std::fs::write(&path, serde_json::to_vec_pretty(config).unwrap()).unwrap();
-    path.display().to_string()
 }
 
 async fn full_session(alg: &str) {

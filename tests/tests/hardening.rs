@@ -3,17 +3,11 @@
 //! that solves a proof of work silently (no challenge id) is matched by its address.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use keygate_tests::{ServerOptions, ServerProcess, add_user};
+use keygate_tests::{ServerOptions, ServerProcess, add_user, write_config};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 const PW: &str = "correct horse battery staple";
-
-fn write_config(dir: &std::path::Path, config: &Value) -> String {
-    let path = dir.join("keygate.json");
-    std::fs::write(&path, config.to_string()).unwrap();
-    path.display().to_string()
-}
 
 #[tokio::test]
 async fn parallel_wrong_passwords_on_two_replicas_evaluate_only_what_the_policy_allows() {

@@ -263,11 +263,7 @@ impl SqlStore {
         kind: IdentityKind,
         value: &str,
     ) -> Result<Option<User>, StoreError> {
-        let column = match kind {
-            IdentityKind::Username => "username",
-            IdentityKind::Email => "email",
-            IdentityKind::Phone => "phone",
-        };
+        let column = identity_column(kind);
         let sql =
             format!("SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 AND {column} = $2");
         let row = sqlx::query(&sql)
@@ -287,11 +283,7 @@ impl SqlStore {
         kind: IdentityKind,
         value: &str,
     ) -> Result<Option<LoginRecord>, StoreError> {
-        let column = match kind {
-            IdentityKind::Username => "username",
-            IdentityKind::Email => "email",
-            IdentityKind::Phone => "phone",
-        };
+        let column = identity_column(kind);
         let sql = format!(
             "SELECT {USER_COLUMNS}, \
              (SELECT t.confirmed_at FROM mfa_totp t WHERE t.user_id = users.id) AS totp_confirmed_at, \
@@ -767,6 +759,15 @@ async fn insert_refresh(
     .await
     .map(|_| ())
     .map_err(db)
+}
+
+/// The column an identity of `kind` is stored in.
+fn identity_column(kind: IdentityKind) -> &'static str {
+    match kind {
+        IdentityKind::Username => "username",
+        IdentityKind::Email => "email",
+        IdentityKind::Phone => "phone",
+    }
 }
 
 /// Removes a password from an error message that may quote the URL.
