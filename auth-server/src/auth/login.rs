@@ -1,0 +1,486 @@
+//! Password sign-in: tenant and identity lookup, password recovery from its transmission
+//! mode, CAPTCHA, the attempt gate, risk context, and the hand-over to MFA or a new session;
+//! the proof-of-work challenges and the administrator's unlock that belong to it.
+
+use super::error::{AuthError, FieldViolation};
+use super::password::Verified;
+use super::{
+    AuthService, CaptchaAnswer, PasswordLogin, Runtime, SignedIn, captcha, challenge,
+    check_password_field, password, random, risk, secs, status, transmission, users,
+};
+use crate::ephemeral;
+use crate::store::User;
+use std::time::Duration;
+
+impl AuthService {
+    /// Signs in with identity and password; users with a second factor may be asked for it.
+    pub async fn login_password(
+        &self,
+        req: PasswordLogin,
+    ) -> Result<challenge::LoginOutcome, AuthError> {
+        let mut errors = Vec::new();
+        if req.identity.trim().is_empty() {
+            errors.push(FieldViolation::new(
+                "identity",
+                "required",
+                "identity is required",
+            ));
+        } else if req.identity.chars().count() > users::MAX_IDENTITY_CHARS {
+            errors.push(FieldViolation::new(
+                "identity",
+                "range",
+                format!("at most {} characters", users::MAX_IDENTITY_CHARS),
+            ));
+        }
+        check_password_field(&req.password, "password", &mut errors);
+        if !errors.is_empty() {
+            return Err(AuthError::Validation(errors));
+        }
+        let tenant = self.tenant_cached(&req.tenant_id).await?;
+        let rt = self.runtime();
+        let accepted = &rt
+            .config
+            .policy_for(&tenant.id)
+            .password
+            .accepted_transmissions;
+        let recovered = self
+            .recover_password(&rt, accepted, &req.password, "password")
+            .await?;
+        let (kind, identity) = users::classify_identity(&req.identity);
+        let record = self.store.login_lookup(&tenant.id, kind, &identity).await?;
+        let (user, totp_active, stored_profile) = match record {
+            Some(r) => (Some(r.user), r.totp_active, r.risk_profile),
+            None => (None, false, None),
+        };
+        let policy = rt.config.policy_for(&tenant.id);
+        // Unknown identities are counted under their own key, so they behave exactly alike.
+        let account_key = match &user {
+            Some(u) => account_gate_key(&tenant.id, &u.id),
+            None => format!("kg:gate:acct:{}:?{identity}", tenant.id),
+        };
+        let ip_key = format!(
+            "kg:gate:ip:{}",
+            req.client_ip.as_deref().unwrap_or("unknown")
+        );
+        self.check_captcha(
+            &policy.captcha,
+            &req.captcha,
+            req.client_ip.as_deref(),
+            &account_key,
+            &ip_key,
+        )
+        .await?;
+        let (account_rule, ip_rule) = gate_rules(&policy.lockout);
+        let now_ms = (self.clock.now().unix_timestamp_nanos() / 1_000_000) as i64;
+        let recent_failures = match self
+            .ephemeral
+            .gate_attempt(&account_key, &ip_key, (&account_rule, &ip_rule), now_ms)
+            .await
+        {
+            ephemeral::Gate::Refused {
+                retry_after_ms,
+                locked,
+            } => {
+                return Err(AuthError::LoginThrottled {
+                    retry_after: retry_after_ms.div_ceil(1000).max(1),
+                    locked,
+                });
+            }
+            ephemeral::Gate::Admitted {
+                account_failures, ..
+            } => account_failures,
+        };
+        let digest = recovered.digest(&tenant.id);
+        let stored = user.as_ref().and_then(|u| u.password_hash.clone());
+        let verified = self.hasher.verify(digest, stored).await?;
+        if verified != Verified::No && user.is_some() {
+            self.ephemeral.gate_success(&account_key, &ip_key).await;
+        }
+        let user = match (verified, user) {
+            (Verified::No, _) | (_, None) => return Err(AuthError::InvalidCredentials),
+            (Verified::Yes, Some(u)) => u,
+            (Verified::YesRehashed(phc), Some(u)) => {
+                self.store
+                    .set_password_hash(&u.id, &phc, self.clock.unix())
+                    .await?;
+                u
+            }
+        };
+        if user.status != status::ACTIVE {
+            return Err(AuthError::AccountDisabled);
+        }
+        let password = self.password_status(&user);
+        if password.is_expired() {
+            return Err(AuthError::PasswordExpired);
+        }
+        let context = self
+            .sign_in_context(
+                &user,
+                req.client_ip.as_deref(),
+                req.device.clone(),
+                recent_failures,
+            )
+            .await?;
+        let mut profile: risk::RiskProfile = stored_profile
+            .and_then(|json| serde_json::from_str(&json).ok())
+            .unwrap_or_default();
+        let assessment = risk::assess(&policy.risk, &profile, &context);
+        if let Some(pending) = self
+            .mfa_gate(
+                totp_active,
+                &user,
+                &policy.mfa,
+                &password,
+                &assessment,
+                &context,
+            )
+            .await?
+        {
+            return Ok(challenge::LoginOutcome::MfaRequired(pending));
+        }
+        risk::remember(&mut profile, &context, policy.risk.remember);
+        let profile_json =
+            serde_json::to_string(&profile).map_err(|e| AuthError::Internal(e.to_string()))?;
+        let tokens = self
+            .open_session_recording(&user, vec!["pwd".into()], None, Some(&profile_json))
+            .await?;
+        Ok(challenge::LoginOutcome::SignedIn(SignedIn {
+            user,
+            tokens,
+            password,
+            risk: Some(assessment),
+        }))
+    }
+    /// A tenant by id, from a short-lived in-process cache (tenants are created rarely and
+    /// never renamed, so a found tenant may be reused for a minute; misses always ask).
+    async fn tenant_cached(&self, id: &str) -> Result<crate::store::Tenant, AuthError> {
+        let now = self.clock.unix();
+        if let Ok(cache) = self.tenants.lock()
+            && let Some((tenant, until)) = cache.get(id)
+            && *until > now
+        {
+            return Ok(tenant.clone());
+        }
+        let tenant = self
+            .store
+            .tenant(id)
+            .await?
+            .ok_or(AuthError::UnknownTenant)?;
+        if let Ok(mut cache) = self.tenants.lock() {
+            if cache.len() > 10_000 {
+                cache.clear();
+            }
+            cache.insert(id.to_owned(), (tenant.clone(), now + 60));
+        }
+        Ok(tenant)
+    }
+    /// The facts of this sign-in that risk scoring looks at (counts it for velocity).
+    async fn sign_in_context(
+        &self,
+        user: &User,
+        client_ip: Option<&str>,
+        device: Option<String>,
+        recent_failures: u32,
+    ) -> Result<risk::SignInContext, AuthError> {
+        let now = self.clock.now();
+        let hour_bucket = now.unix_timestamp() / 3600;
+        let sign_ins = self
+            .ephemeral
+            .incr(
+                &format!("kg:risk:vel:{}:{hour_bucket}", user.id),
+                Duration::from_secs(3600),
+            )
+            .await
+            .unwrap_or(1);
+        Ok(risk::SignInContext {
+            device,
+            ip: client_ip.and_then(|ip| ip.parse().ok()),
+            hour: now.hour(),
+            recent_failures,
+            sign_ins_last_hour: u32::try_from(sign_ins).unwrap_or(u32::MAX),
+        })
+    }
+    /// The user's risk profile (empty when none, or when the stored one is unreadable).
+    pub(crate) async fn risk_profile(&self, user_id: &str) -> Result<risk::RiskProfile, AuthError> {
+        Ok(self
+            .store
+            .risk_profile(user_id)
+            .await?
+            .and_then(|json| serde_json::from_str(&json).ok())
+            .unwrap_or_default())
+    }
+    /// Adds a completed sign-in to the user's risk profile.
+    pub(crate) async fn remember_sign_in(
+        &self,
+        user: &User,
+        policy: &keygate_config::RiskPolicy,
+        mut profile: risk::RiskProfile,
+        context: &risk::SignInContext,
+    ) -> Result<(), AuthError> {
+        risk::remember(&mut profile, context, policy.remember);
+        let json =
+            serde_json::to_string(&profile).map_err(|e| AuthError::Internal(e.to_string()))?;
+        self.store
+            .put_risk_profile(&user.id, &json, self.clock.unix())
+            .await?;
+        Ok(())
+    }
+    /// Demands and checks a CAPTCHA when the tenant's policy says so for this attempt.
+    async fn check_captcha(
+        &self,
+        policy: &keygate_config::CaptchaPolicy,
+        answer: &CaptchaAnswer,
+        client_ip: Option<&str>,
+        account_key: &str,
+        ip_key: &str,
+    ) -> Result<(), AuthError> {
+        use keygate_config::CaptchaMode;
+        let required = match policy.mode {
+            CaptchaMode::Never => false,
+            CaptchaMode::Always => true,
+            CaptchaMode::AfterFailures => {
+                let (account, ip) = self.ephemeral.gate_failures(account_key, ip_key).await;
+                account >= policy.after_failures || ip >= policy.ip_after_failures
+            }
+        };
+        if !required {
+            return Ok(());
+        }
+        let token = answer
+            .token
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .ok_or(AuthError::CaptchaRequired)?;
+        if token.len() > 4096 {
+            return Err(AuthError::CaptchaInvalid);
+        }
+        match answer.provider.as_deref().unwrap_or("pow") {
+            "pow" => {
+                self.redeem_pow(answer.challenge_id.as_deref(), token, client_ip, policy)
+                    .await
+            }
+            "turnstile" => {
+                let secret = policy
+                    .turnstile_secret
+                    .as_deref()
+                    .ok_or(AuthError::CaptchaInvalid)?;
+                captcha::verify_turnstile(
+                    &self.http,
+                    &policy.turnstile_verify_url,
+                    secret,
+                    token,
+                    client_ip,
+                )
+                .await
+            }
+            _ => Err(AuthError::CaptchaInvalid),
+        }
+    }
+    /// Issues a single-use proof-of-work challenge to a client address.
+    pub async fn issue_pow(
+        &self,
+        tenant_id: &str,
+        client_ip: Option<&str>,
+        requested_difficulty: Option<u32>,
+    ) -> Result<captcha::PowChallenge, AuthError> {
+        let rt = self.runtime();
+        let policy = &rt.config.policy_for(tenant_id).captcha;
+        // The policy's difficulty is a floor; clients may ask for more, up to 8.
+        let difficulty = requested_difficulty
+            .unwrap_or(0)
+            .clamp(policy.pow_difficulty, 8);
+        let challenge = captcha::PowChallenge {
+            id: random::id("cap"),
+            challenge: hex::encode(random::bytes(16)),
+            difficulty,
+            expires_at: self.clock.unix() + secs(policy.pow_ttl_seconds),
+        };
+        let ttl = Duration::from_secs(policy.pow_ttl_seconds);
+        self.ephemeral
+            .set(
+                &captcha::challenge_key(&challenge.id),
+                &format!("{}|{}", challenge.challenge, challenge.difficulty),
+                ttl,
+            )
+            .await?;
+        if let Some(ip) = client_ip {
+            self.ephemeral
+                .set(&captcha::newest_for_address_key(ip), &challenge.id, ttl)
+                .await?;
+        }
+        Ok(challenge)
+    }
+
+    async fn redeem_pow(
+        &self,
+        challenge_id: Option<&str>,
+        token: &str,
+        client_ip: Option<&str>,
+        policy: &keygate_config::CaptchaPolicy,
+    ) -> Result<(), AuthError> {
+        let id = match challenge_id.filter(|c| !c.is_empty()) {
+            Some(id) => id.to_owned(),
+            None => {
+                let ip = client_ip.ok_or(AuthError::CaptchaInvalid)?;
+                self.ephemeral
+                    .take(&captcha::newest_for_address_key(ip))
+                    .await?
+                    .ok_or(AuthError::CaptchaInvalid)?
+            }
+        };
+        if id.len() > 64 {
+            return Err(AuthError::CaptchaInvalid);
+        }
+        // Single use: whoever takes it first is the only one to check it.
+        let stored = self
+            .ephemeral
+            .take(&captcha::challenge_key(&id))
+            .await?
+            .ok_or(AuthError::CaptchaInvalid)?;
+        let (challenge, difficulty) = stored.split_once('|').ok_or(AuthError::CaptchaInvalid)?;
+        let difficulty: u32 = difficulty.parse().map_err(|_| AuthError::CaptchaInvalid)?;
+        if difficulty >= policy.pow_difficulty && captcha::pow_solves(challenge, difficulty, token)
+        {
+            Ok(())
+        } else {
+            Err(AuthError::CaptchaInvalid)
+        }
+    }
+    /// Lifts the sign-in lock and delay of a user (administrators).
+    pub async fn unlock_user(&self, admin: &User, user_id: &str) -> Result<(), AuthError> {
+        let user = self
+            .store
+            .user(user_id)
+            .await?
+            .filter(|u| u.tenant_id == admin.tenant_id)
+            .ok_or(AuthError::NotFound("user"))?;
+        self.ephemeral
+            .gate_clear(&[account_gate_key(&user.tenant_id, &user.id)])
+            .await?;
+        tracing::info!(admin = %admin.id, user = %user.id, "sign-in lock lifted");
+        Ok(())
+    }
+    /// Starts a `symmetric` key exchange: single use, valid for a short time.
+    pub async fn new_key_exchange(&self) -> Result<(String, String, u64), AuthError> {
+        let id = random::id("kex");
+        let (secret, public) = transmission::new_exchange_key();
+        self.ephemeral
+            .set(
+                &format!("kg:kex:{id}"),
+                &hex::encode(secret),
+                Duration::from_secs(transmission::KEX_TTL_SECONDS),
+            )
+            .await?;
+        Ok((id, public, transmission::KEX_TTL_SECONDS))
+    }
+    /// Turns a password as sent into something to verify, per its transmission mode.
+    pub async fn recover_password(
+        &self,
+        rt: &Runtime,
+        accepted: &[keygate_config::Transmission],
+        sent: &transmission::SentPassword,
+        field: &str,
+    ) -> Result<transmission::Recovered, AuthError> {
+        let mut recovered = self
+            .recover_passwords(rt, accepted, sent, &[(&sent.value, field)])
+            .await?;
+        recovered
+            .pop()
+            .ok_or_else(|| AuthError::Internal("nothing recovered".into()))
+    }
+    /// Recovers several passwords sent in one request under the same mode (a password change
+    /// sends the old and the new one; in `symmetric` mode both use the one key exchange).
+    pub async fn recover_passwords(
+        &self,
+        rt: &Runtime,
+        accepted: &[keygate_config::Transmission],
+        sent: &transmission::SentPassword,
+        values: &[(&str, &str)],
+    ) -> Result<Vec<transmission::Recovered>, AuthError> {
+        use keygate_config::Transmission as T;
+        let mode = transmission::mode_of(sent, accepted, "password_transmission")?;
+        let kex_secret = if mode == T::Symmetric {
+            let id = sent
+                .key_exchange_id
+                .as_deref()
+                .filter(|k| !k.is_empty())
+                .ok_or_else(|| {
+                    AuthError::Validation(vec![FieldViolation::new(
+                        "key_exchange_id",
+                        "required",
+                        "symmetric mode needs the key_exchange_id from /public/key-exchange",
+                    )])
+                })?;
+            if id.len() > 64 {
+                return Err(AuthError::KeyExchangeExpired);
+            }
+            self.ephemeral
+                .take(&format!("kg:kex:{id}"))
+                .await?
+                .and_then(|h| hex::decode(h).ok())
+                .ok_or(AuthError::KeyExchangeExpired)?
+        } else {
+            Vec::new()
+        };
+        let mut out = Vec::with_capacity(values.len());
+        for (value, field) in values {
+            let recovered = match mode {
+                T::Plain => transmission::Recovered::Plain((*value).to_owned()),
+                T::Hash => transmission::recover_hash(value, field)?,
+                T::Asymmetric => {
+                    let key = match sent.key_id.as_deref().filter(|k| !k.is_empty()) {
+                        None => rt.transmission.first(),
+                        Some(kid) => rt.transmission.iter().find(|k| k.kid == kid),
+                    }
+                    .ok_or_else(|| {
+                        AuthError::Validation(vec![FieldViolation::new(
+                            "key_id",
+                            "format",
+                            "unknown transmission key",
+                        )])
+                    })?;
+                    transmission::recover_asymmetric(value, key, field)?
+                }
+                T::Symmetric => transmission::recover_symmetric(
+                    value,
+                    sent.client_pub_key.as_deref(),
+                    &kex_secret,
+                    field,
+                )?,
+            };
+            if let transmission::Recovered::Plain(p) = &recovered
+                && p.len() > password::MAX_PASSWORD_BYTES
+            {
+                return Err(AuthError::Validation(vec![FieldViolation::new(
+                    *field,
+                    "range",
+                    format!("at most {} bytes", password::MAX_PASSWORD_BYTES),
+                )]));
+            }
+            out.push(recovered);
+        }
+        Ok(out)
+    }
+}
+
+fn account_gate_key(tenant_id: &str, user_id: &str) -> String {
+    format!("kg:gate:acct:{tenant_id}:{user_id}")
+}
+
+/// The attempt-gate rules of a lockout policy: (account, client address).
+fn gate_rules(p: &keygate_config::LockoutPolicy) -> (ephemeral::GateRule, ephemeral::GateRule) {
+    let account = ephemeral::GateRule {
+        delay_after: p.delay_after,
+        base_delay_ms: p.base_delay_seconds.saturating_mul(1000),
+        max_delay_ms: p.max_delay_seconds.saturating_mul(1000),
+        lock_after: p.lock_after,
+        lock_ms: p.lock_seconds.saturating_mul(1000),
+        window_ms: p.window_seconds.saturating_mul(1000),
+    };
+    let ip = ephemeral::GateRule {
+        delay_after: p.ip_delay_after,
+        lock_after: p.ip_lock_after,
+        ..account
+    };
+    (account, ip)
+}
