@@ -6,7 +6,8 @@ mod policy;
 
 pub use policy::{
     CaptchaMode, CaptchaPolicy, CaptchaProvider, LockoutPolicy, MfaMode, MfaPolicy, PasswordPolicy,
-    RiskLevel, RiskPolicy, RiskWeights, TenantPolicy, Transmission, cidr_contains, parse_cidr,
+    RATE_LIMITED_ENDPOINTS, RateKey, RateLimitRule, RateLimits, RiskLevel, RiskPolicy, RiskWeights,
+    TenantPolicy, Transmission, cidr_contains, parse_cidr,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -27,6 +28,8 @@ pub struct RuntimeConfig {
     pub policy: TenantPolicy,
     /// Sign-in policy per tenant id (replaces `policy` as a whole for that tenant).
     pub tenants: BTreeMap<String, TenantPolicy>,
+    /// Rate limits and trusted proxies.
+    pub rate_limits: RateLimits,
     /// RSA keys for the `asymmetric` password transmission. Empty: the server uses (and on
     /// first start generates) a key in its data directory.
     pub transmission_keys: Vec<TransmissionKeyConfig>,
@@ -236,6 +239,7 @@ impl RuntimeConfig {
             return invalid("password_hashing.parallelism must be within 1..=16");
         }
         self.policy.validate("*").map_err(ConfigError::Invalid)?;
+        self.rate_limits.validate().map_err(ConfigError::Invalid)?;
         for (tenant, policy) in &self.tenants {
             policy.validate(tenant).map_err(ConfigError::Invalid)?;
         }

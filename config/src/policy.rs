@@ -443,3 +443,126 @@ pub fn cidr_contains(net: (std::net::IpAddr, u8), ip: std::net::IpAddr) -> bool 
     let shift = bits - prefix;
     (a >> shift) == (b >> shift)
 }
+
+/// What a rate-limit rule counts by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateKey {
+    /// The client address (from the socket, or `X-Forwarded-For` through trusted proxies).
+    ClientIp,
+    /// The identity signed in as (username, email or phone).
+    Identity,
+    /// The tenant.
+    Tenant,
+    /// Everything together.
+    Global,
+}
+
+/// One named limit: at most `limit` requests per `window_seconds` for each value of `key`
+/// on the listed endpoints (GCRA: spread evenly, bursts up to `limit`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitRule {
+    /// Name (metrics, problem detail).
+    pub name: String,
+    /// Endpoints: `login`, `refresh`, `mfa_verify`, `captcha_challenge`, `key_exchange`.
+    pub endpoints: Vec<String>,
+    /// What is counted.
+    pub key: RateKey,
+    /// Requests per window.
+    pub limit: u32,
+    /// Window in seconds.
+    pub window_seconds: u64,
+}
+
+/// Rate limiting.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimits {
+    /// Proxies (CIDR) whose `X-Forwarded-For` is believed; the client is the rightmost address
+    /// that is not one of them.
+    pub trusted_proxies: Vec<String>,
+    /// The rules.
+    pub rules: Vec<RateLimitRule>,
+}
+
+/// Endpoints a rule may name.
+pub const RATE_LIMITED_ENDPOINTS: &[&str] = &[
+    "login",
+    "refresh",
+    "mfa_verify",
+    "captcha_challenge",
+    "key_exchange",
+];
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        let rule = |name: &str, endpoints: &[&str], key, limit, window_seconds| RateLimitRule {
+            name: name.into(),
+            endpoints: endpoints.iter().map(|e| (*e).to_owned()).collect(),
+            key,
+            limit,
+            window_seconds,
+        };
+        Self {
+            trusted_proxies: Vec::new(),
+            rules: vec![
+                rule("login-per-ip", &["login"], RateKey::ClientIp, 60, 60),
+                rule("login-per-identity", &["login"], RateKey::Identity, 20, 60),
+                rule("refresh-per-ip", &["refresh"], RateKey::ClientIp, 300, 60),
+                rule("mfa-per-ip", &["mfa_verify"], RateKey::ClientIp, 30, 60),
+                rule(
+                    "bootstrap-per-ip",
+                    &["captcha_challenge", "key_exchange"],
+                    RateKey::ClientIp,
+                    120,
+                    60,
+                ),
+            ],
+        }
+    }
+}
+
+impl RateLimits {
+    /// Checks names, endpoints, ranges and proxy networks.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut names = std::collections::BTreeSet::new();
+        for r in &self.rules {
+            if r.name.is_empty() || !names.insert(r.name.as_str()) {
+                return Err(format!(
+                    "rate_limits.rules: empty or duplicate name {:?}",
+                    r.name
+                ));
+            }
+            if r.limit == 0 || !(1..=86_400).contains(&r.window_seconds) {
+                return Err(format!(
+                    "rate_limits.rules.{}: need limit > 0 and window_seconds within 1..=86400",
+                    r.name
+                ));
+            }
+            if r.endpoints.is_empty() {
+                return Err(format!(
+                    "rate_limits.rules.{}: endpoints must not be empty",
+                    r.name
+                ));
+            }
+            for e in &r.endpoints {
+                if !RATE_LIMITED_ENDPOINTS.contains(&e.as_str()) {
+                    return Err(format!(
+                        "rate_limits.rules.{}: unknown endpoint {e:?} (known: {})",
+                        r.name,
+                        RATE_LIMITED_ENDPOINTS.join(", ")
+                    ));
+                }
+            }
+        }
+        for p in &self.trusted_proxies {
+            if parse_cidr(p).is_none() {
+                return Err(format!(
+                    "rate_limits.trusted_proxies: {p:?} is not a CIDR network"
+                ));
+            }
+        }
+        Ok(())
+    }
+}

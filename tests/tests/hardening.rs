@@ -19,6 +19,7 @@ async fn parallel_wrong_passwords_on_two_replicas_evaluate_only_what_the_policy_
     let key: Value = serde_json::from_slice(&key.stdout).unwrap();
     let config = json!({
         "signing_keys": [key],
+        "rate_limits": {"rules": []},
         "policy": {
             "captcha": {"mode": "never"},
             "lockout": {"delay_after": 5, "lock_after": 8, "base_delay_seconds": 30, "max_delay_seconds": 60,
@@ -245,4 +246,81 @@ async fn totp_interoperates_with_an_independent_implementation() {
     let body: Value = res.json().await.unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body["access_token"].is_string());
+}
+
+#[tokio::test]
+async fn rate_limits_are_shared_by_replicas_and_read_forwarded_for_only_from_trusted_proxies() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = std::process::Command::new(keygate_tests::workspace_bin("auth-server"))
+        .args(["key", "generate"])
+        .output()
+        .unwrap();
+    let key: Value = serde_json::from_slice(&key.stdout).unwrap();
+    let config = json!({
+        "signing_keys": [key],
+        "rate_limits": {
+            "trusted_proxies": ["127.0.0.0/8"],
+            "rules": [{"name": "ip", "endpoints": ["key_exchange"], "key": "client_ip", "limit": 4, "window_seconds": 60}]
+        }
+    });
+    let env = vec![
+        (
+            "KEYGATE_DATABASE_URL".to_owned(),
+            keygate_tests::fresh_postgres_database().await,
+        ),
+        ("KEYGATE_REDIS_URL".to_owned(), keygate_tests::redis_url()),
+        (
+            "KEYGATE_CONFIG".to_owned(),
+            write_config(dir.path(), &config),
+        ),
+    ];
+    let a = ServerProcess::start(ServerOptions {
+        env: env.clone(),
+        ..Default::default()
+    });
+    let b = ServerProcess::start(ServerOptions {
+        env,
+        ..Default::default()
+    });
+    let client = reqwest::Client::new();
+    let hit = |base: String, forwarded: &'static str| {
+        let client = client.clone();
+        async move {
+            let res = client
+                .get(format!("{base}/api/v1/public/key-exchange"))
+                .header("x-forwarded-for", forwarded)
+                .send()
+                .await
+                .unwrap();
+            let status = res.status().as_u16();
+            let retry = res
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let body: Value = res.json().await.unwrap();
+            (status, body["code"].as_u64().unwrap_or(0), retry)
+        }
+    };
+    // One client behind the proxy, alternating replicas: exactly the limit passes.
+    let mut admitted = 0;
+    for n in 0..8 {
+        let base = if n % 2 == 0 {
+            a.base_url.clone()
+        } else {
+            b.base_url.clone()
+        };
+        match hit(base, "198.51.100.1").await {
+            (200, 0, None) => admitted += 1,
+            (429, 42900001, Some(_)) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(admitted, 4);
+    // Another client behind the same proxy has its own budget.
+    assert_eq!(hit(a.base_url.clone(), "198.51.100.2").await.0, 200);
+    // The proxy's own address is not the client.
+    assert_eq!(
+        hit(b.base_url.clone(), "198.51.100.3, 127.0.0.1").await.0,
+        200
+    );
 }

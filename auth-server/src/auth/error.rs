@@ -77,6 +77,14 @@ pub enum AuthError {
     /// The MFA challenge is unknown, expired, used up or already answered.
     #[error("mfa challenge expired or used")]
     MfaChallengeInvalid,
+    /// A rate-limit rule refused the request.
+    #[error("rate limited by {rule}")]
+    RateLimited {
+        /// Seconds to wait.
+        retry_after: u64,
+        /// The rule's name.
+        rule: String,
+    },
     /// Unknown, expired or revoked refresh token.
     #[error("invalid refresh token")]
     InvalidRefreshToken,

@@ -8,6 +8,7 @@ pub mod challenge;
 pub mod clock;
 pub mod error;
 pub mod keys;
+pub mod limits;
 mod login;
 pub mod mfa;
 pub mod password;

@@ -21,6 +21,7 @@ pub struct MemoryEphemeral {
 struct Inner {
     entries: HashMap<String, (String, i128)>,
     gates: HashMap<String, (GateState, i64)>,
+    rates: HashMap<String, i64>,
     writes_since_sweep: usize,
 }
 
@@ -146,5 +147,22 @@ impl MemoryEphemeral {
         for k in keys {
             g.gates.remove(k);
         }
+    }
+
+    pub(super) fn rate_check(
+        &self,
+        key: &str,
+        limit: u32,
+        window_ms: u64,
+        now: i64,
+    ) -> Result<(), u64> {
+        let mut g = self.lock();
+        if g.rates.len() > 100_000 {
+            g.rates.retain(|_, tat| *tat > now);
+        }
+        let stored = g.rates.get(key).copied().unwrap_or(0);
+        let new_tat = super::gcra(stored, limit, window_ms, now)?;
+        g.rates.insert(key.to_owned(), new_tat);
+        Ok(())
     }
 }

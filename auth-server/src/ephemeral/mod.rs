@@ -163,7 +163,8 @@ impl Ephemeral {
     }
 }
 
-/// Logs (at most every few seconds) that counters are per replica while Redis is down.
+/// Logs (at most every few seconds) that counters and limits are per replica while Redis is
+/// down.
 fn degraded(e: &EphemeralError) {
     use std::sync::atomic::{AtomicI64, Ordering};
     static LAST: AtomicI64 = AtomicI64::new(0);
@@ -179,3 +180,41 @@ fn degraded(e: &EphemeralError) {
 
 /// Attempt-gate decisions taken on per-replica counters because Redis was unavailable.
 pub static DEGRADED_DECISIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl Ephemeral {
+    /// One request against a GCRA limit of `limit` per `window_ms` under `key`: `Ok(())` if
+    /// admitted, else the milliseconds until the next one would be. With Redis down, decides
+    /// on this replica's own state and says so.
+    pub async fn rate_check(
+        &self,
+        key: &str,
+        limit: u32,
+        window_ms: u64,
+        now_ms: i64,
+    ) -> Result<(), u64> {
+        match self {
+            Self::Memory(m) => m.rate_check(key, limit, window_ms, now_ms),
+            Self::Redis(r) => match r.rate_check(key, limit, window_ms, now_ms).await {
+                Ok(decision) => decision,
+                Err(e) => {
+                    degraded(&e);
+                    r.fallback().rate_check(key, limit, window_ms, now_ms)
+                }
+            },
+        }
+    }
+}
+
+/// The GCRA step shared by both stores' semantics: given the stored theoretical arrival time,
+/// the new one if admitted, or the wait.
+pub fn gcra(stored_tat_ms: i64, limit: u32, window_ms: u64, now_ms: i64) -> Result<i64, u64> {
+    let interval = (window_ms / u64::from(limit.max(1))).max(1) as i64;
+    let tat = stored_tat_ms.max(now_ms);
+    let new_tat = tat + interval;
+    let allow_at = new_tat - window_ms as i64;
+    if allow_at > now_ms {
+        Err((allow_at - now_ms) as u64)
+    } else {
+        Ok(new_tat)
+    }
+}

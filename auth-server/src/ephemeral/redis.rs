@@ -61,6 +61,20 @@ admit(KEYS[2], i, rule(8))
 return {0, af, ipf}
 "#;
 
+/// GCRA: KEYS[1] holds the theoretical arrival time (ms); ARGV: now, interval, window (ms).
+const GCRA_SCRIPT: &str = r#"
+local now = tonumber(ARGV[1])
+local interval = tonumber(ARGV[2])
+local window = tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local new_tat = tat + interval
+local allow_at = new_tat - window
+if allow_at > now then return {0, allow_at - now} end
+redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', string.format('%d', new_tat - now))
+return {1, 0}
+"#;
+
 /// INCR that sets the expiry when it creates the counter.
 const INCR_SCRIPT: &str = r#"
 local n = redis.call('INCR', KEYS[1])
@@ -226,5 +240,26 @@ impl RedisEphemeral {
             .await
             .map(|_| ())
             .map_err(err)
+    }
+
+    pub(super) async fn rate_check(
+        &self,
+        key: &str,
+        limit: u32,
+        window_ms: u64,
+        now_ms: i64,
+    ) -> Result<Result<(), u64>, EphemeralError> {
+        let interval = (window_ms / u64::from(limit.max(1))).max(1);
+        let args = vec![now_ms, interval as i64, window_ms as i64];
+        let reply: Vec<i64> = self
+            .pool
+            .eval(GCRA_SCRIPT, vec![key.to_owned()], args)
+            .await
+            .map_err(err)?;
+        Ok(match reply.as_slice() {
+            [1, ..] => Ok(()),
+            [_, wait, ..] => Err(u64::try_from(*wait).unwrap_or(1).max(1)),
+            _ => Err(1),
+        })
     }
 }

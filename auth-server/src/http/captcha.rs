@@ -61,6 +61,16 @@ pub async fn challenge(
     ClientIp(client_ip): ClientIp,
     Query(q): Query<ChallengeQuery>,
 ) -> Result<Json<DataResponse<CaptchaChallenge>>, ApiError> {
+    state
+        .auth
+        .check_rate(
+            "captcha_challenge",
+            &crate::auth::limits::RateKeys {
+                ip: client_ip.as_deref(),
+                ..Default::default()
+            },
+        )
+        .await?;
     if q.provider.as_deref().unwrap_or("pow") != "pow" {
         return Err(ApiError::invalid(vec![FieldViolation::new(
             "provider",

@@ -414,6 +414,13 @@ impl From<AuthError> for ApiError {
                 K::MfaChallengeInvalid,
                 "the challenge is unknown, expired, used up or already answered; sign in again",
             ),
+            AuthError::RateLimited { retry_after, rule } => Self {
+                retry_after: Some(retry_after),
+                ..Self::new(
+                    K::RateLimited,
+                    format!("too many requests ({rule}); retry in {retry_after} s"),
+                )
+            },
             AuthError::InvalidRefreshToken => Self::new(
                 K::InvalidRefreshToken,
                 "the refresh token is unknown, expired or revoked",

@@ -118,20 +118,30 @@ pub fn tenant_of(body_tenant: Option<&str>, headers: &HeaderMap) -> String {
         .unwrap_or_else(|| DEFAULT_TENANT.to_owned())
 }
 
-/// The client's address as seen on the socket (trusted-proxy headers come with the rate
-/// limiter); `None` when the server was not given connection info (in-process tests).
+/// The client's address: the socket peer, or `X-Forwarded-For` read through the configured
+/// trusted proxies; `None` when the server was not given connection info (in-process tests).
 #[derive(Debug, Clone)]
 pub struct ClientIp(pub Option<String>);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+impl FromRequestParts<AppState> for ClientIp {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        let forwarded = parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
+        let rt = state.auth.runtime();
         Ok(ClientIp(
-            parts
-                .extensions
-                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                .map(|c| c.0.ip().to_string()),
+            crate::auth::limits::client_address(peer, forwarded, &rt.config.rate_limits)
+                .map(|ip| ip.to_string()),
         ))
     }
 }

@@ -4,6 +4,7 @@ use super::AppState;
 use super::dto::LoginResponse;
 use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, ClientIp, tenant_of};
+use crate::auth::limits::RateKeys;
 use crate::auth::transmission::SentPassword;
 use crate::auth::{CaptchaAnswer, PasswordLogin};
 use axum::Json;
@@ -59,7 +60,7 @@ pub struct LoginRequest {
         (status = 200, description = "Signed in", body = LoginResponse),
         (status = 400, description = "Invalid input, credentials, tenant, transmission mode (61000104), undecryptable password (61000105) or spent key exchange (61000106)", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Account disabled, or password expired past its grace period", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many failures: delayed or locked (retry_after, Retry-After)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many failures (delayed or locked) or too many requests (rate limit); retry_after and Retry-After", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
     )
@@ -71,6 +72,18 @@ pub async fn login(
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
     let tenant_id = tenant_of(req.tenant_id.as_deref(), &headers);
+    let (_, identity) = crate::auth::users::classify_identity(&req.identity);
+    state
+        .auth
+        .check_rate(
+            "login",
+            &RateKeys {
+                ip: client_ip.as_deref(),
+                identity: Some(&identity),
+                tenant: Some(&tenant_id),
+            },
+        )
+        .await?;
     let result = state
         .auth
         .login_password(PasswordLogin {

@@ -4,7 +4,7 @@
 use super::AppState;
 use super::dto::{DataResponse, LoginResponse};
 use super::error::{ApiError, Problem};
-use super::extract::{ApiJson, Bearer};
+use super::extract::{ApiJson, Bearer, ClientIp};
 use crate::auth::challenge::MfaMethod;
 use axum::Json;
 use axum::extract::State;
@@ -32,8 +32,19 @@ pub struct VerifyChallengeRequest {
     ))]
 pub async fn verify_challenge(
     State(state): State<AppState>,
+    ClientIp(client_ip): ClientIp,
     ApiJson(req): ApiJson<VerifyChallengeRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
+    state
+        .auth
+        .check_rate(
+            "mfa_verify",
+            &crate::auth::limits::RateKeys {
+                ip: client_ip.as_deref(),
+                ..Default::default()
+            },
+        )
+        .await?;
     let method = MfaMethod::parse(req.mfa_method.as_deref())?;
     let result = state
         .auth

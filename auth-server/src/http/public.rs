@@ -5,6 +5,7 @@
 use super::AppState;
 use super::dto::DataResponse;
 use super::error::{ApiError, Problem, ProblemKind};
+use super::extract::ClientIp;
 use crate::auth::transmission::KEX_ALGORITHM;
 use axum::Json;
 use axum::extract::{Path, State};
@@ -33,7 +34,18 @@ pub struct KeyExchange {
     ))]
 pub async fn key_exchange(
     State(state): State<AppState>,
+    ClientIp(client_ip): ClientIp,
 ) -> Result<Json<DataResponse<KeyExchange>>, ApiError> {
+    state
+        .auth
+        .check_rate(
+            "key_exchange",
+            &crate::auth::limits::RateKeys {
+                ip: client_ip.as_deref(),
+                ..Default::default()
+            },
+        )
+        .await?;
     let (key_exchange_id, server_pub_key, expires_in) = state.auth.new_key_exchange().await?;
     Ok(Json(DataResponse::new(KeyExchange {
         key_exchange_id,

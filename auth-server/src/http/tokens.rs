@@ -3,7 +3,7 @@
 use super::AppState;
 use super::dto::{DataResponse, LoginResponse, SimpleResponse, UserInfo};
 use super::error::{ApiError, Problem};
-use super::extract::{ApiJson, Bearer};
+use super::extract::{ApiJson, Bearer, ClientIp};
 use crate::auth::transmission::SentPassword;
 use axum::Json;
 use axum::extract::State;
@@ -30,8 +30,19 @@ pub struct RefreshRequest {
 )]
 pub async fn refresh(
     State(state): State<AppState>,
+    ClientIp(client_ip): ClientIp,
     ApiJson(req): ApiJson<RefreshRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
+    state
+        .auth
+        .check_rate(
+            "refresh",
+            &crate::auth::limits::RateKeys {
+                ip: client_ip.as_deref(),
+                ..Default::default()
+            },
+        )
+        .await?;
     let result = state.auth.refresh(&req.refresh_token).await;
     state
         .metrics

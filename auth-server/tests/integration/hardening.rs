@@ -316,3 +316,34 @@ async fn captcha_never_and_a_custom_lockout() {
     app.clock.advance(61);
     assert_eq!(attempt(&app, "alice", PW, None).await.status, 200);
 }
+
+#[tokio::test]
+async fn identity_rate_limit_answers_429_with_retry_after() {
+    let app = TestApp::with_config(RuntimeConfig {
+        password_hashing: small_hashing(),
+        rate_limits: keygate_config::RateLimits {
+            trusted_proxies: vec![],
+            rules: vec![keygate_config::RateLimitRule {
+                name: "per-identity".into(),
+                endpoints: vec!["login".into()],
+                key: keygate_config::RateKey::Identity,
+                limit: 3,
+                window_seconds: 60,
+            }],
+        },
+        ..Default::default()
+    })
+    .await;
+    app.add_user("alice", PW, &[]).await;
+    for _ in 0..3 {
+        assert_eq!(attempt(&app, "alice", PW, None).await.status, 200);
+    }
+    // The same identity in another spelling is the same key.
+    let r = attempt(&app, "ALICE", PW, None).await;
+    let b = assert_problem(&r, 429, 42900001);
+    assert_eq!(b["retry_after"], 20);
+    assert_eq!(r.headers.get("retry-after").unwrap(), "20");
+    assert_eq!(attempt(&app, "bob", PW, None).await.status.as_u16(), 400);
+    app.clock.advance(20);
+    assert_eq!(attempt(&app, "alice", PW, None).await.status, 200);
+}

@@ -159,7 +159,11 @@ async fn post(client: &reqwest::Client, url: &str, body: &Value) -> Result<Value
 
 fn config_file(dir: &std::path::Path, args: &Args) -> String {
     let path = dir.join("bench-config.json");
-    let config = json!({"password_hashing": {"memory_kib": args.memory_kib, "iterations": args.iterations, "parallelism": 1}});
+    // The limiter is not what is measured here: no rules.
+    let config = json!({
+        "password_hashing": {"memory_kib": args.memory_kib, "iterations": args.iterations, "parallelism": 1},
+        "rate_limits": {"rules": []}
+    });
     std::fs::write(&path, config.to_string()).unwrap();
     path.display().to_string()
 }
