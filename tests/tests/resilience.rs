@@ -1,0 +1,107 @@
+//! Redis going away and coming back under a running server: revocation checks and single-use
+//! state fail closed (503), sign-in delays and rate limits degrade to per-replica counters with
+//! a warning, readiness says so, and everything recovers without a restart.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use keygate_tests::{RedisProcess, ServerOptions, ServerProcess, add_user, write_config};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+const PW: &str = "correct horse battery staple";
+
+#[tokio::test]
+async fn redis_outage_fails_closed_where_it_must_and_recovers_by_itself() {
+    let mut redis = RedisProcess::start();
+    let dir = tempfile::tempdir().unwrap();
+    let env = vec![
+        ("KEYGATE_REDIS_URL".to_owned(), redis.url()),
+        (
+            "KEYGATE_CONFIG".to_owned(),
+            write_config(dir.path(), &json!({})),
+        ),
+    ];
+    add_user(dir.path(), &env, &["--username", "alice"], PW);
+    let server = ServerProcess::start(ServerOptions {
+        data_dir: Some(dir.path().to_path_buf()),
+        env,
+        ..Default::default()
+    });
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let base = server.base_url.clone();
+    let login = || async {
+        let res = client
+            .post(format!("{base}/api/v1/auth/login"))
+            .json(&json!({"identity": "alice", "password": PW}))
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        (status, res.json::<Value>().await.unwrap())
+    };
+    let get = |path: &'static str, token: Option<String>| {
+        let client = client.clone();
+        let url = format!("{base}{path}");
+        async move {
+            let mut req = client.get(url);
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            let res = req.send().await.unwrap();
+            let status = res.status().as_u16();
+            (status, res.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+
+    let (status, body) = login().await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(get("/api/v1/auth/me", Some(token.clone())).await.0, 200);
+
+    redis.stop();
+    // Revocations cannot be checked: tokens are not trusted blindly.
+    let (status, body) = get("/api/v1/auth/me", Some(token.clone())).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], 50300001);
+    // Single-use state cannot be kept: no key exchange is handed out.
+    assert_eq!(get("/api/v1/public/key-exchange", None).await.0, 503);
+    // Readiness says why.
+    let (status, body) = get("/readyz", None).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["checks"]["ephemeral"], "unavailable");
+    // Sign-in still works, its delays and limits counted on this replica, and says so.
+    let (status, body) = login().await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        server.log().contains("Redis unavailable"),
+        "{}",
+        server.log()
+    );
+
+    redis.restart();
+    let started = Instant::now();
+    loop {
+        if get("/readyz", None).await.0 == 200 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "did not recover:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Back to shared state: revocation works again.
+    assert_eq!(get("/api/v1/auth/me", Some(token.clone())).await.0, 200);
+    let res = client
+        .post(format!("{base}/api/v1/auth/logout"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(get("/api/v1/auth/me", Some(token)).await.0, 401);
+    assert_eq!(get("/api/v1/public/key-exchange", None).await.0, 200);
+}
