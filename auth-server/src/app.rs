@@ -221,13 +221,16 @@ async fn watch_config(auth: AuthService, path: PathBuf, dev_keys: DevKeys) {
         last = current;
         let result = load_config(Some(&path))
             .and_then(|config| Runtime::build(config, &dev_keys).map_err(StartError));
-        match result.map(|rt| auth.replace_runtime(rt)) {
-            Ok(Ok(())) => tracing::info!(path = %path.display(), "runtime configuration reloaded"),
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "runtime configuration rejected; keeping the last good one")
-            }
+        let outcome = match result {
+            Ok(rt) => auth.replace_runtime(rt).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        crate::metrics::record_config_reload(outcome.is_ok());
+        match outcome {
+            Ok(()) => tracing::info!(path = %path.display(), "runtime configuration reloaded"),
             Err(e) => {
-                tracing::error!(error = %e, "runtime configuration rejected; keeping the last good one")
+                auth.set_config_rejection(Some(auth.clock.unix()));
+                tracing::error!(error = %e, "runtime configuration rejected; keeping the last good one");
             }
         }
     }

@@ -35,6 +35,29 @@ struct LoginLabels {
 
 type HistogramFamily = Family<LatencyLabels, Histogram, fn() -> Histogram>;
 
+/// Sign-in delay, lockout and rate-limit decisions taken on one replica's own counters because
+/// Redis was unavailable (process-wide).
+pub static DEGRADED_DECISIONS: std::sync::LazyLock<Counter> =
+    std::sync::LazyLock::new(Counter::default);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    outcome: &'static str,
+}
+
+/// Runtime-configuration reloads by outcome (process-wide).
+static CONFIG_RELOADS: std::sync::LazyLock<Family<ReloadLabels, Counter>> =
+    std::sync::LazyLock::new(Family::default);
+
+/// Counts a configuration reload.
+pub fn record_config_reload(accepted: bool) {
+    CONFIG_RELOADS
+        .get_or_create(&ReloadLabels {
+            outcome: if accepted { "accepted" } else { "rejected" },
+        })
+        .inc();
+}
+
 /// The server's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -69,6 +92,16 @@ impl Default for Metrics {
             "logins",
             "Sign-in and refresh attempts by method and outcome",
             logins.clone(),
+        );
+        registry.register(
+            "ephemeral_degraded_decisions",
+            "Delay, lockout and rate-limit decisions taken on per-replica counters while Redis was unavailable",
+            DEGRADED_DECISIONS.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Runtime-configuration reloads by outcome (a rejected file leaves the last good one in force)",
+            CONFIG_RELOADS.clone(),
         );
         Self {
             registry,

@@ -473,3 +473,95 @@ fn a_webcrypto_client_signs_in_with_every_transmission_mode() {
         assert_eq!(body["code"], 40000101, "{mode} {variant}: {body}");
     }
 }
+
+#[tokio::test]
+async fn the_runtime_configuration_hot_reloads_and_a_bad_file_keeps_the_last_good_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &json!({"tokens": {"access_token_ttl_seconds": 600}}),
+    );
+    let env = vec![("KEYGATE_CONFIG".to_owned(), config.clone())];
+    add_user(dir.path(), &env, &["--username", "alice"], PW);
+    let server = ServerProcess::start(ServerOptions {
+        data_dir: Some(dir.path().to_path_buf()),
+        env,
+        ..Default::default()
+    });
+    let base = server.base_url.as_str();
+    let expires_in = || async {
+        post(
+            base,
+            "/auth/login",
+            json!({"identity": "alice", "password": PW}),
+            None,
+        )
+        .await
+        .1["expires_in"]
+            .as_u64()
+    };
+    assert_eq!(expires_in().await, Some(600));
+    // A valid change takes effect without a restart.
+    std::fs::write(
+        &config,
+        json!({"tokens": {"access_token_ttl_seconds": 900}}).to_string(),
+    )
+    .unwrap();
+    let wait_for = |want: u64| async move {
+        for _ in 0..50 {
+            if expires_in().await == Some(want) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        false
+    };
+    assert!(
+        wait_for(900).await,
+        "the new configuration was not picked up:\n{}",
+        server.log()
+    );
+    // An invalid file is refused: the last good configuration stays, readiness says so, and
+    // the rejection is counted.
+    std::fs::write(&config, r#"{"tokens": {"access_token_ttl_seconds": 5}}"#).unwrap();
+    let mut reported = false;
+    for _ in 0..50 {
+        let (_, ready) = get(base, "/readyz", None).await;
+        if ready["checks"]["config"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("rejected")
+        {
+            reported = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        reported,
+        "readiness does not report the rejected file:\n{}",
+        server.log()
+    );
+    assert_eq!(expires_in().await, Some(900));
+    let metrics = client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"keygate_config_reloads_total{outcome="rejected"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"keygate_config_reloads_total{outcome="accepted"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        server.log().contains("access_token_ttl_seconds"),
+        "{}",
+        server.log()
+    );
+}

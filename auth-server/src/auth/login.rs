@@ -151,6 +151,7 @@ impl AuthService {
             risk: Some(assessment),
         }))
     }
+
     /// A tenant by id, from a short-lived in-process cache (tenants are created rarely and
     /// never renamed, so a found tenant may be reused for a minute; misses always ask).
     async fn tenant_cached(&self, id: &str) -> Result<crate::store::Tenant, AuthError> {
@@ -174,6 +175,7 @@ impl AuthService {
         }
         Ok(tenant)
     }
+
     /// The facts of this sign-in that risk scoring looks at (counts it for velocity).
     async fn sign_in_context(
         &self,
@@ -200,6 +202,7 @@ impl AuthService {
             sign_ins_last_hour: u32::try_from(sign_ins).unwrap_or(u32::MAX),
         })
     }
+
     /// The user's risk profile (empty when none, or when the stored one is unreadable).
     pub(crate) async fn risk_profile(&self, user_id: &str) -> Result<risk::RiskProfile, AuthError> {
         Ok(self
@@ -209,6 +212,7 @@ impl AuthService {
             .and_then(|json| serde_json::from_str(&json).ok())
             .unwrap_or_default())
     }
+
     /// Adds a completed sign-in to the user's risk profile.
     pub(crate) async fn remember_sign_in(
         &self,
@@ -225,6 +229,7 @@ impl AuthService {
             .await?;
         Ok(())
     }
+
     /// Demands and checks a CAPTCHA when the tenant's policy says so for this attempt.
     async fn check_captcha(
         &self,
@@ -276,6 +281,7 @@ impl AuthService {
             _ => Err(AuthError::CaptchaInvalid),
         }
     }
+
     /// Issues a single-use proof-of-work challenge to a client address.
     pub async fn issue_pow(
         &self,
@@ -346,6 +352,7 @@ impl AuthService {
             Err(AuthError::CaptchaInvalid)
         }
     }
+
     /// Lifts the sign-in lock and delay of a user (administrators).
     pub async fn unlock_user(&self, admin: &User, user_id: &str) -> Result<(), AuthError> {
         let user = self
@@ -360,6 +367,7 @@ impl AuthService {
         tracing::info!(admin = %admin.id, user = %user.id, "sign-in lock lifted");
         Ok(())
     }
+
     /// Starts a `symmetric` key exchange: single use, valid for a short time.
     pub async fn new_key_exchange(&self) -> Result<(String, String, u64), AuthError> {
         let id = random::id("kex");
@@ -373,6 +381,7 @@ impl AuthService {
             .await?;
         Ok((id, public, transmission::KEX_TTL_SECONDS))
     }
+
     /// Turns a password as sent into something to verify, per its transmission mode.
     pub async fn recover_password(
         &self,
@@ -388,6 +397,7 @@ impl AuthService {
             .pop()
             .ok_or_else(|| AuthError::Internal("nothing recovered".into()))
     }
+
     /// Recovers several passwords sent in one request under the same mode (a password change
     /// sends the old and the new one; in `symmetric` mode both use the one key exchange).
     pub async fn recover_passwords(

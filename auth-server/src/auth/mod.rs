@@ -162,6 +162,7 @@ pub struct AuthService {
     http: reqwest::Client,
     data_key: Arc<mfa::DataKey>,
     tenants: Arc<std::sync::Mutex<std::collections::HashMap<String, (crate::store::Tenant, i64)>>>,
+    config_rejected_at: Arc<std::sync::Mutex<Option<i64>>>,
 }
 
 impl AuthService {
@@ -178,6 +179,7 @@ impl AuthService {
         Self {
             data_key: Arc::new(data_key),
             tenants: Arc::default(),
+            config_rejected_at: Arc::default(),
             store,
             ephemeral,
             clock,
@@ -191,21 +193,39 @@ impl AuthService {
                 .unwrap_or_default(),
         }
     }
+
     /// The runtime configuration in force.
     pub fn runtime(&self) -> Arc<Runtime> {
         self.runtime.load_full()
     }
+
     /// Swaps in a new runtime configuration (hot reload).
     pub fn replace_runtime(&self, runtime: Runtime) -> Result<(), AuthError> {
         self.hasher
             .update_params(&runtime.config.password_hashing)?;
         self.runtime.store(Arc::new(runtime));
+        self.set_config_rejection(None);
         Ok(())
     }
+
+    /// Records that the newest configuration file was rejected at `unix` (or, with `None`,
+    /// that the one in force is the newest).
+    pub fn set_config_rejection(&self, unix: Option<i64>) {
+        if let Ok(mut r) = self.config_rejected_at.lock() {
+            *r = unix;
+        }
+    }
+
+    /// When the newest configuration file was rejected, if it was.
+    pub fn config_rejected_at(&self) -> Option<i64> {
+        self.config_rejected_at.lock().ok().and_then(|r| *r)
+    }
+
     /// Token issuer.
     pub fn issuer(&self) -> &str {
         &self.issuer
     }
+
     /// Where `user`'s password stands now under its tenant's policy.
     pub fn password_status(&self, user: &User) -> users::PasswordStatus {
         let rt = self.runtime();
@@ -215,6 +235,7 @@ impl AuthService {
             self.clock.unix(),
         )
     }
+
     /// The active account behind verified claims.
     pub async fn current_user(&self, claims: &AccessClaims) -> Result<User, AuthError> {
         self.store
@@ -223,6 +244,7 @@ impl AuthService {
             .filter(|u| u.tenant_id == claims.tid && u.status == status::ACTIVE)
             .ok_or(AuthError::Unauthenticated("account no longer active"))
     }
+
     /// The current user, who must hold `role`.
     pub async fn require_role(&self, claims: &AccessClaims, role: &str) -> Result<User, AuthError> {
         let user = self.current_user(claims).await?;
@@ -232,6 +254,7 @@ impl AuthService {
             Err(AuthError::Forbidden)
         }
     }
+
     /// Creates a tenant; its id is 1-63 of `a-z`, `0-9`, `-`, starting with a letter.
     pub async fn create_tenant(
         &self,
@@ -269,6 +292,7 @@ impl AuthService {
         self.store.create_tenant(&tenant, self.clock.unix()).await?;
         Ok(tenant)
     }
+
     /// Creates a user in `tenant_id` after validation.
     pub async fn create_user(
         &self,

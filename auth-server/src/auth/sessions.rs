@@ -123,6 +123,7 @@ impl AuthService {
         tracing::info!(user = %user.id, sessions_ended = ended.len(), "password changed");
         Ok(())
     }
+
     /// Opens a session for `user` and issues its first tokens.
     pub async fn open_session(
         &self,
@@ -132,6 +133,7 @@ impl AuthService {
     ) -> Result<IssuedTokens, AuthError> {
         self.open_session_recording(user, amr, act, None).await
     }
+
     /// Opens a session and, in the same transaction, stores the user's updated risk profile.
     pub(super) async fn open_session_recording(
         &self,
@@ -192,6 +194,7 @@ impl AuthService {
         };
         Ok(tokens::sign(&rt.keys, &claims)?)
     }
+
     /// Exchanges a refresh token for new tokens. The presented token is rotated; presenting
     /// it again within the grace window yields another token of the same session, later
     /// revokes the whole session.
@@ -253,6 +256,7 @@ impl AuthService {
             },
         })
     }
+
     /// Revokes a session in storage and denies its access tokens until they expire.
     async fn revoke_session(&self, session_id: &str, reason: &str) -> Result<(), AuthError> {
         let rt = self.runtime();
@@ -269,6 +273,7 @@ impl AuthService {
             .await?;
         Ok(())
     }
+
     /// Ends the caller's session (and, if given, the session of `refresh_token` when it
     /// belongs to the same user); the access token is refused from now on.
     pub async fn logout(
@@ -298,6 +303,7 @@ impl AuthService {
         }
         Ok(())
     }
+
     /// Verifies a bearer token and that it was not revoked.
     pub async fn authenticate(&self, bearer: &str) -> Result<AccessClaims, AuthError> {
         let rt = self.runtime();

@@ -175,11 +175,8 @@ fn degraded(e: &EphemeralError) {
             "Redis unavailable: sign-in delays and lockout are counted per replica until it returns"
         );
     }
-    DEGRADED_DECISIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    crate::metrics::DEGRADED_DECISIONS.inc();
 }
-
-/// Attempt-gate decisions taken on per-replica counters because Redis was unavailable.
-pub static DEGRADED_DECISIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Ephemeral {
     /// One request against a GCRA limit of `limit` per `window_ms` under `key`: `Ok(())` if

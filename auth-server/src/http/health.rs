@@ -75,14 +75,16 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         .keys
         .signing_key(state.auth.clock.unix())
         .is_some();
-    check(
-        "config",
-        if signing {
-            Ok("ok".into())
-        } else {
-            Err("no signing key is active".into())
-        },
-    );
+    let config = match (signing, state.auth.config_rejected_at()) {
+        (false, _) => Err("no signing key is active".into()),
+        // The last good configuration still serves: ready, but say so.
+        (true, Some(at)) => Ok(format!(
+            "ok (the newest file was rejected at {}; see the server log)",
+            crate::auth::clock::rfc3339(at)
+        )),
+        (true, None) => Ok("ok".into()),
+    };
+    check("config", config);
     let status = if ok {
         StatusCode::OK
     } else {
