@@ -189,6 +189,16 @@ impl ServerProcess {
         }
     }
 
+    /// The server's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.base_url))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// The server's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
@@ -323,6 +333,36 @@ impl Drop for RedisProcess {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A new signing key as one `signing_keys` entry, from `auth-server key generate`.
+pub fn generate_signing_key() -> serde_json::Value {
+    let out = Command::new(workspace_bin("auth-server"))
+        .args(["key", "generate", "--alg", "ES256"])
+        .output()
+        .expect("auth-server key generate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("a JSON key entry")
+}
+
+/// Environment for replicas that share a fresh Postgres database, the test Redis and one
+/// runtime configuration (`config`, given a shared signing key unless it names keys).
+pub async fn replica_env(dir: &Path, mut config: serde_json::Value) -> Vec<(String, String)> {
+    if config.get("signing_keys").is_none() {
+        config["signing_keys"] = serde_json::json!([generate_signing_key()]);
+    }
+    vec![
+        (
+            "KEYGATE_DATABASE_URL".to_owned(),
+            fresh_postgres_database().await,
+        ),
+        ("KEYGATE_REDIS_URL".to_owned(), redis_url()),
+        ("KEYGATE_CONFIG".to_owned(), write_config(dir, &config)),
+    ]
 }
 
 /// Writes a runtime-configuration file (JSON) into `dir` and returns its path.

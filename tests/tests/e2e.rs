@@ -144,14 +144,7 @@ async fn full_session(alg: &str) {
     assert_eq!(status, 401);
     assert_eq!(problem["code"], 40100002);
 
-    let metrics = client()
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains(r#"route="/api/v1/auth/refresh""#),
         "{metrics}"
@@ -176,25 +169,12 @@ async fn embedded_default_rs256_end_to_end() {
 #[tokio::test]
 async fn two_replicas_share_postgres_redis_and_keys() {
     let dir = tempfile::tempdir().unwrap();
-    let key = Command::new(workspace_bin("auth-server"))
-        .args(["key", "generate", "--alg", "ES256"])
-        .output()
-        .unwrap();
-    assert!(key.status.success());
-    let key: Value = serde_json::from_slice(&key.stdout).unwrap();
-    let config = write_config(dir.path(), &json!({"signing_keys": [key]}));
-    let env = vec![
-        (
-            "KEYGATE_DATABASE_URL".to_owned(),
-            keygate_tests::fresh_postgres_database().await,
-        ),
-        ("KEYGATE_REDIS_URL".to_owned(), keygate_tests::redis_url()),
-        ("KEYGATE_CONFIG".to_owned(), config),
-        (
-            "KEYGATE_ISSUER".to_owned(),
-            "https://id.keygate.test".to_owned(),
-        ),
-    ];
+    let key = keygate_tests::generate_signing_key();
+    let mut env = keygate_tests::replica_env(dir.path(), json!({"signing_keys": [key]})).await;
+    env.push((
+        "KEYGATE_ISSUER".to_owned(),
+        "https://id.keygate.test".to_owned(),
+    ));
     add_user(
         dir.path(),
         &env,
@@ -543,14 +523,7 @@ async fn the_runtime_configuration_hot_reloads_and_a_bad_file_keeps_the_last_goo
         server.log()
     );
     assert_eq!(expires_in().await, Some(900));
-    let metrics = client()
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains(r#"keygate_config_reloads_total{outcome="rejected"} 1"#),
         "{metrics}"

@@ -12,13 +12,7 @@ const PW: &str = "correct horse battery staple";
 #[tokio::test]
 async fn parallel_wrong_passwords_on_two_replicas_evaluate_only_what_the_policy_allows() {
     let dir = tempfile::tempdir().unwrap();
-    let key = std::process::Command::new(keygate_tests::workspace_bin("auth-server"))
-        .args(["key", "generate"])
-        .output()
-        .unwrap();
-    let key: Value = serde_json::from_slice(&key.stdout).unwrap();
     let config = json!({
-        "signing_keys": [key],
         "rate_limits": {"rules": []},
         "policy": {
             "captcha": {"mode": "never"},
@@ -26,17 +20,7 @@ async fn parallel_wrong_passwords_on_two_replicas_evaluate_only_what_the_policy_
                         "ip_delay_after": 1000, "ip_lock_after": 2000}
         }
     });
-    let env = vec![
-        (
-            "KEYGATE_DATABASE_URL".to_owned(),
-            keygate_tests::fresh_postgres_database().await,
-        ),
-        ("KEYGATE_REDIS_URL".to_owned(), keygate_tests::redis_url()),
-        (
-            "KEYGATE_CONFIG".to_owned(),
-            write_config(dir.path(), &config),
-        ),
-    ];
+    let env = keygate_tests::replica_env(dir.path(), config).await;
     add_user(dir.path(), &env, &["--username", "alice"], PW);
     let a = ServerProcess::start(ServerOptions {
         env: env.clone(),
@@ -251,29 +235,13 @@ async fn totp_interoperates_with_an_independent_implementation() {
 #[tokio::test]
 async fn rate_limits_are_shared_by_replicas_and_read_forwarded_for_only_from_trusted_proxies() {
     let dir = tempfile::tempdir().unwrap();
-    let key = std::process::Command::new(keygate_tests::workspace_bin("auth-server"))
-        .args(["key", "generate"])
-        .output()
-        .unwrap();
-    let key: Value = serde_json::from_slice(&key.stdout).unwrap();
     let config = json!({
-        "signing_keys": [key],
         "rate_limits": {
             "trusted_proxies": ["127.0.0.0/8"],
             "rules": [{"name": "ip", "endpoints": ["key_exchange"], "key": "client_ip", "limit": 4, "window_seconds": 60}]
         }
     });
-    let env = vec![
-        (
-            "KEYGATE_DATABASE_URL".to_owned(),
-            keygate_tests::fresh_postgres_database().await,
-        ),
-        ("KEYGATE_REDIS_URL".to_owned(), keygate_tests::redis_url()),
-        (
-            "KEYGATE_CONFIG".to_owned(),
-            write_config(dir.path(), &config),
-        ),
-    ];
+    let env = keygate_tests::replica_env(dir.path(), config).await;
     let a = ServerProcess::start(ServerOptions {
         env: env.clone(),
         ..Default::default()

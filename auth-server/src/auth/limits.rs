@@ -51,6 +51,22 @@ pub fn client_address(
 }
 
 impl AuthService {
+    /// [`check_rate`](Self::check_rate) for endpoints counted by client address only.
+    pub async fn check_rate_ip(
+        &self,
+        endpoint: &str,
+        client_ip: Option<&str>,
+    ) -> Result<(), AuthError> {
+        self.check_rate(
+            endpoint,
+            &RateKeys {
+                ip: client_ip,
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
     /// Counts one request to `endpoint` against every rule that names it; the first rule
     /// exceeded refuses with the wait.
     pub async fn check_rate(&self, endpoint: &str, keys: &RateKeys<'_>) -> Result<(), AuthError> {

@@ -121,9 +121,7 @@ impl AuthService {
                 recent_failures,
             )
             .await?;
-        let mut profile: risk::RiskProfile = stored_profile
-            .and_then(|json| serde_json::from_str(&json).ok())
-            .unwrap_or_default();
+        let mut profile = risk::RiskProfile::from_stored(stored_profile.as_deref());
         let assessment = risk::assess(&policy.risk, &profile, &context);
         if let Some(pending) = self
             .mfa_gate(
@@ -139,8 +137,7 @@ impl AuthService {
             return Ok(challenge::LoginOutcome::MfaRequired(pending));
         }
         risk::remember(&mut profile, &context, policy.risk.remember);
-        let profile_json =
-            serde_json::to_string(&profile).map_err(|e| AuthError::Internal(e.to_string()))?;
+        let profile_json = profile.to_stored();
         let tokens = self
             .open_session_recording(&user, vec!["pwd".into()], None, Some(&profile_json))
             .await?;
@@ -205,12 +202,8 @@ impl AuthService {
 
     /// The user's risk profile (empty when none, or when the stored one is unreadable).
     pub(crate) async fn risk_profile(&self, user_id: &str) -> Result<risk::RiskProfile, AuthError> {
-        Ok(self
-            .store
-            .risk_profile(user_id)
-            .await?
-            .and_then(|json| serde_json::from_str(&json).ok())
-            .unwrap_or_default())
+        let stored = self.store.risk_profile(user_id).await?;
+        Ok(risk::RiskProfile::from_stored(stored.as_deref()))
     }
 
     /// Adds a completed sign-in to the user's risk profile.
@@ -222,10 +215,8 @@ impl AuthService {
         context: &risk::SignInContext,
     ) -> Result<(), AuthError> {
         risk::remember(&mut profile, context, policy.remember);
-        let json =
-            serde_json::to_string(&profile).map_err(|e| AuthError::Internal(e.to_string()))?;
         self.store
-            .put_risk_profile(&user.id, &json, self.clock.unix())
+            .put_risk_profile(&user.id, &profile.to_stored(), self.clock.unix())
             .await?;
         Ok(())
     }

@@ -18,6 +18,19 @@ pub struct RiskProfile {
     pub hours: Vec<u32>,
 }
 
+impl RiskProfile {
+    /// The profile as stored (JSON); empty when there is none or it is unreadable.
+    pub fn from_stored(json: Option<&str>) -> Self {
+        json.and_then(|j| serde_json::from_str(j).ok())
+            .unwrap_or_default()
+    }
+
+    /// The stored form (JSON).
+    pub fn to_stored(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
 /// Facts about one sign-in.
 #[derive(Debug, Clone, Default)]
 pub struct SignInContext {

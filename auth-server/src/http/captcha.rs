@@ -63,13 +63,7 @@ pub async fn challenge(
 ) -> Result<Json<DataResponse<CaptchaChallenge>>, ApiError> {
     state
         .auth
-        .check_rate(
-            "captcha_challenge",
-            &crate::auth::limits::RateKeys {
-                ip: client_ip.as_deref(),
-                ..Default::default()
-            },
-        )
+        .check_rate_ip("captcha_challenge", client_ip.as_deref())
         .await?;
     if q.provider.as_deref().unwrap_or("pow") != "pow" {
         return Err(ApiError::invalid(vec![FieldViolation::new(

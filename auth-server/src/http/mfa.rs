@@ -37,13 +37,7 @@ pub async fn verify_challenge(
 ) -> Result<Json<LoginResponse>, ApiError> {
     state
         .auth
-        .check_rate(
-            "mfa_verify",
-            &crate::auth::limits::RateKeys {
-                ip: client_ip.as_deref(),
-                ..Default::default()
-            },
-        )
+        .check_rate_ip("mfa_verify", client_ip.as_deref())
         .await?;
     let method = MfaMethod::parse(req.mfa_method.as_deref())?;
     let result = state

@@ -38,13 +38,7 @@ pub async fn key_exchange(
 ) -> Result<Json<DataResponse<KeyExchange>>, ApiError> {
     state
         .auth
-        .check_rate(
-            "key_exchange",
-            &crate::auth::limits::RateKeys {
-                ip: client_ip.as_deref(),
-                ..Default::default()
-            },
-        )
+        .check_rate_ip("key_exchange", client_ip.as_deref())
         .await?;
     let (key_exchange_id, server_pub_key, expires_in) = state.auth.new_key_exchange().await?;
     Ok(Json(DataResponse::new(KeyExchange {

@@ -35,13 +35,7 @@ pub async fn refresh(
 ) -> Result<Json<LoginResponse>, ApiError> {
     state
         .auth
-        .check_rate(
-            "refresh",
-            &crate::auth::limits::RateKeys {
-                ip: client_ip.as_deref(),
-                ..Default::default()
-            },
-        )
+        .check_rate_ip("refresh", client_ip.as_deref())
         .await?;
     let result = state.auth.refresh(&req.refresh_token).await;
     state

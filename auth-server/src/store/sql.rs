@@ -49,6 +49,10 @@ fn db(e: sqlx::Error) -> StoreError {
 const USER_COLUMNS: &str = "id, tenant_id, username, email, phone, password_hash, status, roles, \
      must_change_password, password_changed_at, created_at";
 
+/// Stores a user's risk profile ($1 user, $2 profile JSON, $3 time), replacing the old one.
+const UPSERT_RISK_PROFILE: &str = "INSERT INTO risk_profiles (user_id, profile, updated_at) VALUES ($1, $2, $3) \
+     ON CONFLICT (user_id) DO UPDATE SET profile = excluded.profile, updated_at = excluded.updated_at";
+
 const SESSION_COLUMNS: &str =
     "s.id, s.tenant_id, s.user_id, s.amr, s.created_at, s.expires_at, s.revoked_at";
 
@@ -569,17 +573,14 @@ impl SqlStore {
         profile: &str,
         now: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO risk_profiles (user_id, profile, updated_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (user_id) DO UPDATE SET profile = excluded.profile, updated_at = excluded.updated_at",
-        )
-        .bind(user_id)
-        .bind(profile)
-        .bind(now)
-        .execute(&self.pool)
-        .await
-        .map(|_| ())
-        .map_err(db)
+        sqlx::query(UPSERT_RISK_PROFILE)
+            .bind(user_id)
+            .bind(profile)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(db)
     }
 
     /// Opens a session with its first refresh token, atomically.
@@ -596,16 +597,13 @@ impl SqlStore {
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(db)?;
         if let Some(profile) = profile {
-            sqlx::query(
-                "INSERT INTO risk_profiles (user_id, profile, updated_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (user_id) DO UPDATE SET profile = excluded.profile, updated_at = excluded.updated_at",
-            )
-            .bind(&s.user_id)
-            .bind(profile)
-            .bind(s.created_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
+            sqlx::query(UPSERT_RISK_PROFILE)
+                .bind(&s.user_id)
+                .bind(profile)
+                .bind(s.created_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
         }
         sqlx::query(
             "INSERT INTO sessions (id, tenant_id, user_id, amr, created_at, expires_at) \

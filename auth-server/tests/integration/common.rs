@@ -152,6 +152,17 @@ impl TestApp {
     }
 }
 
+impl TestApp {
+    /// Signs in and returns the access token (the sign-in must succeed without MFA).
+    pub async fn token(&self, identity: &str, password: &str) -> String {
+        let r = self.login(identity, password).await;
+        r.body["access_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no access token: {}", r.body))
+            .to_owned()
+    }
+}
+
 /// Asserts a problem body of `status` and business `code`; returns the body.
 pub fn assert_problem(r: &Reply, status: u16, code: u64) -> &Value {
     assert_eq!(r.status.as_u16(), status, "{}", r.body);

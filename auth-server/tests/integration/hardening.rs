@@ -80,14 +80,8 @@ async fn failures_bring_captcha_then_growing_delays_then_a_lock() {
     let alice = app.add_user("alice", PW, &[]).await;
     app.add_user("root", PW, &["admin"]).await;
     app.add_user("bob", PW, &[]).await;
-    let admin = app.login("root", PW).await.body["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let bob_token = app.login("bob", PW).await.body["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let admin = app.token("root", PW).await;
+    let bob_token = app.token("bob", PW).await;
     let series = wrong_password_series(&app, "alice").await;
     // 3 plain failures; then CAPTCHA is demanded; each further evaluated failure first waits
     // its delay (429, no sleeping on the server); the 10th failure locks.

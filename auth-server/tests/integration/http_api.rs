@@ -369,10 +369,7 @@ async fn logout_revokes_the_session_and_the_access_token() {
 async fn bearer_tokens_are_checked_strictly() {
     let app = TestApp::new().await;
     app.add_user("alice", PW, &[]).await;
-    let at = app.login("alice", PW).await.body["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let at = app.token("alice", PW).await;
     let r = app.get("/api/v1/auth/me", None).await;
     assert_problem(&r, 401, 40100001);
     assert_eq!(r.headers.get("www-authenticate").unwrap(), "Bearer");
@@ -399,14 +396,8 @@ async fn admins_create_users_and_others_may_not() {
     let app = TestApp::new().await;
     app.add_user("root", PW, &["admin"]).await;
     app.add_user("bob", PW, &[]).await;
-    let admin = app.login("root", PW).await.body["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let bob = app.login("bob", PW).await.body["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let admin = app.token("root", PW).await;
+    let bob = app.token("bob", PW).await;
     let new_user = json!({"username": "carol", "email": "carol@example.com", "phone": "+14155550123", "password": PW});
     assert_problem(
         &app.post("/api/v1/admin/users", new_user.clone(), None)

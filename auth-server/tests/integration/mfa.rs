@@ -93,10 +93,7 @@ async fn challenge(app: &TestApp) -> Value {
 async fn totp_enrolment_and_the_challenge_flow() {
     let app = TestApp::new().await;
     app.add_user("alice", PW, &[]).await;
-    let token = app.login("alice", PW).await.body["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = app.token("alice", PW).await;
     let (secret, backup) = enrol(&app, &token).await;
     // A second setup while active is refused.
     assert_problem(
@@ -194,10 +191,7 @@ async fn totp_enrolment_and_the_challenge_flow() {
 async fn challenges_have_limited_attempts_and_expire() {
     let app = TestApp::new().await;
     app.add_user("alice", PW, &[]).await;
-    let token = app.login("alice", PW).await.body["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = app.token("alice", PW).await;
     let (secret, _) = enrol(&app, &token).await;
     app.clock.advance(PERIOD);
     let c = challenge(&app).await;
@@ -249,10 +243,7 @@ async fn challenges_have_limited_attempts_and_expire() {
 async fn concurrent_right_answers_open_one_session() {
     let app = TestApp::new().await;
     app.add_user("alice", PW, &[]).await;
-    let token = app.login("alice", PW).await.body["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = app.token("alice", PW).await;
     let (_, backup) = enrol(&app, &token).await;
     let c = challenge(&app).await;
     let mut tasks = Vec::new();
