@@ -144,6 +144,15 @@ pub async fn serve(storage: StorageSettings, settings: ServeSettings) -> Result<
         Arc::new(SystemClock),
     )
     .await?;
+    let delivery =
+        crate::delivery::Delivery::new(&settings.delivery.to_config()).map_err(fail("delivery"))?;
+    if delivery.is_development() {
+        tracing::warn!(
+            "DEVELOPMENT MODE: neither KEYGATE_SMTP_URL nor KEYGATE_SMS_WEBHOOK_URL is set; \
+             one-time codes are written to this log instead of being delivered"
+        );
+    }
+    let auth = auth.with_delivery(delivery);
     if let Some(path) = storage.config.clone() {
         tokio::spawn(watch_config(auth.clone(), path, dev_keys));
     }

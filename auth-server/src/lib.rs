@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod delivery;
 pub mod ephemeral;
 pub mod http;
 pub mod metrics;

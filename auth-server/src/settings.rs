@@ -104,6 +104,56 @@ pub struct ServeSettings {
     /// Seconds that in-flight requests get to finish after SIGTERM/SIGINT.
     #[arg(long, env = "KEYGATE_SHUTDOWN_GRACE_SECONDS", default_value_t = 25)]
     pub shutdown_grace_seconds: u64,
+
+    /// Delivery of one-time codes.
+    #[command(flatten)]
+    pub delivery: DeliverySettings,
+}
+
+/// Where one-time codes are sent. With neither SMTP nor the SMS webhook set, the server is in
+/// development mode: codes are written to the log (at warning level) instead.
+#[derive(Debug, Clone, Args)]
+pub struct DeliverySettings {
+    /// SMTP server for email codes: `smtps://[USER:PASS@]HOST[:PORT]` (TLS),
+    /// `smtp://...?tls=required` (STARTTLS) or `smtp://HOST:PORT` (unencrypted, local relays
+    /// only).
+    #[arg(long, env = "KEYGATE_SMTP_URL", hide_env_values = true)]
+    pub smtp_url: Option<String>,
+
+    /// Sender of email codes.
+    #[arg(
+        long,
+        env = "KEYGATE_SMTP_FROM",
+        default_value = "Keygate <no-reply@localhost>"
+    )]
+    pub smtp_from: String,
+
+    /// HTTP(S) endpoint that sends SMS codes: it receives a JSON POST with `target`, `code`,
+    /// `expires_in`, `expires_at` and the rendered `message`.
+    #[arg(long, env = "KEYGATE_SMS_WEBHOOK_URL")]
+    pub sms_webhook_url: Option<String>,
+
+    /// Secret that signs SMS webhook requests (`X-Keygate-Signature: t=UNIX,v1=HMAC`).
+    #[arg(long, env = "KEYGATE_SMS_WEBHOOK_SECRET", hide_env_values = true)]
+    pub sms_webhook_secret: Option<String>,
+
+    /// Directory of message templates (`LOCALE/login_code.subject`, `.txt`, `.html`, `.sms`,
+    /// and the same for `mfa_code`) overriding or adding to the built-in English and German.
+    #[arg(long, env = "KEYGATE_TEMPLATES_DIR")]
+    pub templates_dir: Option<PathBuf>,
+}
+
+impl DeliverySettings {
+    /// The delivery configuration these settings describe.
+    pub fn to_config(&self) -> crate::delivery::DeliveryConfig {
+        crate::delivery::DeliveryConfig {
+            smtp_url: self.smtp_url.clone(),
+            smtp_from: self.smtp_from.clone(),
+            sms_webhook_url: self.sms_webhook_url.clone(),
+            sms_webhook_secret: self.sms_webhook_secret.clone(),
+            templates_dir: self.templates_dir.clone(),
+        }
+    }
 }
 
 impl ServeSettings {

@@ -5,9 +5,9 @@
 mod policy;
 
 pub use policy::{
-    CaptchaMode, CaptchaPolicy, CaptchaProvider, LockoutPolicy, MfaMode, MfaPolicy, PasswordPolicy,
-    RATE_LIMITED_ENDPOINTS, RateKey, RateLimitRule, RateLimits, RiskLevel, RiskPolicy, RiskWeights,
-    TenantPolicy, Transmission, cidr_contains, parse_cidr,
+    CaptchaMode, CaptchaPolicy, CaptchaProvider, LockoutPolicy, LoginCodePolicy, MFA_METHODS,
+    MfaMode, MfaPolicy, PasswordPolicy, RATE_LIMITED_ENDPOINTS, RateKey, RateLimitRule, RateLimits,
+    RiskLevel, RiskPolicy, RiskWeights, TenantPolicy, Transmission, cidr_contains, parse_cidr,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};

@@ -55,6 +55,40 @@ pub struct TenantPolicy {
     pub mfa: MfaPolicy,
     /// Risk scoring.
     pub risk: RiskPolicy,
+    /// One-time codes by email and SMS (passwordless sign-in and MFA).
+    pub login_codes: LoginCodePolicy,
+}
+
+/// One-time codes sent by email or SMS, for passwordless sign-in and as MFA methods.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoginCodePolicy {
+    /// Whether `/auth/send-login-code` and the code sign-ins are open for the tenant.
+    pub enabled: bool,
+    /// Whether a code sign-in with `register_if_new` may create an account (and so whether a
+    /// code is actually sent to an address or number that has no account).
+    pub signup: bool,
+    /// Digits per code.
+    pub length: u32,
+    /// Seconds a code stays valid.
+    pub ttl_seconds: u64,
+    /// Wrong codes a code survives before it is dead.
+    pub max_attempts: u32,
+    /// Locale of the message when the request's `Accept-Language` names none we have.
+    pub default_locale: String,
+}
+
+impl Default for LoginCodePolicy {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            signup: false,
+            length: 6,
+            ttl_seconds: 300,
+            max_attempts: 5,
+            default_locale: "en".into(),
+        }
+    }
 }
 
 /// Signal weights (points added to the score when a signal fires).
@@ -166,7 +200,13 @@ pub struct MfaPolicy {
     pub challenge_ttl_seconds: u64,
     /// Wrong codes a challenge survives before it is spent.
     pub max_attempts: u32,
+    /// Second factors offered, in order: `totp` and `backup` (for users with TOTP), `email`
+    /// and `sms` (one-time codes to the account's address or number).
+    pub methods: Vec<String>,
 }
+
+/// Every MFA method there is.
+pub const MFA_METHODS: &[&str] = &["totp", "backup", "email", "sms"];
 
 impl Default for MfaPolicy {
     fn default() -> Self {
@@ -175,6 +215,7 @@ impl Default for MfaPolicy {
             risk_level: RiskLevel::Medium,
             challenge_ttl_seconds: 300,
             max_attempts: 5,
+            methods: vec!["totp".into(), "backup".into()],
         }
     }
 }
@@ -378,6 +419,26 @@ impl TenantPolicy {
                 "tenants.{tenant}.mfa: need challenge_ttl_seconds within 30..=3600 and max_attempts within 1..=20"
             ));
         }
+        if let Some(m) = self
+            .mfa
+            .methods
+            .iter()
+            .find(|m| !MFA_METHODS.contains(&m.as_str()))
+        {
+            return Err(format!(
+                "tenants.{tenant}.mfa.methods: unknown method {m:?} (known: {})",
+                MFA_METHODS.join(", ")
+            ));
+        }
+        let c = &self.login_codes;
+        if !(4..=10).contains(&c.length)
+            || !(30..=3600).contains(&c.ttl_seconds)
+            || !(1..=20).contains(&c.max_attempts)
+        {
+            return Err(format!(
+                "tenants.{tenant}.login_codes: need length within 4..=10, ttl_seconds within 30..=3600 and max_attempts within 1..=20"
+            ));
+        }
         let r = &self.risk;
         if r.medium_threshold == 0
             || r.high_threshold <= r.medium_threshold
@@ -454,6 +515,8 @@ pub enum RateKey {
     Identity,
     /// The tenant.
     Tenant,
+    /// Where a one-time code is sent (email address or phone number).
+    Target,
     /// Everything together.
     Global,
 }
@@ -465,7 +528,7 @@ pub enum RateKey {
 pub struct RateLimitRule {
     /// Name (metrics, problem detail).
     pub name: String,
-    /// Endpoints: `login`, `refresh`, `mfa_verify`, `captcha_challenge`, `key_exchange`.
+    /// Endpoints, from [`RATE_LIMITED_ENDPOINTS`].
     pub endpoints: Vec<String>,
     /// What is counted.
     pub key: RateKey,
@@ -493,6 +556,8 @@ pub const RATE_LIMITED_ENDPOINTS: &[&str] = &[
     "mfa_verify",
     "captcha_challenge",
     "key_exchange",
+    "send_code",
+    "code_login",
 ];
 
 impl Default for RateLimits {
@@ -517,6 +582,41 @@ impl Default for RateLimits {
                     RateKey::ClientIp,
                     120,
                     60,
+                ),
+                rule(
+                    "send-code-per-target",
+                    &["send_code"],
+                    RateKey::Target,
+                    5,
+                    600,
+                ),
+                rule(
+                    "send-code-per-ip",
+                    &["send_code"],
+                    RateKey::ClientIp,
+                    20,
+                    600,
+                ),
+                rule(
+                    "send-code-per-tenant",
+                    &["send_code"],
+                    RateKey::Tenant,
+                    600,
+                    60,
+                ),
+                rule(
+                    "code-login-per-ip",
+                    &["code_login"],
+                    RateKey::ClientIp,
+                    30,
+                    60,
+                ),
+                rule(
+                    "code-login-per-target",
+                    &["code_login"],
+                    RateKey::Target,
+                    10,
+                    300,
                 ),
             ],
         }

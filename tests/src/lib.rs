@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod cluster;
+pub mod delivery;
 
 use std::io::Write;
 use std::net::TcpListener;

@@ -2,10 +2,13 @@
 //! factor, the single-use challenge with limited attempts that stands in for the tokens until
 //! the factor is verified, and TOTP enrolment (setup, activation with backup codes).
 
+use super::codes::{CodeSent, CodeTarget, Outgoing, mfa_code_key};
 use super::error::AuthError;
+use super::limits::RateKeys;
 use super::tokens::AccessClaims;
 use super::users::PasswordStatus;
 use super::{AuthService, SignedIn, mfa, random};
+use crate::delivery::{Channel, Purpose};
 use crate::store::User;
 use keygate_config::{MfaMode, MfaPolicy};
 use serde::{Deserialize, Serialize};
@@ -65,6 +68,10 @@ pub enum MfaMethod {
     Totp,
     /// A backup code.
     Backup,
+    /// A code sent to the account's email address.
+    Email,
+    /// A code sent to the account's phone number.
+    Sms,
 }
 
 impl MfaMethod {
@@ -73,29 +80,74 @@ impl MfaMethod {
         match s.map(str::trim).filter(|m| !m.is_empty()).unwrap_or("totp") {
             "totp" => Ok(Self::Totp),
             "backup" | "backup_code" => Ok(Self::Backup),
+            "email" => Ok(Self::Email),
+            "sms" => Ok(Self::Sms),
             other => Err(AuthError::Validation(vec![
                 super::error::FieldViolation::new(
                     "mfa_method",
                     "format",
-                    format!("{other:?} is not available: use totp or backup"),
+                    format!("{other:?} is not a method: use totp, backup, email or sms"),
                 ),
             ])),
         }
     }
+
+    /// The method's name in challenges.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Totp => "totp",
+            Self::Backup => "backup",
+            Self::Email => "email",
+            Self::Sms => "sms",
+        }
+    }
+
+    /// The delivery channel of a sent-code method.
+    fn channel(self) -> Option<Channel> {
+        match self {
+            Self::Email => Some(Channel::Email),
+            Self::Sms => Some(Channel::Sms),
+            Self::Totp | Self::Backup => None,
+        }
+    }
+}
+
+/// The second factors `user` can answer with under `policy`, in the policy's order.
+fn offered_methods(policy: &MfaPolicy, user: &User, totp_active: bool) -> Vec<String> {
+    policy
+        .methods
+        .iter()
+        .filter(|m| match m.as_str() {
+            "totp" | "backup" => totp_active,
+            "email" => user.email.is_some(),
+            "sms" => user.phone.is_some(),
+            _ => false,
+        })
+        .cloned()
+        .collect()
+}
+
+fn method_not_offered(method: MfaMethod) -> AuthError {
+    AuthError::Validation(vec![super::error::FieldViolation::new(
+        "mfa_method",
+        "range",
+        format!("{} is not offered for this challenge", method.as_str()),
+    )])
 }
 
 impl AuthService {
     /// Whether this sign-in must show a second factor; if so, the challenge for it.
     pub(super) async fn mfa_gate(
         &self,
-        enrolled: bool,
+        totp_active: bool,
         user: &User,
         policy: &MfaPolicy,
         password: &PasswordStatus,
         risk: &super::risk::RiskAssessment,
         context: &super::risk::SignInContext,
     ) -> Result<Option<MfaPending>, AuthError> {
-        if !enrolled || policy.mode == MfaMode::Off {
+        let methods = offered_methods(policy, user, totp_active);
+        if methods.is_empty() || policy.mode == MfaMode::Off {
             return Ok(None);
         }
         let reason = match policy.mode {
@@ -110,7 +162,6 @@ impl AuthService {
             }
             MfaMode::Risk | MfaMode::Off => return Ok(None),
         };
-        let methods = vec!["totp".to_owned(), "backup".to_owned()];
         let token = format!("chg_{}", random::secret(32));
         let state = ChallengeState {
             user_id: user.id.clone(),
@@ -148,15 +199,7 @@ impl AuthService {
         code: &str,
         method: MfaMethod,
     ) -> Result<SignedIn, AuthError> {
-        if token.is_empty() || token.len() > 128 {
-            return Err(AuthError::MfaChallengeInvalid);
-        }
-        let state: ChallengeState = self
-            .ephemeral
-            .get(&challenge_key(token))
-            .await?
-            .and_then(|json| serde_json::from_str(&json).ok())
-            .ok_or(AuthError::MfaChallengeInvalid)?;
+        let state = self.open_challenge(token, method).await?;
         let attempts = self
             .ephemeral
             .incr(&attempts_key(token), Duration::from_secs(3600))
@@ -166,18 +209,27 @@ impl AuthService {
         if attempts > i64::from(state.max_attempts) {
             return Err(AuthError::MfaChallengeInvalid);
         }
-        let user = self
-            .store
-            .user(&state.user_id)
-            .await?
-            .filter(|u| u.status == crate::store::status::ACTIVE)
-            .ok_or(AuthError::MfaChallengeInvalid)?;
+        let user = self.challenge_user(&state).await?;
         let factor = match method {
             MfaMethod::Totp => self.check_totp(&user, code).await?.then_some("otp"),
             MfaMethod::Backup => self
                 .check_backup_code(&user, code)
                 .await?
                 .then_some("backup"),
+            MfaMethod::Email | MfaMethod::Sms => {
+                let channel = method.channel().ok_or(AuthError::MfaCodeInvalid)?;
+                let rt = self.runtime();
+                let policy = &rt.config.policy_for(&user.tenant_id).login_codes;
+                match self
+                    .redeem_code(&mfa_code_key(token, channel), code, policy, false)
+                    .await
+                {
+                    Ok(()) if channel == Channel::Email => Some("otp_email"),
+                    Ok(()) => Some("otp_sms"),
+                    Err(AuthError::CodeInvalid) => None,
+                    Err(e) => return Err(e),
+                }
+            }
         };
         let Some(factor) = factor else {
             if attempts == i64::from(state.max_attempts) {
@@ -213,6 +265,93 @@ impl AuthService {
             risk: None,
             user,
             tokens,
+        })
+    }
+
+    /// The open challenge behind `token`, which must offer `method`.
+    async fn open_challenge(
+        &self,
+        token: &str,
+        method: MfaMethod,
+    ) -> Result<ChallengeState, AuthError> {
+        if token.is_empty() || token.len() > 128 {
+            return Err(AuthError::MfaChallengeInvalid);
+        }
+        let state: ChallengeState = self
+            .ephemeral
+            .get(&challenge_key(token))
+            .await?
+            .and_then(|json| serde_json::from_str(&json).ok())
+            .ok_or(AuthError::MfaChallengeInvalid)?;
+        if state.methods.iter().any(|m| m == method.as_str()) {
+            Ok(state)
+        } else {
+            Err(method_not_offered(method))
+        }
+    }
+
+    /// The account a challenge belongs to, while it is active.
+    async fn challenge_user(&self, state: &ChallengeState) -> Result<User, AuthError> {
+        self.store
+            .user(&state.user_id)
+            .await?
+            .filter(|u| u.status == crate::store::status::ACTIVE)
+            .ok_or(AuthError::MfaChallengeInvalid)
+    }
+
+    /// Sends a one-time code for an open challenge to the account's email address or phone
+    /// number (`method` `email` or `sms`, offered by the challenge); a new one replaces the
+    /// last.
+    pub async fn send_challenge_code(
+        &self,
+        token: &str,
+        method: MfaMethod,
+        accept_language: Option<&str>,
+        client_ip: Option<&str>,
+    ) -> Result<CodeSent, AuthError> {
+        let state = self.open_challenge(token, method).await?;
+        let channel = method.channel().ok_or_else(|| {
+            AuthError::Validation(vec![super::error::FieldViolation::new(
+                "mfa_method",
+                "format",
+                "codes are sent for email or sms only",
+            )])
+        })?;
+        let user = self.challenge_user(&state).await?;
+        let value = match channel {
+            Channel::Email => user.email.clone(),
+            Channel::Sms => user.phone.clone(),
+        }
+        .ok_or_else(|| method_not_offered(method))?;
+        let target = CodeTarget { channel, value };
+        self.check_rate(
+            "send_code",
+            &RateKeys {
+                ip: client_ip,
+                target: Some(&target.value),
+                tenant: Some(&user.tenant_id),
+                ..Default::default()
+            },
+        )
+        .await?;
+        let tenant = self.tenant_cached(&user.tenant_id).await?;
+        let rt = self.runtime();
+        let policy = &rt.config.policy_for(&user.tenant_id).login_codes;
+        let outgoing = Outgoing {
+            key: mfa_code_key(token, channel),
+            target: &target,
+            purpose: Purpose::Mfa,
+            tenant_id: &tenant.id,
+            service_name: &tenant.display_name,
+            locale: self
+                .delivery
+                .locale_for(accept_language, &policy.default_locale),
+        };
+        self.issue_code(&outgoing, policy).await?;
+        Ok(CodeSent {
+            channel,
+            target: target.masked(),
+            expires_in: policy.ttl_seconds,
         })
     }
 

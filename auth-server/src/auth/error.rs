@@ -77,6 +77,18 @@ pub enum AuthError {
     /// The MFA challenge is unknown, expired, used up or already answered.
     #[error("mfa challenge expired or used")]
     MfaChallengeInvalid,
+    /// The one-time code is wrong, expired, used up or already used.
+    #[error("invalid code")]
+    CodeInvalid,
+    /// The tenant does not offer sign-in by code.
+    #[error("sign-in by code is not enabled")]
+    LoginCodesDisabled,
+    /// The code was right but no account has this target and none was to be created.
+    #[error("no account for this target")]
+    NoAccountForCode,
+    /// A code could not be delivered over the named channel (none is left usable).
+    #[error("{0} delivery failed")]
+    DeliveryFailed(&'static str),
     /// A rate-limit rule refused the request.
     #[error("rate limited by {rule}")]
     RateLimited {

@@ -16,6 +16,8 @@ pub struct RateKeys<'a> {
     pub identity: Option<&'a str>,
     /// Tenant.
     pub tenant: Option<&'a str>,
+    /// Where a one-time code goes (normalised email address or phone number).
+    pub target: Option<&'a str>,
 }
 
 /// The client's address: the socket peer, or, when the peer is a trusted proxy, the
@@ -83,6 +85,7 @@ impl AuthService {
                 RateKey::ClientIp => keys.ip,
                 RateKey::Identity => keys.identity,
                 RateKey::Tenant => keys.tenant,
+                RateKey::Target => keys.target,
                 RateKey::Global => Some("all"),
             };
             let Some(value) = value else { continue };

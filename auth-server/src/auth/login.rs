@@ -151,7 +151,7 @@ impl AuthService {
 
     /// A tenant by id, from a short-lived in-process cache (tenants are created rarely and
     /// never renamed, so a found tenant may be reused for a minute; misses always ask).
-    async fn tenant_cached(&self, id: &str) -> Result<crate::store::Tenant, AuthError> {
+    pub(super) async fn tenant_cached(&self, id: &str) -> Result<crate::store::Tenant, AuthError> {
         let now = self.clock.unix();
         if let Ok(cache) = self.tenants.lock()
             && let Some((tenant, until)) = cache.get(id)
@@ -222,7 +222,7 @@ impl AuthService {
     }
 
     /// Demands and checks a CAPTCHA when the tenant's policy says so for this attempt.
-    async fn check_captcha(
+    pub(super) async fn check_captcha(
         &self,
         policy: &keygate_config::CaptchaPolicy,
         answer: &CaptchaAnswer,

@@ -124,11 +124,14 @@ impl DataKey {
             .filter(|c| c.is_ascii_alphanumeric())
             .map(|c| c.to_ascii_lowercase())
             .collect();
+        self.keyed_hash(&format!("backup|{user_id}|{normalised}"))
+    }
+
+    /// HMAC-SHA256 under the data key, lowercase hex: the at-rest form of short secrets
+    /// (backup codes, one-time codes) that a plain hash would not protect.
+    pub fn keyed_hash(&self, input: &str) -> String {
         let key = hmac::Key::new(hmac::HMAC_SHA256, &self.key);
-        hex::encode(hmac::sign(
-            &key,
-            format!("backup|{user_id}|{normalised}").as_bytes(),
-        ))
+        hex::encode(hmac::sign(&key, input.as_bytes()))
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod captcha;
 pub mod challenge;
 pub mod clock;
+pub mod codes;
 pub mod error;
 pub mod keys;
 pub mod limits;
@@ -161,6 +162,7 @@ pub struct AuthService {
     issuer: Arc<str>,
     http: reqwest::Client,
     data_key: Arc<mfa::DataKey>,
+    delivery: Arc<crate::delivery::Delivery>,
     tenants: Arc<std::sync::Mutex<std::collections::HashMap<String, (crate::store::Tenant, i64)>>>,
     config_rejected_at: Arc<std::sync::Mutex<Option<i64>>>,
 }
@@ -178,6 +180,7 @@ impl AuthService {
     ) -> Self {
         Self {
             data_key: Arc::new(data_key),
+            delivery: Arc::new(crate::delivery::Delivery::development()),
             tenants: Arc::default(),
             config_rejected_at: Arc::default(),
             store,
@@ -192,6 +195,17 @@ impl AuthService {
                 .build()
                 .unwrap_or_default(),
         }
+    }
+
+    /// Sends codes through `delivery` (instead of the development mode's log).
+    pub fn with_delivery(mut self, delivery: crate::delivery::Delivery) -> Self {
+        self.delivery = Arc::new(delivery);
+        self
+    }
+
+    /// Whether codes are only logged (no SMTP server or SMS webhook configured).
+    pub fn delivery_is_development(&self) -> bool {
+        self.delivery.is_development()
     }
 
     /// The runtime configuration in force.

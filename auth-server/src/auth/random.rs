@@ -19,6 +19,14 @@ pub fn secret(n: usize) -> String {
     URL_SAFE_NO_PAD.encode(bytes(n))
 }
 
+/// `n` uniformly random decimal digits (one-time codes).
+pub fn digits(n: usize) -> String {
+    use rand::Rng;
+    (0..n)
+        .map(|_| char::from(b'0' + OsRng.gen_range(0..10u8)))
+        .collect()
+}
+
 /// A sortable identifier with a type prefix (`usr_`, `ses_`, `req_`, ...): the prefix and a
 /// lowercase ULID (48-bit millisecond time, 80 random bits).
 pub fn id(prefix: &str) -> String {
@@ -60,5 +68,7 @@ mod tests {
         assert_eq!(URL_SAFE_NO_PAD.decode(&s).unwrap().len(), 32);
         assert_ne!(secret(32), s);
         assert_eq!(secret_hash("abc").len(), 64);
+        let d = digits(6);
+        assert!(d.len() == 6 && d.bytes().all(|b| b.is_ascii_digit()));
     }
 }

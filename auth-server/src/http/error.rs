@@ -31,6 +31,9 @@ pub enum ProblemKind {
     CaptchaInvalid,
     MfaCodeInvalid,
     MfaChallengeInvalid,
+    CodeInvalid,
+    LoginCodesDisabled,
+    NoAccountForCode,
     LoginDelayed,
     AccountLocked,
     Unauthenticated,
@@ -46,6 +49,7 @@ pub enum ProblemKind {
     RateLimited,
     Internal,
     Unavailable,
+    DeliveryFailed,
 }
 
 impl ProblemKind {
@@ -64,6 +68,9 @@ impl ProblemKind {
         Self::CaptchaInvalid,
         Self::MfaCodeInvalid,
         Self::MfaChallengeInvalid,
+        Self::CodeInvalid,
+        Self::LoginCodesDisabled,
+        Self::NoAccountForCode,
         Self::LoginDelayed,
         Self::AccountLocked,
         Self::Unauthenticated,
@@ -79,6 +86,7 @@ impl ProblemKind {
         Self::RateLimited,
         Self::Internal,
         Self::Unavailable,
+        Self::DeliveryFailed,
     ];
 
     /// (HTTP status, business code, slug, title).
@@ -158,6 +166,24 @@ impl ProblemKind {
                 "mfa-challenge-invalid",
                 "MFA challenge expired or used",
             ),
+            Self::CodeInvalid => (
+                S::BAD_REQUEST,
+                40000401,
+                "code-invalid",
+                "Invalid or expired code",
+            ),
+            Self::LoginCodesDisabled => (
+                S::BAD_REQUEST,
+                40000402,
+                "login-codes-disabled",
+                "Sign-in by code is not enabled",
+            ),
+            Self::NoAccountForCode => (
+                S::BAD_REQUEST,
+                40000403,
+                "no-account",
+                "No account for this address or number",
+            ),
             Self::LoginDelayed => (
                 S::TOO_MANY_REQUESTS,
                 42900002,
@@ -227,6 +253,12 @@ impl ProblemKind {
                 50300001,
                 "unavailable",
                 "Service unavailable",
+            ),
+            Self::DeliveryFailed => (
+                S::SERVICE_UNAVAILABLE,
+                50300002,
+                "delivery-failed",
+                "The code could not be delivered",
             ),
         }
     }
@@ -413,6 +445,22 @@ impl From<AuthError> for ApiError {
             AuthError::MfaChallengeInvalid => Self::new(
                 K::MfaChallengeInvalid,
                 "the challenge is unknown, expired, used up or already answered; sign in again",
+            ),
+            AuthError::CodeInvalid => Self::new(
+                K::CodeInvalid,
+                "the code is wrong, expired, used up or already used",
+            ),
+            AuthError::LoginCodesDisabled => Self::new(
+                K::LoginCodesDisabled,
+                "this tenant does not offer sign-in by code",
+            ),
+            AuthError::NoAccountForCode => Self::new(
+                K::NoAccountForCode,
+                "no account has this address or number; send register_if_new to create one",
+            ),
+            AuthError::DeliveryFailed(channel) => Self::new(
+                K::DeliveryFailed,
+                format!("the {channel} could not be sent; no code was issued, retry later"),
             ),
             AuthError::RateLimited { retry_after, rule } => Self {
                 retry_after: Some(retry_after),

@@ -81,6 +81,7 @@ pub async fn login(
                 ip: client_ip.as_deref(),
                 identity: Some(&identity),
                 tenant: Some(&tenant_id),
+                ..Default::default()
             },
         )
         .await?;

@@ -1,13 +1,16 @@
 //! MFA routes: `POST /auth/mfa/verify-challenge` (finish a sign-in with a second factor),
+//! `POST /auth/mfa/send-code` (an email or SMS code for a challenge),
 //! `POST /auth/mfa/totp/setup` and `POST /auth/mfa/totp/verify` (enrol TOTP).
 
 use super::AppState;
+use super::codes::{SendLoginCodeResponse, accept_language};
 use super::dto::{DataResponse, LoginResponse};
 use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, Bearer, ClientIp};
 use crate::auth::challenge::MfaMethod;
 use axum::Json;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -18,7 +21,7 @@ pub struct VerifyChallengeRequest {
     pub challenge_token: String,
     /// The code.
     pub code: String,
-    /// `totp` (default) or `backup`.
+    /// `totp` (default), `backup`, `email` or `sms` (from `required_mfa_methods`).
     #[serde(default)]
     pub mfa_method: Option<String>,
 }
@@ -48,6 +51,44 @@ pub async fn verify_challenge(
         .metrics
         .record_login("mfa", result.as_ref().map(|_| ()));
     Ok(Json(result?.into()))
+}
+
+/// Which sent code an MFA challenge should be answered with.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct SendChallengeCodeRequest {
+    /// `challenge_token` from the sign-in response.
+    pub challenge_token: String,
+    /// `email` or `sms` (one of the challenge's `required_mfa_methods`).
+    pub mfa_method: String,
+}
+
+/// Send a one-time code for an MFA challenge to the account's email address or phone
+/// number; answer with `/auth/mfa/verify-challenge` and the same `mfa_method`.
+#[utoipa::path(post, path = "/auth/mfa/send-code", tag = "mfa", request_body = SendChallengeCodeRequest,
+    responses(
+        (status = 200, description = "Sent", body = DataResponse<SendLoginCodeResponse>),
+        (status = 400, description = "Not a sent-code method, or not offered by this challenge", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Challenge expired, used up or already answered (61000403)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many codes for this target or address", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Delivery failed (50300002) or the ephemeral store is down", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn send_code(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ClientIp(client_ip): ClientIp,
+    ApiJson(req): ApiJson<SendChallengeCodeRequest>,
+) -> Result<Json<DataResponse<SendLoginCodeResponse>>, ApiError> {
+    let method = MfaMethod::parse(Some(&req.mfa_method))?;
+    let sent = state
+        .auth
+        .send_challenge_code(
+            &req.challenge_token,
+            method,
+            accept_language(&headers).as_deref(),
+            client_ip.as_deref(),
+        )
+        .await?;
+    Ok(Json(DataResponse::new(sent.into())))
 }
 
 /// A TOTP secret to enrol.

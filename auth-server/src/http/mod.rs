@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod captcha;
+pub mod codes;
 pub mod dto;
 pub mod error;
 pub mod extract;
@@ -109,7 +110,11 @@ fn api(base_path: &str) -> OpenApiRouter<AppState> {
         .routes(routes!(tokens::logout))
         .routes(routes!(tokens::me))
         .routes(routes!(tokens::change_password))
+        .routes(routes!(codes::send_login_code))
+        .routes(routes!(codes::login_email_code))
+        .routes(routes!(codes::login_phone_code))
         .routes(routes!(mfa::verify_challenge))
+        .routes(routes!(mfa::send_code))
         .routes(routes!(mfa::totp_setup))
         .routes(routes!(mfa::totp_verify))
         .routes(routes!(admin::create_user))

@@ -51,6 +51,14 @@ impl TestApp {
     }
 
     pub async fn with_config(config: RuntimeConfig) -> Self {
+        Self::with_delivery(config, None).await
+    }
+
+    /// An application that sends codes as `delivery` says (`None`: development mode).
+    pub async fn with_delivery(
+        config: RuntimeConfig,
+        delivery: Option<auth_server::delivery::DeliveryConfig>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
         let store = SqlStore::open(&url).await.unwrap();
@@ -72,6 +80,10 @@ impl TestApp {
             ISSUER.into(),
             auth_server::auth::mfa::DataKey::load_or_generate(dir.path()).unwrap(),
         );
+        let auth = match delivery {
+            Some(d) => auth.with_delivery(auth_server::delivery::Delivery::new(&d).unwrap()),
+            None => auth,
+        };
         let router = router(AppState::new(auth.clone(), "/api/v1"));
         Self {
             router,
