@@ -144,6 +144,12 @@ pub async fn serve(storage: StorageSettings, settings: ServeSettings) -> Result<
         Arc::new(SystemClock),
     )
     .await?;
+    if storage.data_key.is_none() && settings.redis_url.is_some() {
+        tracing::warn!(
+            "KEYGATE_DATA_KEY is not set: using this replica's generated data key; replicas \
+             sharing Redis must share it, or codes and TOTP secrets work on one replica only"
+        );
+    }
     let delivery =
         crate::delivery::Delivery::new(&settings.delivery.to_config()).map_err(fail("delivery"))?;
     if delivery.is_development() {

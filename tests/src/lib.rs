@@ -350,17 +350,23 @@ pub fn generate_signing_key() -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("a JSON key entry")
 }
 
-/// Environment for replicas that share a fresh Postgres database, the test Redis and one
-/// runtime configuration (`config`, given a shared signing key unless it names keys).
+/// Environment for replicas that share a fresh Postgres database, the test Redis, a data key and
+/// one runtime configuration (`config`, given a shared signing key unless it names keys).
 pub async fn replica_env(dir: &Path, mut config: serde_json::Value) -> Vec<(String, String)> {
     if config.get("signing_keys").is_none() {
         config["signing_keys"] = serde_json::json!([generate_signing_key()]);
     }
+    let data_key = {
+        use base64::Engine;
+        let key: [u8; 32] = rand::random();
+        base64::engine::general_purpose::STANDARD.encode(key)
+    };
     vec![
         (
             "KEYGATE_DATABASE_URL".to_owned(),
             fresh_postgres_database().await,
         ),
+        ("KEYGATE_DATA_KEY".to_owned(), data_key),
         ("KEYGATE_REDIS_URL".to_owned(), redis_url()),
         ("KEYGATE_CONFIG".to_owned(), write_config(dir, &config)),
     ]

@@ -1,6 +1,7 @@
 //! Redis going away and coming back under a running server: revocation checks and single-use
-//! state fail closed (503), sign-in delays and rate limits degrade to per-replica counters with
-//! a warning, readiness says so, and everything recovers without a restart.
+//! state (key exchanges, one-time codes) fail closed (503), sign-in delays and rate limits
+//! degrade to per-replica counters with a warning, readiness says so, and everything recovers
+//! without a restart.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use keygate_tests::{RedisProcess, ServerOptions, ServerProcess, add_user, write_config};
@@ -20,7 +21,12 @@ async fn redis_outage_fails_closed_where_it_must_and_recovers_by_itself() {
             write_config(dir.path(), &json!({})),
         ),
     ];
-    add_user(dir.path(), &env, &["--username", "alice"], PW);
+    add_user(
+        dir.path(),
+        &env,
+        &["--username", "alice", "--email", "alice@example.com"],
+        PW,
+    );
     let server = ServerProcess::start(ServerOptions {
         data_dir: Some(dir.path().to_path_buf()),
         env,
@@ -55,8 +61,42 @@ async fn redis_outage_fails_closed_where_it_must_and_recovers_by_itself() {
         }
     };
 
+    let post = |path: &'static str, body: Value| {
+        let client = client.clone();
+        let url = format!("{base}{path}");
+        async move {
+            let res = client.post(url).json(&body).send().await.unwrap();
+            let status = res.status().as_u16();
+            (status, res.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let send_code = || {
+        post(
+            "/api/v1/auth/send-login-code",
+            json!({"email": "alice@example.com"}),
+        )
+    };
+    let code_login = |code: String| {
+        post(
+            "/api/v1/auth/login/email-code",
+            json!({"email": "alice@example.com", "code": code}),
+        )
+    };
+    // The newest code the development mode logged.
+    let logged_code = || {
+        let log = server.log();
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("NOT delivered"))
+            .unwrap();
+        keygate_tests::delivery::first_digits(&line[line.find("code=").unwrap()..], 6).unwrap()
+    };
+
     let (status, body) = login().await;
     assert_eq!(status, 200, "{body}");
+    assert_eq!(send_code().await.0, 200);
+    let pending = logged_code();
     let token = body["access_token"].as_str().unwrap().to_owned();
     assert_eq!(get("/api/v1/auth/me", Some(token.clone())).await.0, 200);
 
@@ -67,6 +107,19 @@ async fn redis_outage_fails_closed_where_it_must_and_recovers_by_itself() {
     assert_eq!(body["code"], 50300001);
     // Single-use state cannot be kept: no key exchange is handed out.
     assert_eq!(get("/api/v1/public/key-exchange", None).await.0, 503);
+    // Codes can be neither issued nor checked.
+    let (status, body) = send_code().await;
+    assert_eq!(
+        (status, body["code"].clone()),
+        (503, json!(50300001)),
+        "{body}"
+    );
+    let (status, body) = code_login(pending.clone()).await;
+    assert_eq!(
+        (status, body["code"].clone()),
+        (503, json!(50300001)),
+        "{body}"
+    );
     // Readiness says why.
     let (status, body) = get("/readyz", None).await;
     assert_eq!(status, 503);
@@ -104,4 +157,10 @@ async fn redis_outage_fails_closed_where_it_must_and_recovers_by_itself() {
     assert_eq!(res.status(), 200);
     assert_eq!(get("/api/v1/auth/me", Some(token)).await.0, 401);
     assert_eq!(get("/api/v1/public/key-exchange", None).await.0, 200);
+    // This Redis keeps nothing on disk: the code issued before the outage is gone with it
+    // (never accepted without the shared record), and a new one works.
+    assert_eq!(code_login(pending).await.0, 400);
+    assert_eq!(send_code().await.0, 200);
+    let (status, body) = code_login(logged_code()).await;
+    assert_eq!(status, 200, "{body}");
 }

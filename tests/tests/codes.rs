@@ -1,0 +1,153 @@
+//! One-time codes across processes: two server replicas on one real Redis and Postgres share
+//! codes and keep per-target limits global; a server with no delivery configured runs in the
+//! development mode and says so in its log.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use keygate_tests::delivery::{WebhookReceiver, first_digits};
+use keygate_tests::{ServerOptions, ServerProcess, add_user, replica_env};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const PW: &str = "correct horse battery staple";
+
+async fn post(client: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
+    let res = client.post(url).json(&body).send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn replicas_on_one_redis_share_codes_and_per_target_limits() {
+    let hook = WebhookReceiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = replica_env(dir.path(), json!({})).await;
+    env.push(("KEYGATE_SMS_WEBHOOK_URL".into(), hook.url.clone()));
+    env.push(("KEYGATE_SMS_WEBHOOK_SECRET".into(), "s3cret".into()));
+    // Distinct numbers per run: the limits live in the shared test Redis.
+    let suffix = keygate_tests::unique("")[..6]
+        .bytes()
+        .map(|b| char::from(b'0' + b % 10))
+        .collect::<String>();
+    let (busy, other) = (format!("+1415{suffix}1"), format!("+1415{suffix}2"));
+    add_user(
+        dir.path(),
+        &env,
+        &["--username", "una", "--phone", &busy],
+        PW,
+    );
+    add_user(
+        dir.path(),
+        &env,
+        &["--username", "ola", "--phone", &other],
+        PW,
+    );
+    let replicas: Vec<ServerProcess> = (0..2)
+        .map(|_| {
+            ServerProcess::start(ServerOptions {
+                env: env.clone(),
+                ..Default::default()
+            })
+        })
+        .collect();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+
+    // 16 requests for one number, alternating between the replicas, all at once: the
+    // default per-target rule (5 per 600 s) admits exactly 5 in total.
+    let sends: Vec<_> = (0..16)
+        .map(|i| {
+            let url = format!("{}/api/v1/auth/send-login-code", replicas[i % 2].base_url);
+            let (client, busy) = (client.clone(), busy.clone());
+            tokio::spawn(async move { post(&client, url, json!({"phone": busy})).await })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for s in sends {
+        statuses.push(s.await.unwrap().0);
+    }
+    statuses.sort_unstable();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        11,
+        "{statuses:?}"
+    );
+    assert_eq!(hook.calls().len(), 5);
+
+    // A code sent through one replica signs in through the other, once.
+    let (status, body) = post(
+        &client,
+        format!("{}/api/v1/auth/send-login-code", replicas[0].base_url),
+        json!({"phone": other}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let code = hook.last_code_for(&other).unwrap();
+    let login = format!("{}/api/v1/auth/login/phone-code", replicas[1].base_url);
+    let (status, body) = post(
+        &client,
+        login.clone(),
+        json!({"phone": other, "code": code}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["is_new_user"], false);
+    let (status, body) = post(
+        &client,
+        format!("{}/api/v1/auth/login/phone-code", replicas[0].base_url),
+        json!({"phone": other, "code": code}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].clone()),
+        (400, json!(40000401)),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn without_delivery_codes_are_logged_loudly() {
+    let dir = tempfile::tempdir().unwrap();
+    add_user(
+        dir.path(),
+        &[],
+        &["--username", "dev", "--email", "dev@example.com"],
+        PW,
+    );
+    let server = ServerProcess::start(ServerOptions {
+        data_dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    });
+    assert!(
+        server.log().contains("DEVELOPMENT MODE"),
+        "{}",
+        server.log()
+    );
+    let client = reqwest::Client::new();
+    let (status, body) = post(
+        &client,
+        format!("{}/api/v1/auth/send-login-code", server.base_url),
+        json!({"email": "dev@example.com"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let log = server.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("NOT delivered") && l.contains("dev@example.com"))
+        .unwrap_or_else(|| panic!("no logged code:\n{log}"));
+    let code = first_digits(&line[line.find("code=").unwrap()..], 6).unwrap();
+    let (status, body) = post(
+        &client,
+        format!("{}/api/v1/auth/login/email-code", server.base_url),
+        json!({"email": "dev@example.com", "code": code}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
