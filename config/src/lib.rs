@@ -60,6 +60,8 @@ pub struct TokenPolicy {
     /// A rotated refresh token presented again within this many seconds gets a fresh token in
     /// the same session (two tabs refreshing at once); later, the whole session is revoked.
     pub refresh_reuse_grace_seconds: u64,
+    /// Lifetime of a one-time sign-in ticket in seconds.
+    pub ticket_ttl_seconds: u64,
 }
 
 impl Default for TokenPolicy {
@@ -70,6 +72,7 @@ impl Default for TokenPolicy {
             refresh_token_ttl_seconds: 30 * 24 * 3600,
             session_max_lifetime_seconds: 90 * 24 * 3600,
             refresh_reuse_grace_seconds: 10,
+            ticket_ttl_seconds: 300,
         }
     }
 }
@@ -227,6 +230,9 @@ impl RuntimeConfig {
         }
         if t.refresh_reuse_grace_seconds > 300 {
             return invalid("tokens.refresh_reuse_grace_seconds must be at most 300");
+        }
+        if !(10..=3600).contains(&t.ticket_ttl_seconds) {
+            return invalid("tokens.ticket_ttl_seconds must be within 10..=3600");
         }
         let h = &self.password_hashing;
         if !(8 * 1024..=1024 * 1024).contains(&h.memory_kib) {

@@ -558,6 +558,7 @@ pub const RATE_LIMITED_ENDPOINTS: &[&str] = &[
     "key_exchange",
     "send_code",
     "code_login",
+    "ticket_signin",
 ];
 
 impl Default for RateLimits {
@@ -617,6 +618,13 @@ impl Default for RateLimits {
                     RateKey::Target,
                     10,
                     300,
+                ),
+                rule(
+                    "ticket-per-ip",
+                    &["ticket_signin"],
+                    RateKey::ClientIp,
+                    60,
+                    60,
                 ),
             ],
         }

@@ -350,9 +350,19 @@ pub fn generate_signing_key() -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("a JSON key entry")
 }
 
-/// Environment for replicas that share a fresh Postgres database, the test Redis, a data key and
-/// one runtime configuration (`config`, given a shared signing key unless it names keys).
-pub async fn replica_env(dir: &Path, mut config: serde_json::Value) -> Vec<(String, String)> {
+/// The issuer replicas share (they stand behind one public address).
+pub const REPLICA_ISSUER: &str = "https://id.keygate.test";
+
+/// Environment for replicas that share a fresh Postgres database, the test Redis, a data key,
+/// the issuer and one runtime configuration (`config`, given a shared signing key unless it names keys).
+///
+/// Each call starts a Redis server of its own (returned; it stops when dropped), so that
+/// counters one test leaves behind (failed sign-ins from 127.0.0.1, rate budgets) cannot
+/// change another test's outcome.
+pub async fn replica_env(
+    dir: &Path,
+    mut config: serde_json::Value,
+) -> (Vec<(String, String)>, RedisProcess) {
     if config.get("signing_keys").is_none() {
         config["signing_keys"] = serde_json::json!([generate_signing_key()]);
     }
@@ -361,15 +371,47 @@ pub async fn replica_env(dir: &Path, mut config: serde_json::Value) -> Vec<(Stri
         let key: [u8; 32] = rand::random();
         base64::engine::general_purpose::STANDARD.encode(key)
     };
-    vec![
+    let redis = RedisProcess::start();
+    let env = vec![
         (
             "KEYGATE_DATABASE_URL".to_owned(),
             fresh_postgres_database().await,
         ),
         ("KEYGATE_DATA_KEY".to_owned(), data_key),
-        ("KEYGATE_REDIS_URL".to_owned(), redis_url()),
+        ("KEYGATE_ISSUER".to_owned(), REPLICA_ISSUER.to_owned()),
+        ("KEYGATE_REDIS_URL".to_owned(), redis.url()),
         ("KEYGATE_CONFIG".to_owned(), write_config(dir, &config)),
-    ]
+    ];
+    (env, redis)
+}
+
+/// Starts `n` server processes with the same environment (replicas).
+pub fn start_replicas(env: &[(String, String)], n: usize) -> Vec<ServerProcess> {
+    (0..n)
+        .map(|_| {
+            ServerProcess::start(ServerOptions {
+                env: env.to_vec(),
+                ..Default::default()
+            })
+        })
+        .collect()
+}
+
+/// POSTs `body` as JSON to `url` (with a bearer token when given); the status and the JSON
+/// body (`null` when there is none).
+pub async fn post_json(
+    client: &reqwest::Client,
+    url: &str,
+    bearer: Option<&str>,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let mut req = client.post(url).json(body);
+    if let Some(t) = bearer {
+        req = req.bearer_auth(t);
+    }
+    let res = req.send().await.expect("POST");
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(serde_json::Value::Null))
 }
 
 /// Writes a runtime-configuration file (JSON) into `dir` and returns its path.

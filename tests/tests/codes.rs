@@ -11,24 +11,17 @@ use std::time::Duration;
 const PW: &str = "correct horse battery staple";
 
 async fn post(client: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
-    let res = client.post(url).json(&body).send().await.unwrap();
-    let status = res.status().as_u16();
-    (status, res.json().await.unwrap_or(Value::Null))
+    keygate_tests::post_json(client, &url, None, &body).await
 }
 
 #[tokio::test]
 async fn replicas_on_one_redis_share_codes_and_per_target_limits() {
     let hook = WebhookReceiver::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut env = replica_env(dir.path(), json!({})).await;
+    let (mut env, _redis) = replica_env(dir.path(), json!({})).await;
     env.push(("KEYGATE_SMS_WEBHOOK_URL".into(), hook.url.clone()));
     env.push(("KEYGATE_SMS_WEBHOOK_SECRET".into(), "s3cret".into()));
-    // Distinct numbers per run: the limits live in the shared test Redis.
-    let suffix = keygate_tests::unique("")[..6]
-        .bytes()
-        .map(|b| char::from(b'0' + b % 10))
-        .collect::<String>();
-    let (busy, other) = (format!("+1415{suffix}1"), format!("+1415{suffix}2"));
+    let (busy, other) = ("+14155550101".to_owned(), "+14155550102".to_owned());
     add_user(
         dir.path(),
         &env,
@@ -41,14 +34,7 @@ async fn replicas_on_one_redis_share_codes_and_per_target_limits() {
         &["--username", "ola", "--phone", &other],
         PW,
     );
-    let replicas: Vec<ServerProcess> = (0..2)
-        .map(|_| {
-            ServerProcess::start(ServerOptions {
-                env: env.clone(),
-                ..Default::default()
-            })
-        })
-        .collect();
+    let replicas = keygate_tests::start_replicas(&env, 2);
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()

@@ -170,25 +170,16 @@ async fn embedded_default_rs256_end_to_end() {
 async fn two_replicas_share_postgres_redis_and_keys() {
     let dir = tempfile::tempdir().unwrap();
     let key = keygate_tests::generate_signing_key();
-    let mut env = keygate_tests::replica_env(dir.path(), json!({"signing_keys": [key]})).await;
-    env.push((
-        "KEYGATE_ISSUER".to_owned(),
-        "https://id.keygate.test".to_owned(),
-    ));
+    let (env, _redis) =
+        keygate_tests::replica_env(dir.path(), json!({"signing_keys": [key]})).await;
     add_user(
         dir.path(),
         &env,
         &["--username", "root", "--role", "admin"],
         PW,
     );
-    let a = ServerProcess::start(ServerOptions {
-        env: env.clone(),
-        ..Default::default()
-    });
-    let b = ServerProcess::start(ServerOptions {
-        env,
-        ..Default::default()
-    });
+    let mut replicas = keygate_tests::start_replicas(&env, 2);
+    let (b, a) = (replicas.pop().unwrap(), replicas.pop().unwrap());
 
     let (status, login) = post(
         &a.base_url,
@@ -202,7 +193,7 @@ async fn two_replicas_share_postgres_redis_and_keys() {
     // B accepts A's token (same keys), and both publish the configured key.
     let (status, me) = get(&b.base_url, "/api/v1/auth/me", Some(at)).await;
     assert_eq!(status, 200, "{me}");
-    verify_with_jose(&b.base_url, "https://id.keygate.test", at).unwrap();
+    verify_with_jose(&b.base_url, keygate_tests::REPLICA_ISSUER, at).unwrap();
     let (_, jwks) = get(&b.base_url, "/.well-known/jwks.json", None).await;
     assert_eq!(jwks["keys"][0]["kid"], key["kid"]);
     // The admin creates a user through A; it signs in through B.

@@ -20,16 +20,10 @@ async fn parallel_wrong_passwords_on_two_replicas_evaluate_only_what_the_policy_
                         "ip_delay_after": 1000, "ip_lock_after": 2000}
         }
     });
-    let env = keygate_tests::replica_env(dir.path(), config).await;
+    let (env, _redis) = keygate_tests::replica_env(dir.path(), config).await;
     add_user(dir.path(), &env, &["--username", "alice"], PW);
-    let a = ServerProcess::start(ServerOptions {
-        env: env.clone(),
-        ..Default::default()
-    });
-    let b = ServerProcess::start(ServerOptions {
-        env,
-        ..Default::default()
-    });
+    let mut replicas = keygate_tests::start_replicas(&env, 2);
+    let (b, a) = (replicas.pop().unwrap(), replicas.pop().unwrap());
     let client = reqwest::Client::new();
     let mut tasks = Vec::new();
     for n in 0..80 {
@@ -241,15 +235,9 @@ async fn rate_limits_are_shared_by_replicas_and_read_forwarded_for_only_from_tru
             "rules": [{"name": "ip", "endpoints": ["key_exchange"], "key": "client_ip", "limit": 4, "window_seconds": 60}]
         }
     });
-    let env = keygate_tests::replica_env(dir.path(), config).await;
-    let a = ServerProcess::start(ServerOptions {
-        env: env.clone(),
-        ..Default::default()
-    });
-    let b = ServerProcess::start(ServerOptions {
-        env,
-        ..Default::default()
-    });
+    let (env, _redis) = keygate_tests::replica_env(dir.path(), config).await;
+    let mut replicas = keygate_tests::start_replicas(&env, 2);
+    let (b, a) = (replicas.pop().unwrap(), replicas.pop().unwrap());
     let client = reqwest::Client::new();
     let hit = |base: String, forwarded: &'static str| {
         let client = client.clone();

@@ -77,6 +77,9 @@ pub enum AuthError {
     /// The MFA challenge is unknown, expired, used up or already answered.
     #[error("mfa challenge expired or used")]
     MfaChallengeInvalid,
+    /// The ticket is unknown, expired or already used, or its user can no longer sign in.
+    #[error("invalid ticket")]
+    TicketInvalid,
     /// The one-time code is wrong, expired, used up or already used.
     #[error("invalid code")]
     CodeInvalid,

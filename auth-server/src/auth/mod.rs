@@ -16,6 +16,7 @@ pub mod password;
 pub mod random;
 pub mod risk;
 mod sessions;
+pub mod tickets;
 pub mod tokens;
 pub mod transmission;
 pub mod users;

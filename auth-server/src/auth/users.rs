@@ -10,7 +10,19 @@ pub const MAX_IDENTITY_CHARS: usize = 320;
 /// Shortest password accepted when one is set (NIST SP 800-63B minimum).
 pub const MIN_PASSWORD_CHARS: usize = 8;
 /// Roles that exist.
-pub const KNOWN_ROLES: &[&str] = &["admin"];
+pub const KNOWN_ROLES: &[&str] = &["admin", "ticket-issuer"];
+
+/// Permissions and the roles that grant them.
+pub const PERMISSIONS: &[(&str, &[&str])] = &[("tickets:create", &["admin", "ticket-issuer"])];
+
+/// Whether any of `roles` grants `permission`.
+pub fn grants(roles: &[String], permission: &str) -> bool {
+    PERMISSIONS
+        .iter()
+        .filter(|(p, _)| *p == permission)
+        .flat_map(|(_, granted_to)| granted_to.iter())
+        .any(|r| roles.iter().any(|have| have == r))
+}
 
 /// An identity as typed at login, normalised and classified: contains `@` → email
 /// (lowercased), starts with `+` → phone, otherwise username (lowercased).

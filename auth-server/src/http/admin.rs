@@ -25,7 +25,7 @@ pub struct CreateUserRequest {
     /// Initial password (8-1024); absent for accounts without one.
     #[serde(default)]
     pub password: Option<String>,
-    /// Roles (`admin`).
+    /// Roles: `admin` (everything), `ticket-issuer` (`tickets:create` only).
     #[serde(default)]
     pub roles: Vec<String>,
     /// Require a password change at first sign-in.

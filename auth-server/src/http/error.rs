@@ -31,6 +31,7 @@ pub enum ProblemKind {
     CaptchaInvalid,
     MfaCodeInvalid,
     MfaChallengeInvalid,
+    TicketInvalid,
     CodeInvalid,
     LoginCodesDisabled,
     NoAccountForCode,
@@ -68,6 +69,7 @@ impl ProblemKind {
         Self::CaptchaInvalid,
         Self::MfaCodeInvalid,
         Self::MfaChallengeInvalid,
+        Self::TicketInvalid,
         Self::CodeInvalid,
         Self::LoginCodesDisabled,
         Self::NoAccountForCode,
@@ -165,6 +167,12 @@ impl ProblemKind {
                 61000403,
                 "mfa-challenge-invalid",
                 "MFA challenge expired or used",
+            ),
+            Self::TicketInvalid => (
+                S::BAD_REQUEST,
+                40000501,
+                "ticket-invalid",
+                "Invalid or expired ticket",
             ),
             Self::CodeInvalid => (
                 S::BAD_REQUEST,
@@ -445,6 +453,10 @@ impl From<AuthError> for ApiError {
             AuthError::MfaChallengeInvalid => Self::new(
                 K::MfaChallengeInvalid,
                 "the challenge is unknown, expired, used up or already answered; sign in again",
+            ),
+            AuthError::TicketInvalid => Self::new(
+                K::TicketInvalid,
+                "the ticket is unknown, expired or already used",
             ),
             AuthError::CodeInvalid => Self::new(
                 K::CodeInvalid,

@@ -12,6 +12,7 @@ pub mod health;
 pub mod login;
 pub mod mfa;
 pub mod public;
+pub mod tickets;
 pub mod tokens;
 pub mod wellknown;
 
@@ -113,6 +114,8 @@ fn api(base_path: &str) -> OpenApiRouter<AppState> {
         .routes(routes!(codes::send_login_code))
         .routes(routes!(codes::login_email_code))
         .routes(routes!(codes::login_phone_code))
+        .routes(routes!(tickets::generate_ticket))
+        .routes(routes!(tickets::ticket_signin))
         .routes(routes!(mfa::verify_challenge))
         .routes(routes!(mfa::send_code))
         .routes(routes!(mfa::totp_setup))

@@ -11,4 +11,5 @@ mod hardening;
 mod http_api;
 mod mfa;
 mod store_contract;
+mod tickets;
 mod transmission;

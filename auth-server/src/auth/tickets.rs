@@ -1,0 +1,184 @@
+//! One-time sign-in tickets (SSO hand-over and impersonation): issued to holders of the
+//! `tickets:create` permission for a user of their tenant, kept only as a hash in the
+//! ephemeral store, and redeemed atomically (of any number of concurrent redemptions, across
+//! replicas sharing Redis, exactly one succeeds).
+
+use super::error::{AuthError, FieldViolation};
+use super::tokens::{AccessClaims, Actor};
+use super::{AuthService, SignedIn, random, secs, status};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Tickets carry 256 random bits (the contract asks for at least 128).
+const TICKET_BYTES: usize = 32;
+
+/// Longest `reason` kept with a ticket.
+pub const MAX_REASON_CHARS: usize = 200;
+
+/// A ticket request.
+#[derive(Debug, Clone)]
+pub struct TicketRequest {
+    /// Who signs in with it.
+    pub user_id: String,
+    /// The user's tenant, if named (it must be the caller's).
+    pub tenant_id: Option<String>,
+    /// Why (kept in the token's `act` and the audit trail).
+    pub reason: Option<String>,
+}
+
+/// A ticket as handed out.
+#[derive(Debug, Clone)]
+pub struct IssuedTicket {
+    /// `tkt_...`: shown once.
+    pub ticket: String,
+    /// Seconds it stays valid.
+    pub expires_in: u64,
+    /// The user it signs in.
+    pub user_id: String,
+    /// Who asked for it.
+    pub issued_by: String,
+}
+
+/// What the store keeps under the ticket's hash.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredTicket {
+    user_id: String,
+    tenant_id: String,
+    issued_by: String,
+    reason: Option<String>,
+    expires_at: i64,
+}
+
+fn ticket_key(ticket: &str) -> String {
+    format!("kg:ticket:{}", random::secret_hash(ticket))
+}
+
+/// A redeemed ticket: the sign-in and who issued it.
+#[derive(Debug, Clone)]
+pub struct TicketSignIn {
+    /// The session.
+    pub signed_in: SignedIn,
+    /// Who issued the ticket.
+    pub issued_by: String,
+    /// Why.
+    pub reason: Option<String>,
+}
+
+impl AuthService {
+    /// Issues a ticket for a user of the caller's tenant; the caller needs `tickets:create`.
+    pub async fn generate_ticket(
+        &self,
+        claims: &AccessClaims,
+        req: TicketRequest,
+    ) -> Result<IssuedTicket, AuthError> {
+        let caller = self.current_user(claims).await?;
+        if !super::users::grants(&caller.roles, "tickets:create") {
+            return Err(AuthError::Forbidden);
+        }
+        let reason = req
+            .reason
+            .map(|r| r.trim().to_owned())
+            .filter(|r| !r.is_empty());
+        let mut errors = Vec::new();
+        if req.user_id.trim().is_empty() {
+            errors.push(FieldViolation::new(
+                "user_id",
+                "required",
+                "user_id is required",
+            ));
+        }
+        if reason
+            .as_ref()
+            .is_some_and(|r| r.chars().count() > MAX_REASON_CHARS)
+        {
+            errors.push(FieldViolation::new(
+                "reason",
+                "range",
+                format!("at most {MAX_REASON_CHARS} characters"),
+            ));
+        }
+        if !errors.is_empty() {
+            return Err(AuthError::Validation(errors));
+        }
+        if req
+            .tenant_id
+            .as_deref()
+            .is_some_and(|t| !t.is_empty() && t != caller.tenant_id)
+        {
+            return Err(AuthError::Forbidden);
+        }
+        let user = self
+            .store
+            .user(req.user_id.trim())
+            .await?
+            .filter(|u| u.tenant_id == caller.tenant_id && u.status == status::ACTIVE)
+            .ok_or(AuthError::NotFound("user"))?;
+        let ttl = self.runtime().config.tokens.ticket_ttl_seconds;
+        let ticket = format!("tkt_{}", random::secret(TICKET_BYTES));
+        let stored = StoredTicket {
+            user_id: user.id.clone(),
+            tenant_id: user.tenant_id.clone(),
+            issued_by: caller.id.clone(),
+            reason,
+            expires_at: self.clock.unix() + secs(ttl),
+        };
+        let json =
+            serde_json::to_string(&stored).map_err(|e| AuthError::Internal(e.to_string()))?;
+        self.ephemeral
+            .set(&ticket_key(&ticket), &json, Duration::from_secs(ttl))
+            .await?;
+        tracing::info!(issuer = %caller.id, user = %user.id, "sign-in ticket issued");
+        Ok(IssuedTicket {
+            ticket,
+            expires_in: ttl,
+            user_id: user.id,
+            issued_by: caller.id,
+        })
+    }
+
+    /// Redeems a ticket: consumed atomically whatever the outcome, then a session with
+    /// `amr: ["ticket"]` and, when the issuer is not the user, `act`.
+    pub async fn redeem_ticket(&self, ticket: &str) -> Result<TicketSignIn, AuthError> {
+        let ticket = ticket.trim();
+        if ticket.is_empty() {
+            return Err(AuthError::Validation(vec![FieldViolation::new(
+                "ticket",
+                "required",
+                "ticket is required",
+            )]));
+        }
+        if ticket.len() > 128 {
+            return Err(AuthError::TicketInvalid);
+        }
+        let stored: StoredTicket = self
+            .ephemeral
+            .take(&ticket_key(ticket))
+            .await?
+            .and_then(|json| serde_json::from_str(&json).ok())
+            .ok_or(AuthError::TicketInvalid)?;
+        if stored.expires_at <= self.clock.unix() {
+            return Err(AuthError::TicketInvalid);
+        }
+        let user = self
+            .store
+            .user(&stored.user_id)
+            .await?
+            .filter(|u| u.tenant_id == stored.tenant_id && u.status == status::ACTIVE)
+            .ok_or(AuthError::TicketInvalid)?;
+        let act = (stored.issued_by != user.id).then(|| Actor {
+            sub: stored.issued_by.clone(),
+            reason: stored.reason.clone(),
+        });
+        let tokens = self.open_session(&user, vec!["ticket".into()], act).await?;
+        Ok(TicketSignIn {
+            signed_in: SignedIn {
+                password: self.password_status(&user),
+                risk: None,
+                user,
+                tokens,
+            },
+            issued_by: stored.issued_by,
+            reason: stored.reason,
+        })
+    }
+}

@@ -1,0 +1,153 @@
+//! One-time tickets through the router: who may issue them, single use, expiry on the injected
+//! clock, `amr` and `act`, and parallel redemptions.
+
+use crate::common::{TestApp, assert_problem};
+use serde_json::json;
+
+const GEN: &str = "/api/v1/auth/generate-ticket";
+const SIGNIN: &str = "/api/v1/auth/ticket/signin";
+const PW: &str = "correct horse battery";
+
+#[tokio::test]
+async fn only_holders_of_tickets_create_issue_tickets() {
+    let app = TestApp::new().await;
+    let admin = app.add_user("root", PW, &["admin"]).await;
+    let user = app.add_user("bob", PW, &[]).await;
+    app.add_user("issuer", PW, &["ticket-issuer"]).await;
+    let body = json!({"user_id": user, "reason": "support case 42"});
+    assert_problem(&app.post(GEN, body.clone(), None).await, 401, 40100001);
+    let bob = app.token("bob", PW).await;
+    assert_problem(
+        &app.post(GEN, body.clone(), Some(&bob)).await,
+        403,
+        40300001,
+    );
+    for who in ["root", "issuer"] {
+        let t = app.token(who, PW).await;
+        let r = app.post(GEN, body.clone(), Some(&t)).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["data"]["expires_in"], 300);
+        let ticket = r.body["data"]["ticket"].as_str().unwrap();
+        // "tkt_" + base64url of 32 bytes.
+        assert!(
+            ticket.starts_with("tkt_") && ticket.len() == 4 + 43,
+            "{ticket}"
+        );
+    }
+    let root = app.token("root", PW).await;
+    let r = app
+        .post(GEN, json!({"user_id": "usr_nobody"}), Some(&root))
+        .await;
+    assert_problem(&r, 404, 40400001);
+    let r = app
+        .post(
+            GEN,
+            json!({"user_id": user, "tenant_id": "other"}),
+            Some(&root),
+        )
+        .await;
+    assert_problem(&r, 403, 40300001);
+    let r = app
+        .post(
+            GEN,
+            json!({"user_id": user, "reason": "x".repeat(201)}),
+            Some(&root),
+        )
+        .await;
+    assert_problem(&r, 400, 40000001);
+    assert_ne!(admin, user);
+}
+
+#[tokio::test]
+async fn a_ticket_signs_in_once_with_amr_and_act() {
+    let app = TestApp::new().await;
+    let admin = app.add_user("root", PW, &["admin"]).await;
+    let user = app.add_user("bob", PW, &[]).await;
+    let root = app.token("root", PW).await;
+    let r = app
+        .post(
+            GEN,
+            json!({"user_id": user, "reason": "support case 42"}),
+            Some(&root),
+        )
+        .await;
+    let ticket = r.body["data"]["ticket"].as_str().unwrap().to_owned();
+    let r = app.post(SIGNIN, json!({"ticket": ticket}), None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["user_id"], user);
+    let claims = app
+        .auth
+        .authenticate(r.body["access_token"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(claims.sub, user);
+    assert_eq!(claims.amr, ["ticket"]);
+    let act = claims.act.unwrap();
+    assert_eq!(act.sub, admin);
+    assert_eq!(act.reason.as_deref(), Some("support case 42"));
+    // Spent.
+    assert_problem(
+        &app.post(SIGNIN, json!({"ticket": ticket}), None).await,
+        400,
+        40000501,
+    );
+    assert_problem(
+        &app.post(SIGNIN, json!({"ticket": "tkt_forged"}), None)
+            .await,
+        400,
+        40000501,
+    );
+    assert_problem(&app.post(SIGNIN, json!({}), None).await, 400, 40000001);
+
+    // A ticket for oneself carries no act; an expired ticket does not work.
+    let r = app.post(GEN, json!({"user_id": admin}), Some(&root)).await;
+    let own = r.body["data"]["ticket"].as_str().unwrap().to_owned();
+    let r = app.post(SIGNIN, json!({"ticket": own}), None).await;
+    let claims = app
+        .auth
+        .authenticate(r.body["access_token"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert!(claims.act.is_none());
+    let r = app.post(GEN, json!({"user_id": user}), Some(&root)).await;
+    let late = r.body["data"]["ticket"].as_str().unwrap().to_owned();
+    app.clock.advance(300);
+    assert_problem(
+        &app.post(SIGNIN, json!({"ticket": late}), None).await,
+        400,
+        40000501,
+    );
+}
+
+#[tokio::test]
+async fn of_parallel_redemptions_exactly_one_succeeds() {
+    let app = TestApp::new().await;
+    app.add_user("root", PW, &["admin"]).await;
+    let user = app.add_user("bob", PW, &[]).await;
+    let root = app.token("root", PW).await;
+    let r = app.post(GEN, json!({"user_id": user}), Some(&root)).await;
+    let ticket = r.body["data"]["ticket"].as_str().unwrap().to_owned();
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let router = app.router.clone();
+            let body = json!({"ticket": ticket}).to_string();
+            tokio::spawn(async move {
+                use tower::ServiceExt;
+                let req = axum::http::Request::post(SIGNIN)
+                    .header("content-type", "application/json")
+                    .body(axum::body::Body::from(body))
+                    .unwrap();
+                router.oneshot(req).await.unwrap().status().as_u16()
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            200 => ok += 1,
+            400 => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(ok, 1);
+}
