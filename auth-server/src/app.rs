@@ -261,5 +261,12 @@ async fn purge_expired(auth: AuthService) {
             Ok(n) => tracing::info!(rows = n, "purged ended sessions and refresh tokens"),
             Err(e) => tracing::warn!(error = %e, "purge of ended sessions failed"),
         }
+        let days = auth.runtime().config.audit.retention_days;
+        let before = auth.clock.unix() - i64::from(days) * 86_400;
+        match auth.store.purge_audit(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, days, "purged audit events past retention"),
+            Err(e) => tracing::warn!(error = %e, "purge of old audit events failed"),
+        }
     }
 }

@@ -40,6 +40,10 @@ type HistogramFamily = Family<LatencyLabels, Histogram, fn() -> Histogram>;
 pub static DEGRADED_DECISIONS: std::sync::LazyLock<Counter> =
     std::sync::LazyLock::new(Counter::default);
 
+/// Audit events that could not be written (process-wide).
+pub static AUDIT_WRITE_FAILURES: std::sync::LazyLock<Counter> =
+    std::sync::LazyLock::new(Counter::default);
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadLabels {
     outcome: &'static str,
@@ -97,6 +101,11 @@ impl Default for Metrics {
             "ephemeral_degraded_decisions",
             "Delay, lockout and rate-limit decisions taken on per-replica counters while Redis was unavailable",
             DEGRADED_DECISIONS.clone(),
+        );
+        registry.register(
+            "audit_write_failures",
+            "Audit events that could not be written to the database",
+            AUDIT_WRITE_FAILURES.clone(),
         );
         registry.register(
             "config_reloads",

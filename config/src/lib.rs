@@ -33,6 +33,8 @@ pub struct RuntimeConfig {
     /// RSA keys for the `asymmetric` password transmission. Empty: the server uses (and on
     /// first start generates) a key in its data directory.
     pub transmission_keys: Vec<TransmissionKeyConfig>,
+    /// The audit trail.
+    pub audit: AuditPolicy,
 }
 
 /// An RSA key that clients encrypt passwords to (RSA-OAEP, SHA-256).
@@ -43,6 +45,22 @@ pub struct TransmissionKeyConfig {
     pub kid: String,
     /// PKCS#8 (or PKCS#1) PEM RSA private key, 2048 bits or more.
     pub private_key_pem: String,
+}
+
+/// How long the audit trail is kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditPolicy {
+    /// Days an audit event is kept before the hourly purge removes it.
+    pub retention_days: u32,
+}
+
+impl Default for AuditPolicy {
+    fn default() -> Self {
+        Self {
+            retention_days: 365,
+        }
+    }
 }
 
 /// Token lifetimes, audience and refresh-rotation policy.
@@ -230,6 +248,9 @@ impl RuntimeConfig {
         }
         if t.refresh_reuse_grace_seconds > 300 {
             return invalid("tokens.refresh_reuse_grace_seconds must be at most 300");
+        }
+        if !(1..=3650).contains(&self.audit.retention_days) {
+            return invalid("audit.retention_days must be within 1..=3650");
         }
         if !(10..=3600).contains(&t.ticket_ttl_seconds) {
             return invalid("tokens.ticket_ttl_seconds must be within 10..=3600");

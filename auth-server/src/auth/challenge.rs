@@ -210,6 +210,26 @@ impl AuthService {
             return Err(AuthError::MfaChallengeInvalid);
         }
         let user = self.challenge_user(&state).await?;
+        let result = self
+            .answer_challenge(token, code, method, state, &user, attempts)
+            .await;
+        self.audit_sign_in("mfa", &user.tenant_id, None, Some(&user.id), &result, |s| {
+            (s.user.id.clone(), "success")
+        })
+        .await;
+        result
+    }
+
+    async fn answer_challenge(
+        &self,
+        token: &str,
+        code: &str,
+        method: MfaMethod,
+        state: ChallengeState,
+        user: &User,
+        attempts: i64,
+    ) -> Result<SignedIn, AuthError> {
+        let user = user.clone();
         let factor = match method {
             MfaMethod::Totp => self.check_totp(&user, code).await?.then_some("otp"),
             MfaMethod::Backup => self
@@ -433,6 +453,19 @@ impl AuthService {
             return Err(AuthError::MfaCodeInvalid);
         }
         tracing::info!(user = %user.id, "totp activated");
+        self.audit(super::audit::Event {
+            kind: super::audit::kind::MFA_CHANGE,
+            tenant_id: &user.tenant_id,
+            outcome: "success",
+            user_id: Some(&user.id),
+            details: Some(serde_json::json!({
+                "factor": "totp",
+                "action": "activated",
+                "backup_codes": codes.len(),
+            })),
+            ..Default::default()
+        })
+        .await;
         Ok(codes)
     }
 }

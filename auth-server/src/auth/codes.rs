@@ -247,6 +247,29 @@ impl AuthService {
     /// Signs in with a code sent by [`send_login_code`](Self::send_login_code); returns the
     /// sign-in and whether the account was created by it.
     pub async fn login_with_code(&self, req: CodeLogin) -> Result<(SignedIn, bool), AuthError> {
+        let tenant_id = req.request.tenant_id.clone();
+        let target = req.request.target.clone();
+        let method = match target.channel {
+            Channel::Email => "email_code",
+            Channel::Sms => "sms_code",
+        };
+        let result = self.login_with_code_unaudited(req).await;
+        self.audit_sign_in(
+            method,
+            &tenant_id,
+            Some((target.kind(), &target.value)),
+            None,
+            &result,
+            |(s, _)| (s.user.id.clone(), "success"),
+        )
+        .await;
+        result
+    }
+
+    async fn login_with_code_unaudited(
+        &self,
+        req: CodeLogin,
+    ) -> Result<(SignedIn, bool), AuthError> {
         let code = req.code.trim();
         if code.is_empty() {
             return Err(required("code"));

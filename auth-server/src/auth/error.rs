@@ -129,6 +129,43 @@ pub enum AuthError {
     Internal(String),
 }
 
+impl AuthError {
+    /// A short, stable name of the failure (the audit trail's `reason`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Validation(_) => "invalid_request",
+            Self::UnknownTenant => "unknown_tenant",
+            Self::InvalidCredentials => "invalid_credentials",
+            Self::AccountDisabled => "account_disabled",
+            Self::PasswordExpired => "password_expired",
+            Self::TransmissionNotAccepted => "transmission_not_accepted",
+            Self::PasswordUndecodable => "password_undecodable",
+            Self::KeyExchangeExpired => "key_exchange_expired",
+            Self::CaptchaRequired => "captcha_required",
+            Self::CaptchaInvalid => "captcha_invalid",
+            Self::LoginThrottled { locked: true, .. } => "locked",
+            Self::LoginThrottled { locked: false, .. } => "delayed",
+            Self::MfaCodeInvalid => "mfa_code_invalid",
+            Self::MfaChallengeInvalid => "mfa_challenge_invalid",
+            Self::TicketInvalid => "ticket_invalid",
+            Self::CodeInvalid => "code_invalid",
+            Self::LoginCodesDisabled => "login_codes_disabled",
+            Self::NoAccountForCode => "no_account",
+            Self::DeliveryFailed(_) => "delivery_failed",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::InvalidRefreshToken => "invalid_refresh_token",
+            Self::RefreshTokenReused => "refresh_token_reused",
+            Self::Unauthenticated(_) => "unauthenticated",
+            Self::TokenRevoked => "token_revoked",
+            Self::Forbidden => "forbidden",
+            Self::Conflict(_) => "conflict",
+            Self::NotFound(_) => "not_found",
+            Self::Unavailable(_) => "unavailable",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
 impl From<StoreError> for AuthError {
     fn from(e: StoreError) -> Self {
         match e {

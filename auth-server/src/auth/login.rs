@@ -14,7 +14,30 @@ use std::time::Duration;
 
 impl AuthService {
     /// Signs in with identity and password; users with a second factor may be asked for it.
+    /// Every attempt is recorded in the audit trail.
     pub async fn login_password(
+        &self,
+        req: PasswordLogin,
+    ) -> Result<challenge::LoginOutcome, AuthError> {
+        let tenant_id = req.tenant_id.clone();
+        let identity = users::classify_identity(&req.identity);
+        let result = self.login_password_unaudited(req).await;
+        self.audit_sign_in(
+            "password",
+            &tenant_id,
+            Some((identity.0, &identity.1)),
+            None,
+            &result,
+            |outcome| match outcome {
+                challenge::LoginOutcome::SignedIn(s) => (s.user.id.clone(), "success"),
+                challenge::LoginOutcome::MfaRequired(p) => (p.user.id.clone(), "challenge"),
+            },
+        )
+        .await;
+        result
+    }
+
+    async fn login_password_unaudited(
         &self,
         req: PasswordLogin,
     ) -> Result<challenge::LoginOutcome, AuthError> {
@@ -97,7 +120,26 @@ impl AuthService {
             self.ephemeral.gate_success(&account_key, &ip_key).await;
         }
         let user = match (verified, user) {
-            (Verified::No, _) | (_, None) => return Err(AuthError::InvalidCredentials),
+            (Verified::No, Some(u)) => {
+                // This failure is the one that locks the account (attempts count on admission).
+                if recent_failures + 1 == policy.lockout.lock_after {
+                    self.audit(super::audit::Event {
+                        kind: super::audit::kind::LOCKOUT,
+                        tenant_id: &tenant.id,
+                        outcome: "success",
+                        user_id: Some(&u.id),
+                        reason: Some("too_many_failures"),
+                        details: Some(serde_json::json!({
+                            "failures": policy.lockout.lock_after,
+                            "lock_seconds": policy.lockout.lock_seconds,
+                        })),
+                        ..Default::default()
+                    })
+                    .await;
+                }
+                return Err(AuthError::InvalidCredentials);
+            }
+            (Verified::No, None) | (_, None) => return Err(AuthError::InvalidCredentials),
             (Verified::Yes, Some(u)) => u,
             (Verified::YesRehashed(phc), Some(u)) => {
                 self.store
@@ -356,6 +398,15 @@ impl AuthService {
             .gate_clear(&[account_gate_key(&user.tenant_id, &user.id)])
             .await?;
         tracing::info!(admin = %admin.id, user = %user.id, "sign-in lock lifted");
+        self.audit(super::audit::Event {
+            kind: super::audit::kind::UNLOCK,
+            tenant_id: &user.tenant_id,
+            outcome: "success",
+            user_id: Some(&user.id),
+            actor_id: Some(&admin.id),
+            ..Default::default()
+        })
+        .await;
         Ok(())
     }
 

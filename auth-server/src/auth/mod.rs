@@ -3,6 +3,7 @@
 //! `challenge`) and the pieces it is built from. No HTTP and no SQL types here; time comes from
 //! the injected clock and randomness from `random`.
 
+pub mod audit;
 pub mod captcha;
 pub mod challenge;
 pub mod clock;

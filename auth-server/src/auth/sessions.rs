@@ -23,6 +23,42 @@ impl AuthService {
         old_password: &str,
         new_password: &str,
     ) -> Result<(), AuthError> {
+        let result = self
+            .change_password_unaudited(claims, sent, old_password, new_password)
+            .await;
+        let reason = match &result {
+            Ok(_) => None,
+            Err(AuthError::Validation(v))
+                if v.iter()
+                    .any(|f| f.field == "old_password" && f.code == "format") =>
+            {
+                Some("wrong_old_password")
+            }
+            Err(e) => Some(e.reason()),
+        };
+        self.audit(super::audit::Event {
+            kind: super::audit::kind::PASSWORD_CHANGE,
+            tenant_id: &claims.tid,
+            outcome: if result.is_ok() { "success" } else { "failure" },
+            user_id: Some(&claims.sub),
+            reason,
+            details: result
+                .as_ref()
+                .ok()
+                .map(|ended| serde_json::json!({ "sessions_ended": ended })),
+            ..Default::default()
+        })
+        .await;
+        result.map(|_| ())
+    }
+
+    async fn change_password_unaudited(
+        &self,
+        claims: &AccessClaims,
+        sent: &transmission::SentPassword,
+        old_password: &str,
+        new_password: &str,
+    ) -> Result<usize, AuthError> {
         let mut errors = Vec::new();
         for (value, field) in [
             (old_password, "old_password"),
@@ -121,7 +157,7 @@ impl AuthService {
                 .await?;
         }
         tracing::info!(user = %user.id, sessions_ended = ended.len(), "password changed");
-        Ok(())
+        Ok(ended.len())
     }
 
     /// Opens a session for `user` and issues its first tokens.

@@ -128,6 +128,17 @@ impl AuthService {
             .set(&ticket_key(&ticket), &json, Duration::from_secs(ttl))
             .await?;
         tracing::info!(issuer = %caller.id, user = %user.id, "sign-in ticket issued");
+        self.audit(super::audit::Event {
+            kind: super::audit::kind::TICKET_ISSUED,
+            tenant_id: &user.tenant_id,
+            outcome: "success",
+            user_id: Some(&user.id),
+            actor_id: Some(&caller.id),
+            reason: stored.reason.as_deref(),
+            details: Some(serde_json::json!({ "expires_in": ttl })),
+            ..Default::default()
+        })
+        .await;
         Ok(IssuedTicket {
             ticket,
             expires_in: ttl,
@@ -169,7 +180,27 @@ impl AuthService {
             sub: stored.issued_by.clone(),
             reason: stored.reason.clone(),
         });
+        let impersonation = act.is_some();
         let tokens = self.open_session(&user, vec!["ticket".into()], act).await?;
+        let audit = |kind, actor| super::audit::Event {
+            kind,
+            tenant_id: &user.tenant_id,
+            outcome: "success",
+            method: Some("ticket"),
+            user_id: Some(&user.id),
+            actor_id: actor,
+            reason: stored.reason.as_deref(),
+            details: Some(serde_json::json!({ "session_id": tokens.session_id })),
+        };
+        self.audit(audit(super::audit::kind::SIGN_IN, Some(&stored.issued_by)))
+            .await;
+        if impersonation {
+            self.audit(audit(
+                super::audit::kind::IMPERSONATION,
+                Some(&stored.issued_by),
+            ))
+            .await;
+        }
         Ok(TicketSignIn {
             signed_in: SignedIn {
                 password: self.password_status(&user),

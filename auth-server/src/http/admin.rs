@@ -1,14 +1,17 @@
-//! Administration routes: `POST /admin/users`.
+//! Administration routes: `POST /admin/users`, `POST /admin/users/{user_id}/unlock` and
+//! `GET /admin/audit-events`.
 
 use super::AppState;
 use super::dto::{DataResponse, SimpleResponse, UserInfo};
 use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, Bearer};
+use crate::auth::error::{AuthError, FieldViolation};
 use crate::auth::users::UserInput;
+use crate::store::AuditQuery;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 /// A user to create in the administrator's tenant.
@@ -100,4 +103,158 @@ pub async fn unlock_user(
     let admin = state.auth.require_role(&claims, "admin").await?;
     state.auth.unlock_user(&admin, &user_id).await?;
     Ok(Json(SimpleResponse::new("unlocked")))
+}
+
+/// Filters of the audit listing.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuditEventsQuery {
+    /// Only events of this account.
+    #[serde(default)]
+    pub user_id: Option<String>,
+    /// Only events of this type: `sign_in`, `ticket_issued`, `impersonation`, `lockout`,
+    /// `unlock`, `mfa_change`, `password_change`.
+    #[serde(default, rename = "type")]
+    pub event_type: Option<String>,
+    /// Not before this time (RFC 3339).
+    #[serde(default)]
+    pub since: Option<String>,
+    /// Before this time (RFC 3339).
+    #[serde(default)]
+    pub until: Option<String>,
+    /// `next_cursor` of the previous page.
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// Events per page, 1-500 (default 50).
+    #[serde(default)]
+    pub limit: Option<String>,
+}
+
+/// One audit event.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditEventInfo {
+    /// `evt_...`, time-ordered.
+    pub id: String,
+    /// RFC 3339.
+    pub occurred_at: String,
+    /// Tenant.
+    pub tenant_id: String,
+    /// Event type.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// `success`, `failure`, or `challenge` (a sign-in waiting for its second factor).
+    pub outcome: String,
+    /// Sign-in method: `password`, `mfa`, `email_code`, `sms_code`, `ticket`.
+    pub method: Option<String>,
+    /// The account concerned.
+    pub user_id: Option<String>,
+    /// Who acted on it (administrator, ticket issuer), when not the user.
+    pub actor_id: Option<String>,
+    /// Client address.
+    pub client_ip: Option<String>,
+    /// Client user agent.
+    pub user_agent: Option<String>,
+    /// Why it failed, or the reason the actor gave.
+    pub reason: Option<String>,
+    /// More facts.
+    #[schema(value_type = Object)]
+    pub details: Option<serde_json::Value>,
+}
+
+/// A page of the audit trail, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditEventsPage {
+    /// The events.
+    pub events: Vec<AuditEventInfo>,
+    /// Pass as `cursor` for the next (older) page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+fn parse_time(field: &str, value: Option<&str>) -> Result<Option<i64>, FieldViolation> {
+    value
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
+                .map(|t| t.unix_timestamp())
+                .map_err(|_| FieldViolation::new(field, "format", "an RFC 3339 time"))
+        })
+        .transpose()
+}
+
+/// The audit trail of the administrator's tenant: sign-ins, tickets, impersonation, lockouts,
+/// unlocks, MFA and password changes; filtered by user, type and time, newest first, with
+/// cursor pagination.
+#[utoipa::path(
+    get,
+    path = "/admin/audit-events",
+    tag = "admin",
+    params(AuditEventsQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of events", body = DataResponse<AuditEventsPage>),
+        (status = 400, description = "Bad filter", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an administrator", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn audit_events(
+    State(state): State<AppState>,
+    Bearer(claims): Bearer,
+    axum::extract::Query(q): axum::extract::Query<AuditEventsQuery>,
+) -> Result<Json<DataResponse<AuditEventsPage>>, ApiError> {
+    let mut errors = Vec::new();
+    let mut time = |field, value: &Option<String>| {
+        parse_time(field, value.as_deref()).unwrap_or_else(|v| {
+            errors.push(v);
+            None
+        })
+    };
+    let since = time("since", &q.since);
+    let until = time("until", &q.until);
+    let limit = match q.limit.as_deref().filter(|l| !l.is_empty()) {
+        None => 50,
+        Some(l) => l.parse::<u32>().unwrap_or_else(|_| {
+            errors.push(FieldViolation::new("limit", "format", "an integer"));
+            50
+        }),
+    };
+    if !errors.is_empty() {
+        return Err(AuthError::Validation(errors).into());
+    }
+    let page = state
+        .auth
+        .audit_events(
+            &claims,
+            AuditQuery {
+                tenant_id: String::new(),
+                user_id: q.user_id.filter(|u| !u.is_empty()),
+                event_type: q.event_type.filter(|t| !t.is_empty()),
+                since,
+                until,
+                before_id: q.cursor.filter(|c| !c.is_empty()),
+                limit,
+            },
+        )
+        .await?;
+    Ok(Json(DataResponse::new(AuditEventsPage {
+        events: page
+            .events
+            .into_iter()
+            .map(|e| AuditEventInfo {
+                id: e.id,
+                occurred_at: crate::auth::clock::rfc3339(e.occurred_at),
+                tenant_id: e.tenant_id,
+                event_type: e.event_type,
+                outcome: e.outcome,
+                method: e.method,
+                user_id: e.user_id,
+                actor_id: e.actor_id,
+                client_ip: e.client_ip,
+                user_agent: e.user_agent,
+                reason: e.reason,
+                details: e.details.and_then(|d| serde_json::from_str(&d).ok()),
+            })
+            .collect(),
+        next_cursor: page.next_cursor,
+    })))
 }

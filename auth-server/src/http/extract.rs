@@ -130,20 +130,46 @@ impl FromRequestParts<AppState> for ClientIp {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let peer = parts
-            .extensions
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0.ip());
-        let forwarded = parts
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok());
-        let rt = state.auth.runtime();
-        Ok(ClientIp(
-            crate::auth::limits::client_address(peer, forwarded, &rt.config.rate_limits)
-                .map(|ip| ip.to_string()),
-        ))
+        Ok(ClientIp(client_ip_of(
+            &parts.extensions,
+            &parts.headers,
+            state,
+        )))
     }
+}
+
+fn client_ip_of(
+    extensions: &axum::http::Extensions,
+    headers: &HeaderMap,
+    state: &AppState,
+) -> Option<String> {
+    let peer = extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    let rt = state.auth.runtime();
+    crate::auth::limits::client_address(peer, forwarded, &rt.config.rate_limits)
+        .map(|ip| ip.to_string())
+}
+
+/// Middleware: serves the request with its origin (client address, user agent) known to the
+/// audit trail.
+pub async fn with_origin(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let origin = crate::auth::audit::Origin {
+        client_ip: client_ip_of(req.extensions(), req.headers(), &state),
+        user_agent: req
+            .headers()
+            .get(axum::http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| ua.chars().take(256).collect()),
+    };
+    crate::auth::audit::ORIGIN
+        .scope(origin, next.run(req))
+        .await
 }
 
 /// Verified claims of the bearer token (and not revoked).

@@ -122,6 +122,7 @@ fn api(base_path: &str) -> OpenApiRouter<AppState> {
         .routes(routes!(mfa::totp_verify))
         .routes(routes!(admin::create_user))
         .routes(routes!(admin::unlock_user))
+        .routes(routes!(admin::audit_events))
         .routes(routes!(captcha::challenge))
         .routes(routes!(public::key_exchange))
         .routes(routes!(public::auth_config));
@@ -151,6 +152,10 @@ pub fn router(state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             crate::metrics::track,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            extract::with_origin,
         ))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -176,3 +176,51 @@ pub struct LoginRecord {
     /// The stored risk profile (JSON), if any.
     pub risk_profile: Option<String>,
 }
+
+/// One entry of the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// `evt_` + ULID (time-ordered; the pagination cursor).
+    pub id: String,
+    /// Unix seconds.
+    pub occurred_at: i64,
+    /// Tenant.
+    pub tenant_id: String,
+    /// What happened (`sign_in`, `ticket_issued`, ...).
+    pub event_type: String,
+    /// `success` or `failure` (or `challenge` for a sign-in waiting for MFA).
+    pub outcome: String,
+    /// Sign-in method, when one applies.
+    pub method: Option<String>,
+    /// The account concerned.
+    pub user_id: Option<String>,
+    /// Who acted on it, when not the user (administrator, ticket issuer).
+    pub actor_id: Option<String>,
+    /// Client address.
+    pub client_ip: Option<String>,
+    /// Client `User-Agent`.
+    pub user_agent: Option<String>,
+    /// Why it failed, or the reason given (tickets).
+    pub reason: Option<String>,
+    /// More facts as a JSON object (never secrets).
+    pub details: Option<String>,
+}
+
+/// Which audit entries to list, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    /// Tenant.
+    pub tenant_id: String,
+    /// Only this account's.
+    pub user_id: Option<String>,
+    /// Only this type.
+    pub event_type: Option<String>,
+    /// Not before (Unix seconds).
+    pub since: Option<i64>,
+    /// Before (Unix seconds).
+    pub until: Option<i64>,
+    /// Older than this id (the cursor of the previous page).
+    pub before_id: Option<String>,
+    /// Entries to return.
+    pub limit: u32,
+}

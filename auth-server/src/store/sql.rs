@@ -2,8 +2,8 @@
 //! backend (SQLite pragmas, Postgres pool), migrations, and every statement.
 
 use super::{
-    IdentityKind, LoginRecord, NewRefresh, NewUser, RefreshRecord, Session, StoreError, Tenant,
-    TotpFactor, User,
+    AuditQuery, AuditRecord, IdentityKind, LoginRecord, NewRefresh, NewUser, RefreshRecord,
+    Session, StoreError, Tenant, TotpFactor, User,
 };
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
@@ -713,6 +713,85 @@ impl SqlStore {
         .await
         .map(|r| r.rows_affected() == 1)
         .map_err(db)
+    }
+
+    /// Appends an entry to the audit trail.
+    pub async fn insert_audit(&self, e: &AuditRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_events (id, occurred_at, tenant_id, type, outcome, method, user_id, \
+             actor_id, client_ip, user_agent, reason, details) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(&e.id)
+        .bind(e.occurred_at)
+        .bind(&e.tenant_id)
+        .bind(&e.event_type)
+        .bind(&e.outcome)
+        .bind(&e.method)
+        .bind(&e.user_id)
+        .bind(&e.actor_id)
+        .bind(&e.client_ip)
+        .bind(&e.user_agent)
+        .bind(&e.reason)
+        .bind(&e.details)
+        .execute(&self.pool)
+        .await
+        .map(|_| ())
+        .map_err(db)
+    }
+
+    /// Audit entries matching `q`, newest first.
+    pub async fn audit_events(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        // Optional filters become `$n IS NULL OR column ...` so one statement serves all.
+        let sql = "SELECT id, occurred_at, tenant_id, type, outcome, method, user_id, actor_id, \
+             client_ip, user_agent, reason, details FROM audit_events \
+             WHERE tenant_id = $1 \
+             AND ($2 IS NULL OR user_id = $2) \
+             AND ($3 IS NULL OR type = $3) \
+             AND ($4 IS NULL OR occurred_at >= $4) \
+             AND ($5 IS NULL OR occurred_at < $5) \
+             AND ($6 IS NULL OR id < $6) \
+             ORDER BY id DESC LIMIT $7";
+        let rows = sqlx::query(sql)
+            .bind(&q.tenant_id)
+            .bind(&q.user_id)
+            .bind(&q.event_type)
+            .bind(q.since)
+            .bind(q.until)
+            .bind(&q.before_id)
+            .bind(i64::from(q.limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|row| {
+                Ok(AuditRecord {
+                    id: row.try_get("id")?,
+                    occurred_at: row.try_get("occurred_at")?,
+                    tenant_id: row.try_get("tenant_id")?,
+                    event_type: row.try_get("type")?,
+                    outcome: row.try_get("outcome")?,
+                    method: row.try_get("method")?,
+                    user_id: row.try_get("user_id")?,
+                    actor_id: row.try_get("actor_id")?,
+                    client_ip: row.try_get("client_ip")?,
+                    user_agent: row.try_get("user_agent")?,
+                    reason: row.try_get("reason")?,
+                    details: row.try_get("details")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(db)
+    }
+
+    /// Removes audit entries older than `before` (retention).
+    pub async fn purge_audit(&self, before: i64) -> Result<u64, StoreError> {
+        sqlx::query("DELETE FROM audit_events WHERE occurred_at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .map(|r| r.rows_affected())
+            .map_err(db)
     }
 
     /// Deletes refresh tokens and sessions that ended before `before` (housekeeping).

@@ -1,7 +1,8 @@
 //! The storage contract, run against the embedded SQLite file and a real Postgres server.
 
 use auth_server::store::{
-    IdentityKind, NewRefresh, NewUser, Session, SqlStore, StoreError, Tenant,
+    AuditQuery, AuditRecord, IdentityKind, NewRefresh, NewUser, Session, SqlStore, StoreError,
+    Tenant,
 };
 
 async fn sqlite() -> (SqlStore, tempfile::TempDir) {
@@ -298,6 +299,89 @@ async fn contract(s: SqlStore) {
     assert!(s.session("ses_1").await.unwrap().is_none());
     assert!(s.refresh_token("h1").await.unwrap().is_none());
     assert!(s.refresh_token("live").await.unwrap().is_some());
+
+    audit_contract(&s).await;
+}
+
+/// Audit entries: optional columns, every filter alone and together, order, cursor, purge.
+async fn audit_contract(s: &SqlStore) {
+    let event = |id: &str, at: i64, user: Option<&str>, kind: &str| AuditRecord {
+        id: id.into(),
+        occurred_at: at,
+        tenant_id: "t1".into(),
+        event_type: kind.into(),
+        outcome: "success".into(),
+        method: Some("password".into()),
+        user_id: user.map(str::to_owned),
+        actor_id: None,
+        client_ip: Some("203.0.113.9".into()),
+        user_agent: None,
+        reason: None,
+        details: Some(r#"{"identity":"x"}"#.into()),
+    };
+    for e in [
+        event("evt_1", 100, Some("u1"), "sign_in"),
+        event("evt_2", 200, Some("u2"), "sign_in"),
+        event("evt_3", 300, Some("u1"), "lockout"),
+        event("evt_4", 400, None, "sign_in"),
+        AuditRecord {
+            tenant_id: "t2".into(),
+            ..event("evt_5", 500, Some("u1"), "sign_in")
+        },
+    ] {
+        s.insert_audit(&e).await.unwrap();
+    }
+    let ids = |q: AuditQuery| async move {
+        s.audit_events(&q)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id)
+            .collect::<Vec<_>>()
+    };
+    let base = AuditQuery {
+        tenant_id: "t1".into(),
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(base.clone()).await,
+        ["evt_4", "evt_3", "evt_2", "evt_1"]
+    );
+    let user = AuditQuery {
+        user_id: Some("u1".into()),
+        ..base.clone()
+    };
+    assert_eq!(ids(user.clone()).await, ["evt_3", "evt_1"]);
+    let kind = AuditQuery {
+        event_type: Some("sign_in".into()),
+        ..base.clone()
+    };
+    assert_eq!(ids(kind).await, ["evt_4", "evt_2", "evt_1"]);
+    let window = AuditQuery {
+        since: Some(200),
+        until: Some(400),
+        ..base.clone()
+    };
+    assert_eq!(ids(window).await, ["evt_3", "evt_2"]);
+    let page = AuditQuery {
+        before_id: Some("evt_3".into()),
+        limit: 1,
+        ..base.clone()
+    };
+    assert_eq!(ids(page).await, ["evt_2"]);
+    let all = AuditQuery {
+        event_type: Some("lockout".into()),
+        since: Some(1),
+        until: Some(1000),
+        before_id: Some("evt_9".into()),
+        ..user
+    };
+    assert_eq!(ids(all).await, ["evt_3"]);
+    let got = s.audit_events(&base).await.unwrap();
+    assert_eq!(got[0], event("evt_4", 400, None, "sign_in"));
+    assert_eq!(s.purge_audit(250).await.unwrap(), 2);
+    assert_eq!(ids(base).await, ["evt_4", "evt_3"]);
 }
 
 #[tokio::test]
