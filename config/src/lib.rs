@@ -2,7 +2,10 @@
 //! validation, shared by the server (which loads and hot-swaps it) and the operator (which
 //! renders it from custom resources). No kube, no axum, no I/O beyond parsing.
 
+mod federation;
 mod policy;
+
+pub use federation::{ClaimMapping, FEDERATION_ALGORITHMS, OidcProviderConfig, Provisioning};
 
 pub use policy::{
     CaptchaMode, CaptchaPolicy, CaptchaProvider, LockoutPolicy, LoginCodePolicy, MFA_METHODS,
@@ -35,6 +38,8 @@ pub struct RuntimeConfig {
     pub transmission_keys: Vec<TransmissionKeyConfig>,
     /// The audit trail.
     pub audit: AuditPolicy,
+    /// External OpenID Connect providers for `/auth/id-token/signin`.
+    pub oidc_providers: Vec<OidcProviderConfig>,
 }
 
 /// An RSA key that clients encrypt passwords to (RSA-OAEP, SHA-256).
@@ -269,6 +274,16 @@ impl RuntimeConfig {
         self.rate_limits.validate().map_err(ConfigError::Invalid)?;
         for (tenant, policy) in &self.tenants {
             policy.validate(tenant).map_err(ConfigError::Invalid)?;
+        }
+        let mut providers = BTreeSet::new();
+        for p in &self.oidc_providers {
+            p.validate().map_err(ConfigError::Invalid)?;
+            if !providers.insert(p.name.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "oidc_providers: duplicate name {:?}",
+                    p.name
+                )));
+            }
         }
         let mut transmission_kids = BTreeSet::new();
         for key in &self.transmission_keys {

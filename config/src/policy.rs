@@ -559,6 +559,7 @@ pub const RATE_LIMITED_ENDPOINTS: &[&str] = &[
     "send_code",
     "code_login",
     "ticket_signin",
+    "id_token_signin",
 ];
 
 impl Default for RateLimits {
@@ -622,6 +623,13 @@ impl Default for RateLimits {
                 rule(
                     "ticket-per-ip",
                     &["ticket_signin"],
+                    RateKey::ClientIp,
+                    60,
+                    60,
+                ),
+                rule(
+                    "id-token-per-ip",
+                    &["id_token_signin"],
                     RateKey::ClientIp,
                     60,
                     60,

@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod delivery;
+pub mod oidc;
 
 use std::io::Write;
 use std::net::TcpListener;

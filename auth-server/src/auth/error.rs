@@ -77,6 +77,13 @@ pub enum AuthError {
     /// The MFA challenge is unknown, expired, used up or already answered.
     #[error("mfa challenge expired or used")]
     MfaChallengeInvalid,
+    /// An external id_token does not validate (the reason is for the log and the audit).
+    #[error("invalid id_token: {0}")]
+    IdTokenInvalid(&'static str),
+    /// The external account is not linked and the provider's provisioning does not link or
+    /// create one.
+    #[error("no account for this external identity")]
+    FederationNoAccount,
     /// The ticket is unknown, expired or already used, or its user can no longer sign in.
     #[error("invalid ticket")]
     TicketInvalid,
@@ -148,6 +155,8 @@ impl AuthError {
             Self::MfaCodeInvalid => "mfa_code_invalid",
             Self::MfaChallengeInvalid => "mfa_challenge_invalid",
             Self::TicketInvalid => "ticket_invalid",
+            Self::IdTokenInvalid(why) => why,
+            Self::FederationNoAccount => "no_linked_account",
             Self::CodeInvalid => "code_invalid",
             Self::LoginCodesDisabled => "login_codes_disabled",
             Self::NoAccountForCode => "no_account",

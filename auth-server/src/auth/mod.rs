@@ -9,6 +9,7 @@ pub mod challenge;
 pub mod clock;
 pub mod codes;
 pub mod error;
+pub mod federation;
 pub mod keys;
 pub mod limits;
 mod login;
@@ -165,6 +166,7 @@ pub struct AuthService {
     http: reqwest::Client,
     data_key: Arc<mfa::DataKey>,
     delivery: Arc<crate::delivery::Delivery>,
+    federation_keys: Arc<federation::KeyCache>,
     tenants: Arc<std::sync::Mutex<std::collections::HashMap<String, (crate::store::Tenant, i64)>>>,
     config_rejected_at: Arc<std::sync::Mutex<Option<i64>>>,
 }
@@ -183,6 +185,7 @@ impl AuthService {
         Self {
             data_key: Arc::new(data_key),
             delivery: Arc::new(crate::delivery::Delivery::development()),
+            federation_keys: Arc::default(),
             tenants: Arc::default(),
             config_rejected_at: Arc::default(),
             store,
@@ -315,6 +318,17 @@ impl AuthService {
         tenant_id: &str,
         input: users::UserInput,
     ) -> Result<User, AuthError> {
+        self.create_user_linked(tenant_id, input, None).await
+    }
+
+    /// Creates a user after validation and, atomically with it, links it to an external
+    /// account `(issuer, subject)` (a link taken meanwhile is `Conflict("link")`).
+    pub async fn create_user_linked(
+        &self,
+        tenant_id: &str,
+        input: users::UserInput,
+        link: Option<(&str, &str)>,
+    ) -> Result<User, AuthError> {
         let mut valid = users::validate_user(input)?;
         if self.store.tenant(tenant_id).await?.is_none() {
             return Err(AuthError::UnknownTenant);
@@ -340,10 +354,13 @@ impl AuthService {
             must_change_password: valid.must_change_password,
             created_at: self.clock.unix(),
         };
-        self.store.create_user(&new).await.map_err(|e| match e {
-            crate::store::StoreError::NotFound(_) => AuthError::UnknownTenant,
-            other => other.into(),
-        })
+        self.store
+            .create_user_linked(&new, link)
+            .await
+            .map_err(|e| match e {
+                crate::store::StoreError::NotFound(_) => AuthError::UnknownTenant,
+                other => other.into(),
+            })
     }
 }
 

@@ -32,6 +32,8 @@ pub enum ProblemKind {
     MfaCodeInvalid,
     MfaChallengeInvalid,
     TicketInvalid,
+    IdTokenInvalid,
+    FederationNoAccount,
     CodeInvalid,
     LoginCodesDisabled,
     NoAccountForCode,
@@ -70,6 +72,8 @@ impl ProblemKind {
         Self::MfaCodeInvalid,
         Self::MfaChallengeInvalid,
         Self::TicketInvalid,
+        Self::IdTokenInvalid,
+        Self::FederationNoAccount,
         Self::CodeInvalid,
         Self::LoginCodesDisabled,
         Self::NoAccountForCode,
@@ -173,6 +177,18 @@ impl ProblemKind {
                 40000501,
                 "ticket-invalid",
                 "Invalid or expired ticket",
+            ),
+            Self::IdTokenInvalid => (
+                S::BAD_REQUEST,
+                40000601,
+                "id-token-invalid",
+                "Invalid id_token",
+            ),
+            Self::FederationNoAccount => (
+                S::FORBIDDEN,
+                40300004,
+                "federation-no-account",
+                "No account for this external identity",
             ),
             Self::CodeInvalid => (
                 S::BAD_REQUEST,
@@ -457,6 +473,14 @@ impl From<AuthError> for ApiError {
             AuthError::TicketInvalid => Self::new(
                 K::TicketInvalid,
                 "the ticket is unknown, expired or already used",
+            ),
+            AuthError::IdTokenInvalid(why) => Self::new(
+                K::IdTokenInvalid,
+                format!("the id_token is not valid: {}", why.replace('_', " ")),
+            ),
+            AuthError::FederationNoAccount => Self::new(
+                K::FederationNoAccount,
+                "no account is linked to this external identity, and the provider is not set up to link or create one",
             ),
             AuthError::CodeInvalid => Self::new(
                 K::CodeInvalid,

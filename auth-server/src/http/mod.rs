@@ -8,6 +8,7 @@ pub mod codes;
 pub mod dto;
 pub mod error;
 pub mod extract;
+pub mod federation;
 pub mod health;
 pub mod login;
 pub mod mfa;
@@ -116,6 +117,7 @@ fn api(base_path: &str) -> OpenApiRouter<AppState> {
         .routes(routes!(codes::login_phone_code))
         .routes(routes!(tickets::generate_ticket))
         .routes(routes!(tickets::ticket_signin))
+        .routes(routes!(federation::id_token_signin))
         .routes(routes!(mfa::verify_challenge))
         .routes(routes!(mfa::send_code))
         .routes(routes!(mfa::totp_setup))

@@ -203,9 +203,20 @@ impl SqlStore {
     /// Creates a user; `Conflict(field)` when the username, email or phone is taken in the
     /// tenant, `NotFound` when the tenant does not exist.
     pub async fn create_user(&self, u: &NewUser) -> Result<User, StoreError> {
+        self.create_user_linked(u, None).await
+    }
+
+    /// Creates a user and, in the same transaction, links it to an external account
+    /// `(issuer, subject)`; a link taken meanwhile is a `Conflict("link")`.
+    pub async fn create_user_linked(
+        &self,
+        u: &NewUser,
+        link: Option<(&str, &str)>,
+    ) -> Result<User, StoreError> {
         if self.tenant(&u.tenant_id).await?.is_none() {
             return Err(StoreError::NotFound("tenant"));
         }
+        let mut tx = self.pool.begin().await.map_err(db)?;
         let inserted = sqlx::query(
             "INSERT INTO users (id, tenant_id, username, email, phone, password_hash, status, roles, \
              must_change_password, password_changed_at, created_at, updated_at) \
@@ -223,10 +234,20 @@ impl SqlStore {
         .bind(u.password_hash.as_ref().map(|_| u.created_at))
         .bind(u.created_at)
         .bind(u.created_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(db);
+        let inserted = match (inserted, link) {
+            (Ok(_), Some((issuer, subject))) => {
+                insert_link(&mut tx, &u.tenant_id, issuer, subject, &u.id, u.created_at).await
+            }
+            (r, _) => r.map(|_| ()),
+        };
+        if matches!(inserted, Err(StoreError::Conflict("link"))) {
+            return Err(StoreError::Conflict("link"));
+        }
         if let Err(StoreError::Conflict(reported)) = inserted {
+            drop(tx);
             // Backends report whichever index they checked first; name the first taken field
             // in a fixed order so that answers do not depend on the backend.
             for (kind, value, field) in [
@@ -246,18 +267,58 @@ impl SqlStore {
             return Err(StoreError::Conflict(reported));
         }
         inserted?;
+        tx.commit().await.map_err(db)?;
         self.user(&u.id).await?.ok_or(StoreError::NotFound("user"))
+    }
+
+    /// The user linked to an external account in a tenant.
+    pub async fn federated_user(
+        &self,
+        tenant_id: &str,
+        issuer: &str,
+        subject: &str,
+    ) -> Result<Option<User>, StoreError> {
+        self.user_where(
+            "id = (SELECT f.user_id FROM federated_identities f \
+             WHERE f.tenant_id = $1 AND f.issuer = $2 AND f.subject = $3)",
+            &[tenant_id, issuer, subject],
+        )
+        .await
+    }
+
+    /// The user matching `condition` (with `$1`... bound to `binds`), if any.
+    async fn user_where(
+        &self,
+        condition: &str,
+        binds: &[&str],
+    ) -> Result<Option<User>, StoreError> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE {condition}");
+        let mut query = sqlx::query(&sql);
+        for b in binds {
+            query = query.bind(*b);
+        }
+        let row = query.fetch_optional(&self.pool).await.map_err(db)?;
+        row.as_ref().map(user_from).transpose().map_err(db)
+    }
+
+    /// Links an external account to an existing user; `Conflict("link")` when it is linked
+    /// already.
+    pub async fn link_federated(
+        &self,
+        tenant_id: &str,
+        issuer: &str,
+        subject: &str,
+        user_id: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        insert_link(&mut tx, tenant_id, issuer, subject, user_id, now).await?;
+        tx.commit().await.map_err(db)
     }
 
     /// A user by id.
     pub async fn user(&self, id: &str) -> Result<Option<User>, StoreError> {
-        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
-        let row = sqlx::query(&sql)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db)?;
-        row.as_ref().map(user_from).transpose().map_err(db)
+        self.user_where("id = $1", &[id]).await
     }
 
     /// A user by normalised identity within a tenant.
@@ -268,15 +329,11 @@ impl SqlStore {
         value: &str,
     ) -> Result<Option<User>, StoreError> {
         let column = identity_column(kind);
-        let sql =
-            format!("SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 AND {column} = $2");
-        let row = sqlx::query(&sql)
-            .bind(tenant_id)
-            .bind(value)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db)?;
-        row.as_ref().map(user_from).transpose().map_err(db)
+        self.user_where(
+            &format!("tenant_id = $1 AND {column} = $2"),
+            &[tenant_id, value],
+        )
+        .await
     }
 
     /// Everything a password sign-in needs about a user, in one round trip: the user, whether
@@ -818,6 +875,33 @@ impl SqlStore {
             .rows_affected();
         Ok(tokens + sessions)
     }
+}
+
+/// Inserts a federated link; a link that exists is `Conflict("link")`.
+async fn insert_link(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tenant_id: &str,
+    issuer: &str,
+    subject: &str,
+    user_id: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO federated_identities (tenant_id, issuer, subject, user_id, created_at) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(tenant_id)
+    .bind(issuer)
+    .bind(subject)
+    .bind(user_id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .map(|_| ())
+    .map_err(|e| match db(e) {
+        StoreError::Conflict(_) => StoreError::Conflict("link"),
+        other => other,
+    })
 }
 
 async fn insert_refresh(

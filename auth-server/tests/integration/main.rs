@@ -8,6 +8,7 @@ mod audit;
 mod codes;
 mod common;
 mod ephemeral_contract;
+mod federation;
 mod hardening;
 mod http_api;
 mod mfa;
