@@ -1,7 +1,8 @@
 //! `keygate-bench`: measures, in one run, the raw argon2id verification rate with the server's
 //! parameters (the physical limit of password login on this machine), password-login throughput
-//! of a real `auth-server` process against it, and refresh-rotation throughput on SQLite and
-//! (when a server URL is given) Postgres. Run it through `scripts/bench`.
+//! of a real `auth-server` process against it, refresh-rotation throughput on SQLite and (when
+//! a server URL is given) Postgres, and one-time tickets (issue + sign-in) on Postgres and
+//! Redis. Run it through `scripts/bench`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use anyhow::{Context, Result, ensure};
@@ -26,6 +27,9 @@ struct Args {
     /// Postgres server URL for the refresh benchmark on Postgres (a database is created).
     #[arg(long, env = "KEYGATE_TEST_DATABASE_URL")]
     postgres_url: Option<String>,
+    /// Redis server URL for the ticket benchmark (with Postgres).
+    #[arg(long, env = "KEYGATE_TEST_REDIS_URL")]
+    redis_url: Option<String>,
     /// argon2id memory cost in KiB (the server default).
     #[arg(long, default_value_t = 19456)]
     memory_kib: u32,
@@ -169,6 +173,14 @@ fn config_file(dir: &std::path::Path, args: &Args) -> String {
 }
 
 fn start_server(args: &Args, database_url: Option<String>) -> (ServerProcess, tempfile::TempDir) {
+    start_server_with(args, database_url, None)
+}
+
+fn start_server_with(
+    args: &Args,
+    database_url: Option<String>,
+    redis_url: Option<&str>,
+) -> (ServerProcess, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let mut env = vec![
         ("KEYGATE_CONFIG".to_owned(), config_file(dir.path(), args)),
@@ -177,9 +189,18 @@ fn start_server(args: &Args, database_url: Option<String>) -> (ServerProcess, te
     if let Some(url) = database_url {
         env.push(("KEYGATE_DATABASE_URL".to_owned(), url));
     }
+    if let Some(url) = redis_url {
+        env.push(("KEYGATE_REDIS_URL".to_owned(), url.to_owned()));
+    }
     for i in 0..args.concurrency {
         add_user(dir.path(), &env, &["--username", &format!("bench{i}")], PW);
     }
+    add_user(
+        dir.path(),
+        &env,
+        &["--username", "bench-admin", "--role", "admin"],
+        PW,
+    );
     let server = ServerProcess::start(ServerOptions {
         data_dir: Some(dir.path().to_path_buf()),
         env,
@@ -264,6 +285,55 @@ async fn refresh_throughput(args: &Args, database_url: Option<String>) -> Result
     .await
 }
 
+/// One operation = an administrator issues a ticket for a user, then the ticket signs in
+/// (two requests: the single-use state lives in Redis, the sessions in Postgres).
+async fn ticket_throughput(args: &Args, database_url: String, redis_url: &str) -> Result<Measured> {
+    let (server, _dir) = start_server_with(args, Some(database_url), Some(redis_url));
+    let client = reqwest::Client::new();
+    let base = server.base_url.clone();
+    let admin = post(
+        &client,
+        &format!("{base}/api/v1/auth/login"),
+        &json!({"identity": "bench-admin", "password": PW}),
+    )
+    .await?;
+    let token = admin["access_token"]
+        .as_str()
+        .context("admin token")?
+        .to_owned();
+    let me = client
+        .get(format!("{base}/api/v1/auth/me"))
+        .bearer_auth(&token)
+        .send()
+        .await?
+        .json::<Value>()
+        .await?;
+    let user_id = me["data"]["id"].as_str().context("admin id")?.to_owned();
+    drive(args.concurrency, args.seconds, move |_| {
+        let (client, base, token, user_id) =
+            (client.clone(), base.clone(), token.clone(), user_id.clone());
+        async move {
+            let res = client
+                .post(format!("{base}/api/v1/auth/generate-ticket"))
+                .bearer_auth(&token)
+                .json(&json!({"user_id": user_id}))
+                .send()
+                .await?;
+            ensure!(res.status() == 200, "generate-ticket answered {}", res.status());
+            let issued: Value = res.json().await?;
+            let ticket = issued["data"]["ticket"].as_str().context("ticket")?;
+            post(
+                &client,
+                &format!("{base}/api/v1/auth/ticket/signin"),
+                &json!({"ticket": ticket}),
+            )
+            .await?;
+            Ok(())
+        }
+    })
+    .await
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -285,6 +355,17 @@ async fn main() -> Result<()> {
         ),
         None => None,
     };
+    let tickets = match (&args.postgres_url, &args.redis_url) {
+        (Some(pg), Some(redis)) => Some(
+            ticket_throughput(
+                &args,
+                keygate_tests::fresh_postgres_database_on(pg).await,
+                redis,
+            )
+            .await?,
+        ),
+        _ => None,
+    };
     println!("| scenario | ops/s | p50 ms | p99 ms |");
     println!("|---|---:|---:|---:|");
     println!(
@@ -303,6 +384,9 @@ async fn main() -> Result<()> {
     row("POST /auth/refresh (SQLite)", &refresh_sqlite);
     if let Some(pg) = &refresh_pg {
         row("POST /auth/refresh (Postgres)", pg);
+    }
+    if let Some(t) = &tickets {
+        row("generate-ticket + ticket/signin (Postgres + Redis)", t);
     }
     // Warm-up second included in both: CPU per login over all logins of the run.
     let logins_in_run = login.rate() * (args.seconds as f64 + 1.0);
