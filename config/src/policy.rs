@@ -557,6 +557,7 @@ pub const RATE_LIMITED_ENDPOINTS: &[&str] = &[
     "captcha_challenge",
     "key_exchange",
     "send_code",
+    "mfa_send_code",
     "code_login",
     "ticket_signin",
     "id_token_signin",
@@ -613,12 +614,21 @@ impl Default for RateLimits {
                     30,
                     60,
                 ),
+                // A day's budget per address or number, whatever the number of codes sent:
+                // guessing a code by asking for new ones stays hopeless.
                 rule(
                     "code-login-per-target",
                     &["code_login"],
                     RateKey::Target,
-                    10,
-                    300,
+                    20,
+                    86_400,
+                ),
+                rule(
+                    "mfa-send-code-per-target",
+                    &["mfa_send_code"],
+                    RateKey::Target,
+                    5,
+                    600,
                 ),
                 rule(
                     "ticket-per-ip",

@@ -30,8 +30,8 @@ fn js(script: &str) -> PathBuf {
 
 impl OidcProvider {
     /// Starts a provider whose signing keys are `keys` (kid, `RS256` or `ES256`; the first
-    /// signs), with the [`CLIENTS`] and accounts `alice` (verified email), `bob` (unverified
-    /// email) and `carol`.
+    /// signs), with the [`CLIENTS`] and accounts `alice` (verified email and phone), `bob`
+    /// (unverified email), `carol` and `dave` (verified emails).
     pub fn start(keys: &[(&str, &str)]) -> Self {
         let mut p = Self::unstarted();
         p.restart_with_keys(keys);
@@ -78,6 +78,7 @@ impl OidcProvider {
                  "name": "Alice", "phone_number": "+14155550170"},
                 {"sub": "bob", "email": "bob@example.com", "email_verified": false, "name": "Bob"},
                 {"sub": "carol", "email": "carol@example.com", "email_verified": true, "name": "Carol"},
+                {"sub": "dave", "email": "dave@example.com", "email_verified": true, "name": "Dave"},
             ],
         });
         let path = self.dir.path().join("config.json");

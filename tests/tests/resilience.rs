@@ -120,6 +120,17 @@ async fn redis_outage_fails_closed_where_it_must_and_recovers_by_itself() {
         (503, json!(50300001)),
         "{body}"
     );
+    // An address without an account answers exactly alike (no enumeration by outage).
+    let (status, body) = post(
+        "/api/v1/auth/send-login-code",
+        json!({"email": "nobody@example.com"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].clone()),
+        (503, json!(50300001)),
+        "{body}"
+    );
     // Readiness says why.
     let (status, body) = get("/readyz", None).await;
     assert_eq!(status, 503);

@@ -24,6 +24,8 @@ pub mod kind {
     pub const MFA_CHANGE: &str = "mfa_change";
     /// A password was changed.
     pub const PASSWORD_CHANGE: &str = "password_change";
+    /// An external account was linked to a local one (created, or matched by verified email).
+    pub const FEDERATION_LINK: &str = "federation_link";
     /// Every type, for validating filters.
     pub const ALL: &[&str] = &[
         SIGN_IN,
@@ -33,6 +35,7 @@ pub mod kind {
         UNLOCK,
         MFA_CHANGE,
         PASSWORD_CHANGE,
+        FEDERATION_LINK,
     ];
 }
 
@@ -141,7 +144,15 @@ impl AuthService {
                 ("failure", user, Some(e.reason()))
             }
         };
-        let identity = identity.map(|(_, value)| value);
+        // An identity that names no account is kept only as a hash: people type passwords
+        // into the identity field.
+        let details = identity.map(|(_, value)| {
+            if user_id.is_some() {
+                serde_json::json!({ "identity": value })
+            } else {
+                serde_json::json!({ "identity_sha256": &random::secret_hash(value)[..16] })
+            }
+        });
         self.audit(Event {
             kind: kind::SIGN_IN,
             tenant_id,
@@ -149,7 +160,7 @@ impl AuthService {
             method: Some(method),
             user_id: user_id.as_deref(),
             reason,
-            details: identity.map(|i| serde_json::json!({ "identity": i })),
+            details,
             ..Default::default()
         })
         .await;

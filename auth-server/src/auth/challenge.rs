@@ -2,7 +2,7 @@
 //! factor, the single-use challenge with limited attempts that stands in for the tokens until
 //! the factor is verified, and TOTP enrolment (setup, activation with backup codes).
 
-use super::codes::{CodeSent, CodeTarget, Outgoing, mfa_code_key};
+use super::codes::{CodeSent, CodeTarget, Outgoing, mfa_code_key, target_rate_key};
 use super::error::AuthError;
 use super::limits::RateKeys;
 use super::tokens::AccessClaims;
@@ -21,6 +21,16 @@ pub enum LoginOutcome {
     SignedIn(SignedIn),
     /// A second factor is needed first.
     MfaRequired(MfaPending),
+}
+
+impl LoginOutcome {
+    /// The account and the audit outcome (`success`, or `challenge` while MFA is pending).
+    pub fn audit_summary(&self) -> (String, &'static str) {
+        match self {
+            Self::SignedIn(s) => (s.user.id.clone(), "success"),
+            Self::MfaRequired(p) => (p.user.id.clone(), "challenge"),
+        }
+    }
 }
 
 /// A sign-in waiting for its second factor.
@@ -137,16 +147,21 @@ fn method_not_offered(method: MfaMethod) -> AuthError {
 
 impl AuthService {
     /// Whether this sign-in must show a second factor; if so, the challenge for it.
+    /// `first_factor` is the `amr` of what the user has shown: after a sent code (`otp_email`,
+    /// `otp_sms`) or a federated sign-in only TOTP and backup codes can be the second factor.
     pub(super) async fn mfa_gate(
         &self,
         totp_active: bool,
         user: &User,
         policy: &MfaPolicy,
-        password: &PasswordStatus,
+        first_factor: &str,
         risk: &super::risk::RiskAssessment,
         context: &super::risk::SignInContext,
     ) -> Result<Option<MfaPending>, AuthError> {
-        let methods = offered_methods(policy, user, totp_active);
+        let mut methods = offered_methods(policy, user, totp_active);
+        if first_factor != "pwd" {
+            methods.retain(|m| m == "totp" || m == "backup");
+        }
         if methods.is_empty() || policy.mode == MfaMode::Off {
             return Ok(None);
         }
@@ -165,7 +180,7 @@ impl AuthService {
         let token = format!("chg_{}", random::secret(32));
         let state = ChallengeState {
             user_id: user.id.clone(),
-            amr: vec!["pwd".into()],
+            amr: vec![first_factor.into()],
             methods: methods.clone(),
             max_attempts: policy.max_attempts,
             device: context.device.clone(),
@@ -185,8 +200,41 @@ impl AuthService {
             challenge_token: token,
             methods,
             reason,
-            password: password.clone(),
+            password: self.password_status(user),
             risk: risk.clone(),
+        }))
+    }
+
+    /// Ends a sign-in whose first factor was not the password (a sent code, a federated
+    /// id_token): users with TOTP are asked for it when the policy says so; otherwise the
+    /// session opens.
+    pub(super) async fn finish_sign_in(
+        &self,
+        user: User,
+        first_factor: &str,
+        totp_active: bool,
+    ) -> Result<LoginOutcome, AuthError> {
+        if user.status != crate::store::status::ACTIVE {
+            return Err(AuthError::AccountDisabled);
+        }
+        let rt = self.runtime();
+        let policy = &rt.config.policy_for(&user.tenant_id).mfa;
+        let risk = super::risk::RiskAssessment::default();
+        let context = super::risk::SignInContext::default();
+        if let Some(pending) = self
+            .mfa_gate(totp_active, &user, policy, first_factor, &risk, &context)
+            .await?
+        {
+            return Ok(LoginOutcome::MfaRequired(pending));
+        }
+        let tokens = self
+            .open_session(&user, vec![first_factor.into()], None)
+            .await?;
+        Ok(LoginOutcome::SignedIn(SignedIn {
+            password: self.password_status(&user),
+            risk: None,
+            user,
+            tokens,
         }))
     }
 
@@ -345,10 +393,10 @@ impl AuthService {
         .ok_or_else(|| method_not_offered(method))?;
         let target = CodeTarget { channel, value };
         self.check_rate(
-            "send_code",
+            "mfa_send_code",
             &RateKeys {
                 ip: client_ip,
-                target: Some(&target.value),
+                target: Some(&target_rate_key(&user.tenant_id, &target.value)),
                 tenant: Some(&user.tenant_id),
                 ..Default::default()
             },

@@ -3,11 +3,12 @@
 //! a keyed hash with its expiry on the injected clock; it is single use, dies after its
 //! attempts, and is never left usable when its delivery failed.
 
+use super::challenge::LoginOutcome;
 use super::error::{AuthError, FieldViolation};
 use super::limits::RateKeys;
-use super::{AuthService, CaptchaAnswer, SignedIn, random, users};
+use super::{AuthService, CaptchaAnswer, random, users};
 use crate::delivery::{Channel, CodeMessage, Purpose};
-use crate::store::{IdentityKind, User, status};
+use crate::store::{IdentityKind, User};
 use keygate_config::LoginCodePolicy;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -176,6 +177,7 @@ struct Gated {
     tenant: crate::store::Tenant,
     rt: std::sync::Arc<super::Runtime>,
     user: Option<User>,
+    totp_active: bool,
 }
 
 /// A code as stored: its keyed hash, expiry, and a nonce that names its attempt counter.
@@ -184,6 +186,11 @@ struct StoredCode {
     nonce: String,
     hash: String,
     expires_at: i64,
+}
+
+/// What per-target rate limits count by: the target within its tenant.
+pub(super) fn target_rate_key(tenant: &str, target: &str) -> String {
+    format!("{tenant}:{target}")
 }
 
 /// Key of the passwordless code for a target in a tenant.
@@ -218,7 +225,15 @@ impl AuthService {
     /// Sends a passwordless sign-in code. Targets without an account get the same answer; a
     /// code is only actually sent to them when the tenant allows sign-up by code.
     pub async fn send_login_code(&self, req: SendCode) -> Result<CodeSent, AuthError> {
-        let Gated { tenant, rt, user } = self.code_gate("send_code", &req.request).await?;
+        // A channel that cannot be served fails alike for every target, before any lookup.
+        if !self.delivery.serves(req.request.target.channel) {
+            return Err(AuthError::DeliveryFailed(
+                req.request.target.channel.as_str(),
+            ));
+        }
+        let Gated {
+            tenant, rt, user, ..
+        } = self.code_gate("send_code", &req.request).await?;
         let policy = &rt.config.policy_for(&tenant.id).login_codes;
         let sent = CodeSent {
             channel: req.request.target.channel,
@@ -226,7 +241,16 @@ impl AuthService {
             expires_in: policy.ttl_seconds,
         };
         if user.is_none() && !policy.signup {
-            // Nothing to sign in to: answer alike, after about as long as a delivery takes.
+            // Nothing to sign in to: answer alike. The store is touched as for a real code (so
+            // that an outage answers alike too), and the answer comes after about as long as a
+            // delivery takes.
+            self.ephemeral
+                .set(
+                    &format!("kg:code:decoy:{}", random::secret(9)),
+                    "",
+                    Duration::from_secs(1),
+                )
+                .await?;
             self.delivery.imitate(req.request.target.channel).await;
             return Ok(sent);
         }
@@ -246,7 +270,7 @@ impl AuthService {
 
     /// Signs in with a code sent by [`send_login_code`](Self::send_login_code); returns the
     /// sign-in and whether the account was created by it.
-    pub async fn login_with_code(&self, req: CodeLogin) -> Result<(SignedIn, bool), AuthError> {
+    pub async fn login_with_code(&self, req: CodeLogin) -> Result<(LoginOutcome, bool), AuthError> {
         let tenant_id = req.request.tenant_id.clone();
         let target = req.request.target.clone();
         let method = match target.channel {
@@ -260,7 +284,7 @@ impl AuthService {
             Some((target.kind(), &target.value)),
             None,
             &result,
-            |(s, _)| (s.user.id.clone(), "success"),
+            |(outcome, _)| outcome.audit_summary(),
         )
         .await;
         result
@@ -269,12 +293,17 @@ impl AuthService {
     async fn login_with_code_unaudited(
         &self,
         req: CodeLogin,
-    ) -> Result<(SignedIn, bool), AuthError> {
+    ) -> Result<(LoginOutcome, bool), AuthError> {
         let code = req.code.trim();
         if code.is_empty() {
             return Err(required("code"));
         }
-        let Gated { tenant, rt, user } = self.code_gate("code_login", &req.request).await?;
+        let Gated {
+            tenant,
+            rt,
+            user,
+            totp_active,
+        } = self.code_gate("code_login", &req.request).await?;
         let policy = &rt.config.policy_for(&tenant.id).login_codes;
         let existing = user;
         let key = login_code_key(&tenant.id, &req.request.target);
@@ -291,23 +320,14 @@ impl AuthService {
             }
             None => return Err(AuthError::NoAccountForCode),
         };
-        if user.status != status::ACTIVE {
-            return Err(AuthError::AccountDisabled);
-        }
         let amr = match req.request.target.channel {
             Channel::Email => "otp_email",
             Channel::Sms => "otp_sms",
         };
-        let tokens = self.open_session(&user, vec![amr.into()], None).await?;
-        Ok((
-            SignedIn {
-                password: self.password_status(&user),
-                risk: None,
-                user,
-                tokens,
-            },
-            is_new,
-        ))
+        let outcome = self
+            .finish_sign_in(user, amr, totp_active && !is_new)
+            .await?;
+        Ok((outcome, is_new))
     }
 
     /// What both code endpoints do first: the tenant, that it offers codes, the rate limits
@@ -325,7 +345,7 @@ impl AuthService {
             endpoint,
             &RateKeys {
                 ip: client_ip,
-                target: Some(&req.target.value),
+                target: Some(&target_rate_key(&tenant.id, &req.target.value)),
                 tenant: Some(&tenant.id),
                 ..Default::default()
             },
@@ -338,9 +358,13 @@ impl AuthService {
         let user = self
             .store
             .login_lookup(&tenant.id, req.target.kind(), &req.target.value)
-            .await?
-            .map(|r| r.user);
-        Ok(Gated { tenant, rt, user })
+            .await?;
+        Ok(Gated {
+            tenant,
+            rt,
+            totp_active: user.as_ref().is_some_and(|r| r.totp_active),
+            user: user.map(|r| r.user),
+        })
     }
 
     async fn register_by_code(
@@ -407,16 +431,10 @@ impl AuthService {
             locale: &out.locale,
         };
         if let Err(e) = self.delivery.send(&message).await {
-            // Remove exactly this code (not one a parallel request stored since).
-            if let Ok(Some(current)) = self.ephemeral.take(&out.key).await
-                && !current.contains(&stored.nonce)
-            {
-                let _ = self
-                    .ephemeral
-                    .set(&out.key, &current, Duration::from_secs(policy.ttl_seconds))
-                    .await;
-            }
             tracing::warn!(channel = out.target.channel.as_str(), error = %e, "code delivery failed");
+            // Remove exactly this code (not one a parallel request stored since). If even that
+            // fails the code must not count as issued: fail closed on the store's error.
+            self.ephemeral.take_if(&out.key, &stored.nonce).await?;
             return Err(AuthError::DeliveryFailed(out.target.channel.as_str()));
         }
         Ok(())
@@ -461,20 +479,12 @@ impl AuthService {
         if keep_if_right {
             return Err(AuthError::NoAccountForCode);
         }
-        let taken = self
-            .ephemeral
-            .take(key)
+        // Consumed once: only this code (a newer one stored meanwhile stays untouched).
+        self.ephemeral
+            .take_if(key, &stored.nonce)
             .await?
-            .ok_or(AuthError::CodeInvalid)?;
-        if !taken.contains(&stored.nonce) {
-            // A newer code replaced this one between the read and the take: put it back.
-            let ttl = u64::try_from(stored.expires_at - now).unwrap_or(1).max(1);
-            self.ephemeral
-                .set(key, &taken, Duration::from_secs(ttl))
-                .await?;
-            return Err(AuthError::CodeInvalid);
-        }
-        Ok(())
+            .map(|_| ())
+            .ok_or(AuthError::CodeInvalid)
     }
 
     fn code_hash(&self, key: &str, code: &str) -> String {

@@ -3,8 +3,9 @@
 //! floor), validation as OpenID Connect Core 3.1.3.7 asks, and the account found by its
 //! (issuer, subject) link or provisioned as the provider's configuration says.
 
+use super::challenge::LoginOutcome;
 use super::error::{AuthError, FieldViolation};
-use super::{AuthService, SignedIn, random, status, users};
+use super::{AuthService, random, users};
 use crate::store::{IdentityKind, User};
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{DecodingKey, Validation};
@@ -19,17 +20,23 @@ const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
 const MAX_ID_TOKEN_BYTES: usize = 16 * 1024;
 
 /// Keys of one provider as last fetched.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct ProviderKeys {
     keys: Vec<Jwk>,
-    /// Injected-clock time of the fetch.
+    /// Injected-clock time of the last successful fetch (0: never).
     fetched_at: i64,
+    /// Injected-clock time of the last attempt, successful or not (the refetch floor).
+    attempted_at: i64,
 }
+
+/// One provider's slot: its own lock, held while its keys are fetched, so that a slow or
+/// unreachable provider delays only its own sign-ins.
+type Slot = std::sync::Arc<tokio::sync::Mutex<ProviderKeys>>;
 
 /// The provider key cache, keyed by discovery URL, and the client that fills it.
 #[derive(Debug)]
 pub struct KeyCache {
-    entries: tokio::sync::Mutex<HashMap<String, ProviderKeys>>,
+    entries: std::sync::Mutex<HashMap<String, Slot>>,
     /// Bounded in time and redirects, without idle connections: fetches are rare, and a
     /// pooled connection to a provider that restarted since would fail the next one.
     http: reqwest::Client,
@@ -38,7 +45,7 @@ pub struct KeyCache {
 impl Default for KeyCache {
     fn default() -> Self {
         Self {
-            entries: tokio::sync::Mutex::default(),
+            entries: std::sync::Mutex::default(),
             http: reqwest::Client::builder()
                 .connect_timeout(std::time::Duration::from_secs(3))
                 .timeout(std::time::Duration::from_secs(5))
@@ -53,8 +60,8 @@ impl Default for KeyCache {
 /// A successful federated sign-in.
 #[derive(Debug, Clone)]
 pub struct FederatedSignIn {
-    /// The session.
-    pub signed_in: SignedIn,
+    /// The session, or the TOTP challenge that stands before it.
+    pub outcome: LoginOutcome,
     /// The account was created by this sign-in.
     pub created: bool,
     /// The account was linked by this sign-in (verified email).
@@ -154,30 +161,47 @@ impl AuthService {
                 None => None,
             }
         };
+        let slot: Slot = {
+            let mut map = self
+                .federation_keys
+                .entries
+                .lock()
+                .map_err(|_| AuthError::Internal("key cache poisoned".into()))?;
+            if map.len() > 1000 {
+                map.clear();
+            }
+            map.entry(p.discovery()).or_default().clone()
+        };
+        let mut entry = slot.lock().await;
         let now = self.clock.unix();
-        let url = p.discovery();
-        let mut cache = self.federation_keys.entries.lock().await;
-        let cached = cache.get(&url).cloned();
-        if let Some(entry) = &cached
-            && now - entry.fetched_at < super::secs(p.jwks_max_age_seconds)
-        {
-            if let Some(key) = pick(&entry.keys) {
-                return Ok(key);
-            }
-            if now - entry.fetched_at < super::secs(p.jwks_refetch_floor_seconds) {
-                return Err(invalid("unknown_signing_key"));
-            }
+        let fresh =
+            entry.fetched_at > 0 && now - entry.fetched_at < super::secs(p.jwks_max_age_seconds);
+        let cached = pick(&entry.keys);
+        if fresh && let Some(key) = cached {
+            return Ok(key);
         }
-        let keys = self.fetch_keys(p).await?;
-        let key = pick(&keys);
-        cache.insert(
-            url,
-            ProviderKeys {
-                keys,
-                fetched_at: now,
+        if entry.attempted_at > 0
+            && now - entry.attempted_at < super::secs(p.jwks_refetch_floor_seconds)
+        {
+            // Fetched (or tried) a moment ago: no new request for this token.
+            return cached.ok_or(invalid("unknown_signing_key"));
+        }
+        entry.attempted_at = now;
+        match self.fetch_keys(p).await {
+            Ok(keys) => {
+                entry.keys = keys;
+                entry.fetched_at = now;
+                pick(&entry.keys).ok_or(invalid("unknown_signing_key"))
+            }
+            // Keys past their age still verify their own tokens while the provider is away.
+            Err(e) => match cached {
+                Some(key) => {
+                    tracing::warn!(provider = %p.name, error = %e, "provider keys could not be refreshed; using the cached ones");
+                    Ok(key)
+                }
+                None => Err(e),
             },
-        );
-        key.ok_or(invalid("unknown_signing_key"))
+        }
     }
 
     /// Validates an id_token of provider `p` (OpenID Connect Core 3.1.3.7) and returns its
@@ -195,6 +219,12 @@ impl AuthService {
         let alg_name = format!("{:?}", header.alg);
         if !p.allowed_algorithms.contains(&alg_name) {
             return Err(invalid("algorithm_not_accepted"));
+        }
+        // An access token of the provider is not an id_token (RFC 9068 `typ`).
+        if header.typ.as_deref().is_some_and(|t| {
+            t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt")
+        }) {
+            return Err(invalid("not_an_id_token"));
         }
         let jwk = self.provider_key(p, header.kid.as_deref()).await?;
         if let Some(key_alg) = &jwk.common.key_algorithm
@@ -224,6 +254,10 @@ impl AuthService {
                 }
             })?
             .claims;
+        // One issuer, as a string (a list of issuers would pass a set-membership check).
+        if claims.get("iss").and_then(Value::as_str) != Some(p.issuer.as_str()) {
+            return Err(invalid("wrong_issuer"));
+        }
         let now = self.clock.unix();
         let skew = super::secs(p.clock_skew_seconds);
         let number = |name: &str| claims.get(name).and_then(Value::as_i64);
@@ -294,7 +328,7 @@ impl AuthService {
             })?;
         let result = self.federated_account(p, id_token.trim()).await;
         self.audit_sign_in("federated", &p.tenant_id, None, None, &result, |s| {
-            (s.signed_in.user.id.clone(), "success")
+            s.outcome.audit_summary()
         })
         .await;
         result
@@ -323,28 +357,7 @@ impl AuthService {
                 Provisioning::Existing => return Err(AuthError::FederationNoAccount),
                 Provisioning::LinkVerifiedEmail => {
                     let email = email.ok_or(AuthError::FederationNoAccount)?;
-                    let user = self
-                        .store
-                        .user_by_identity(&p.tenant_id, IdentityKind::Email, &email)
-                        .await?
-                        .ok_or(AuthError::FederationNoAccount)?;
-                    match self
-                        .store
-                        .link_federated(
-                            &p.tenant_id,
-                            &p.issuer,
-                            &subject,
-                            &user.id,
-                            self.clock.unix(),
-                        )
-                        .await
-                    {
-                        Ok(()) => (user, false, true),
-                        Err(crate::store::StoreError::Conflict(_)) => {
-                            (self.linked_user(p, &subject).await?, false, false)
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
+                    self.link_by_email(p, &subject, &email).await?
                 }
                 Provisioning::Create => {
                     let phone = claim(&p.claims.phone)
@@ -355,20 +368,85 @@ impl AuthService {
                 }
             },
         };
-        if user.status != status::ACTIVE {
-            return Err(AuthError::AccountDisabled);
+        if created || linked {
+            self.audit(super::audit::Event {
+                kind: super::audit::kind::FEDERATION_LINK,
+                tenant_id: &user.tenant_id,
+                outcome: "success",
+                method: Some("federated"),
+                user_id: Some(&user.id),
+                reason: Some(if created {
+                    "created"
+                } else {
+                    "linked_by_email"
+                }),
+                details: Some(serde_json::json!({
+                    "provider": p.name, "issuer": p.issuer, "sub": subject,
+                    "created": created, "linked": linked,
+                })),
+                ..Default::default()
+            })
+            .await;
         }
-        let tokens = self.open_session(&user, vec!["fed".into()], None).await?;
+        let totp_active = self
+            .store
+            .totp(&user.id)
+            .await?
+            .is_some_and(|f| f.confirmed);
+        let outcome = self.finish_sign_in(user, "fed", totp_active).await?;
         Ok(FederatedSignIn {
-            signed_in: SignedIn {
-                password: self.password_status(&user),
-                risk: None,
-                user,
-                tokens,
-            },
+            outcome,
             created,
             linked,
         })
+    }
+
+    /// Links the external account to the local account with the same address. Refused for
+    /// accounts with roles or an active second factor (their owners link through an
+    /// authenticated step, not by an address), and for accounts that have another link of
+    /// this issuer already.
+    async fn link_by_email(
+        &self,
+        p: &OidcProviderConfig,
+        subject: &str,
+        email: &str,
+    ) -> Result<(User, bool, bool), AuthError> {
+        let user = self
+            .store
+            .user_by_identity(&p.tenant_id, IdentityKind::Email, email)
+            .await?
+            .ok_or(AuthError::FederationNoAccount)?;
+        let protected = !user.roles.is_empty()
+            || self
+                .store
+                .totp(&user.id)
+                .await?
+                .is_some_and(|f| f.confirmed)
+            || self
+                .store
+                .has_federated_link(&p.tenant_id, &p.issuer, &user.id)
+                .await?;
+        if protected {
+            tracing::warn!(user = %user.id, provider = %p.name, "link by email refused: the account is protected");
+            return Err(AuthError::FederationNoAccount);
+        }
+        match self
+            .store
+            .link_federated(
+                &p.tenant_id,
+                &p.issuer,
+                subject,
+                &user.id,
+                self.clock.unix(),
+            )
+            .await
+        {
+            Ok(()) => Ok((user, false, true)),
+            Err(crate::store::StoreError::Conflict(_)) => {
+                Ok((self.linked_user(p, subject).await?, false, false))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn linked_user(&self, p: &OidcProviderConfig, subject: &str) -> Result<User, AuthError> {

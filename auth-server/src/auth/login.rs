@@ -28,10 +28,7 @@ impl AuthService {
             Some((identity.0, &identity.1)),
             None,
             &result,
-            |outcome| match outcome {
-                challenge::LoginOutcome::SignedIn(s) => (s.user.id.clone(), "success"),
-                challenge::LoginOutcome::MfaRequired(p) => (p.user.id.clone(), "challenge"),
-            },
+            challenge::LoginOutcome::audit_summary,
         )
         .await;
         result
@@ -170,7 +167,7 @@ impl AuthService {
                 totp_active,
                 &user,
                 &policy.mfa,
-                &password,
+                "pwd",
                 &assessment,
                 &context,
             )

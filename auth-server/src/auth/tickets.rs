@@ -113,6 +113,11 @@ impl AuthService {
             .await?
             .filter(|u| u.tenant_id == caller.tenant_id && u.status == status::ACTIVE)
             .ok_or(AuthError::NotFound("user"))?;
+        // No way up: only an administrator may sign in as someone holding a role the caller
+        // lacks (a `ticket-issuer` cannot become an `admin`).
+        if !caller.has_role("admin") && user.roles.iter().any(|r| !caller.has_role(r)) {
+            return Err(AuthError::Forbidden);
+        }
         let ttl = self.runtime().config.tokens.ticket_ttl_seconds;
         let ticket = format!("tkt_{}", random::secret(TICKET_BYTES));
         let stored = StoredTicket {
@@ -167,15 +172,33 @@ impl AuthService {
             .await?
             .and_then(|json| serde_json::from_str(&json).ok())
             .ok_or(AuthError::TicketInvalid)?;
-        if stored.expires_at <= self.clock.unix() {
-            return Err(AuthError::TicketInvalid);
-        }
         let user = self
             .store
             .user(&stored.user_id)
             .await?
-            .filter(|u| u.tenant_id == stored.tenant_id && u.status == status::ACTIVE)
-            .ok_or(AuthError::TicketInvalid)?;
+            .filter(|u| u.tenant_id == stored.tenant_id && u.status == status::ACTIVE);
+        let refused = if stored.expires_at <= self.clock.unix() {
+            Some("ticket_expired")
+        } else if user.is_none() {
+            Some("account_disabled")
+        } else {
+            None
+        };
+        let Some(user) = user.filter(|_| refused.is_none()) else {
+            // A real ticket that cannot be used: recorded under its tenant.
+            self.audit(super::audit::Event {
+                kind: super::audit::kind::SIGN_IN,
+                tenant_id: &stored.tenant_id,
+                outcome: "failure",
+                method: Some("ticket"),
+                user_id: Some(&stored.user_id),
+                actor_id: Some(&stored.issued_by),
+                reason: refused,
+                ..Default::default()
+            })
+            .await;
+            return Err(AuthError::TicketInvalid);
+        };
         let act = (stored.issued_by != user.id).then(|| Actor {
             sub: stored.issued_by.clone(),
             reason: stored.reason.clone(),

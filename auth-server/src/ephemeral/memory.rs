@@ -87,6 +87,20 @@ impl MemoryEphemeral {
         n
     }
 
+    pub(super) fn take_if(&self, key: &str, marker: &str) -> Option<String> {
+        let now = self.now_ms();
+        let mut g = self.lock();
+        let live = g
+            .entries
+            .get(key)
+            .is_some_and(|(v, exp)| *exp > now && v.contains(marker));
+        if live {
+            g.entries.remove(key).map(|(v, _)| v)
+        } else {
+            None
+        }
+    }
+
     pub(super) fn take(&self, key: &str) -> Option<String> {
         let now = self.now_ms();
         self.lock()

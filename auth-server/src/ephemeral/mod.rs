@@ -72,6 +72,15 @@ impl Ephemeral {
         }
     }
 
+    /// Removes and returns the value under `key` only if it contains `marker`, atomically (a
+    /// value replaced meanwhile is left alone).
+    pub async fn take_if(&self, key: &str, marker: &str) -> Result<Option<String>, EphemeralError> {
+        match self {
+            Self::Memory(m) => Ok(m.take_if(key, marker)),
+            Self::Redis(r) => r.take_if(key, marker).await,
+        }
+    }
+
     /// Round trip (readiness); always fine in process.
     pub async fn ping(&self) -> Result<(), EphemeralError> {
         match self {

@@ -16,6 +16,16 @@ pub struct RedisEphemeral {
     fallback: MemoryEphemeral,
 }
 
+/// Deletes and returns the value under KEYS[1] only if it contains ARGV[1] (plain text).
+const TAKE_IF_SCRIPT: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v and string.find(v, ARGV[1], 1, true) then
+  redis.call('DEL', KEYS[1])
+  return v
+end
+return false
+";
+
 /// The attempt gate of `attempts.rs`, as one atomic script over both keys. Fields: `f`
 /// failures, `n` next allowed (ms), `l` locked until (ms).
 const GATE_SCRIPT: &str = r#"
@@ -164,6 +174,21 @@ impl RedisEphemeral {
         let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
         self.pool
             .eval(INCR_SCRIPT, vec![key.to_owned()], vec![ms])
+            .await
+            .map_err(err)
+    }
+
+    pub(super) async fn take_if(
+        &self,
+        key: &str,
+        marker: &str,
+    ) -> Result<Option<String>, EphemeralError> {
+        self.pool
+            .eval(
+                TAKE_IF_SCRIPT,
+                vec![key.to_owned()],
+                vec![marker.to_owned()],
+            )
             .await
             .map_err(err)
     }

@@ -222,9 +222,9 @@ async fn code_login(
     state
         .metrics
         .record_login(method, result.as_ref().map(|_| ()));
-    let (signed_in, is_new_user) = result?;
+    let (outcome, is_new_user) = result?;
     Ok(Json(CodeLoginResponse {
-        login: signed_in.into(),
+        login: outcome.into(),
         is_new_user,
     }))
 }
@@ -233,7 +233,7 @@ async fn code_login(
 #[utoipa::path(post, path = "/auth/login/email-code", tag = "auth", request_body = EmailCodeLoginRequest,
     params(("X-Tenant-ID" = Option<String>, Header, description = "Tenant when the body has none")),
     responses(
-        (status = 200, description = "Signed in; amr is otp_email", body = CodeLoginResponse),
+        (status = 200, description = "Signed in (amr otp_email), or requires_mfa with a TOTP challenge for users with TOTP when the policy asks", body = CodeLoginResponse),
         (status = 400, description = "Invalid input, wrong, expired or used code (40000401), no account without register_if_new (40000403), sign-in by code disabled (40000402)", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Account disabled", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many attempts; retry_after and Retry-After", body = Problem, content_type = "application/problem+json"),
@@ -254,7 +254,7 @@ pub async fn login_email_code(
 #[utoipa::path(post, path = "/auth/login/phone-code", tag = "auth", request_body = PhoneCodeLoginRequest,
     params(("X-Tenant-ID" = Option<String>, Header, description = "Tenant when the body has none")),
     responses(
-        (status = 200, description = "Signed in; amr is otp_sms", body = CodeLoginResponse),
+        (status = 200, description = "Signed in (amr otp_sms), or requires_mfa with a TOTP challenge for users with TOTP when the policy asks", body = CodeLoginResponse),
         (status = 400, description = "Invalid input, wrong, expired or used code (40000401), no account without register_if_new (40000403), sign-in by code disabled (40000402)", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Account disabled", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many attempts; retry_after and Retry-After", body = Problem, content_type = "application/problem+json"),

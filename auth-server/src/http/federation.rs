@@ -26,7 +26,7 @@ pub struct IdTokenSigninRequest {
 /// provider's provisioning mode says.
 #[utoipa::path(post, path = "/auth/id-token/signin", tag = "auth", request_body = IdTokenSigninRequest,
     responses(
-        (status = 200, description = "Signed in; amr is fed", body = LoginResponse),
+        (status = 200, description = "Signed in (amr fed), or requires_mfa with a TOTP challenge for users with TOTP when the policy asks", body = LoginResponse),
         (status = 400, description = "Missing fields or unknown provider (40000001), or an id_token that does not validate (40000601)", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "No linked account and none to link or create (40300004), or the account is disabled", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many requests; retry_after and Retry-After", body = Problem, content_type = "application/problem+json"),
@@ -48,5 +48,5 @@ pub async fn id_token_signin(
     state
         .metrics
         .record_login("federated", result.as_ref().map(|_| ()));
-    Ok(Json(result?.signed_in.into()))
+    Ok(Json(result?.outcome.into()))
 }

@@ -301,6 +301,26 @@ impl SqlStore {
         row.as_ref().map(user_from).transpose().map_err(db)
     }
 
+    /// Whether `user_id` has a link to an account of `issuer` in the tenant.
+    pub async fn has_federated_link(
+        &self,
+        tenant_id: &str,
+        issuer: &str,
+        user_id: &str,
+    ) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "SELECT 1 AS one FROM federated_identities \
+             WHERE tenant_id = $1 AND issuer = $2 AND user_id = $3",
+        )
+        .bind(tenant_id)
+        .bind(issuer)
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(row.is_some())
+    }
+
     /// Links an external account to an existing user; `Conflict("link")` when it is linked
     /// already.
     pub async fn link_federated(

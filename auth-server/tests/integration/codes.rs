@@ -3,6 +3,7 @@
 //! injected clock, sign-up by code, failed delivery, and email/SMS as MFA methods.
 
 use crate::common::{TestApp, assert_problem, small_hashing};
+use auth_server::auth::clock::Clock;
 use auth_server::auth::users::UserInput;
 use auth_server::delivery::{DeliveryConfig, verify_signature};
 use keygate_config::RuntimeConfig;
@@ -506,4 +507,52 @@ async fn email_and_sms_codes_answer_mfa_challenges() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(amr(&app, &r.body).await, ["pwd", "otp_sms"]);
     assert!(first_digits(&code, 6).is_some());
+}
+
+#[tokio::test]
+async fn users_with_totp_still_show_it_after_a_code() {
+    let hook = WebhookReceiver::start().await;
+    let app = TestApp::with_delivery(config(), delivery(None, Some(&hook))).await;
+    add_contact(&app, "tina", "tina@example.com", "+14155550166").await;
+    let token = app.token("tina", "correct horse battery").await;
+    let (secret, _) = crate::mfa::enrol(&app, &token).await;
+    app.post(SEND, json!({"phone": "+14155550166"}), None).await;
+    let code = hook.last_code_for("+14155550166").unwrap();
+    let r = app
+        .post(
+            PHONE_LOGIN,
+            json!({"phone": "+14155550166", "code": code}),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // The code was one factor; TOTP (or a backup code) is the second, never another code.
+    assert_eq!(r.body["requires_mfa"], true, "{}", r.body);
+    assert!(r.body["access_token"].is_null());
+    assert_eq!(r.body["required_mfa_methods"], json!(["totp", "backup"]));
+    assert_eq!(r.body["is_new_user"], false);
+    let step = app.clock.unix() / 30;
+    let totp = auth_server::auth::mfa::totp_at(&secret, step + 1);
+    let r = app
+        .post(
+            "/api/v1/auth/mfa/verify-challenge",
+            json!({"challenge_token": r.body["challenge_token"], "code": totp}),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(amr(&app, &r.body).await, ["otp_sms", "otp"]);
+}
+
+#[tokio::test]
+async fn a_channel_without_delivery_answers_alike_for_every_target() {
+    let smtp = SmtpServer::start();
+    let app = TestApp::with_delivery(config(), delivery(Some(&smtp), None)).await;
+    add_contact(&app, "kim", "kim@example.com", "+14155550177").await;
+    // SMS is not configured: a known and an unknown number get the same 503.
+    let known = app.post(SEND, json!({"phone": "+14155550177"}), None).await;
+    let unknown = app.post(SEND, json!({"phone": "+14155550178"}), None).await;
+    assert_problem(&known, 503, 50300002);
+    assert_problem(&unknown, 503, 50300002);
+    assert_eq!(known.body["detail"], unknown.body["detail"]);
 }

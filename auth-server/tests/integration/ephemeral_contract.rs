@@ -27,6 +27,17 @@ async fn contract(e: Ephemeral, prefix: &str, expire: impl AsyncFn()) {
     }
     assert_eq!(got, ["v"]);
     assert_eq!(e.take(&k("once")).await.unwrap(), None);
+    // take_if takes only the value it names, and only once.
+    e.set(&k("c"), r#"{"nonce":"n2"}"#, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(e.take_if(&k("c"), "n1").await.unwrap(), None);
+    assert_eq!(
+        e.take_if(&k("c"), "n2").await.unwrap().as_deref(),
+        Some(r#"{"nonce":"n2"}"#)
+    );
+    assert_eq!(e.take_if(&k("c"), "n2").await.unwrap(), None);
+    assert_eq!(e.take_if(&k("missing"), "n2").await.unwrap(), None);
     // Expiry.
     expire().await;
     assert!(!e.exists_any(&[k("a")]).await.unwrap());

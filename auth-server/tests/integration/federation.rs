@@ -104,8 +104,27 @@ async fn real_id_tokens_sign_in_provision_and_link() {
     let r = sign_in(&app, "corp-link", &first.id_token("keygate", "carol")).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["user_id"], carol.id.as_str());
-    // An unverified address links nothing; "existing only" creates nothing.
+    // An unverified address links nothing (a local bob@example.com exists), and neither does
+    // a verified one link an account with a role (whoever controls the address at the
+    // provider would become an administrator); "existing only" creates nothing.
+    for (name, roles) in [("bob", vec![]), ("dave", vec!["admin".to_owned()])] {
+        app.auth
+            .create_user(
+                "default",
+                UserInput {
+                    username: name.into(),
+                    email: Some(format!("{name}@example.com")),
+                    password: Some("correct horse battery".into()),
+                    roles,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+    }
     let r = sign_in(&app, "corp-link", &first.id_token("keygate", "bob")).await;
+    assert_problem(&r, 403, 40300004);
+    let r = sign_in(&app, "corp-link", &first.id_token("keygate", "dave")).await;
     assert_problem(&r, 403, 40300004);
     let r = sign_in(&app, "partner", &second.id_token("keygate", "bob")).await;
     assert_problem(&r, 403, 40300004);
@@ -243,11 +262,25 @@ async fn sign_in_survives_key_rotation_at_the_provider() {
     // Tokens signed by the old key still verify while it is published.
     assert_eq!(sign_in(&app, "corp", &old).await.status, 200);
 
-    // A provider that is down: keys cannot be fetched, 503, and back when it returns.
+    // A provider that is down: past their age, cached keys still verify their own tokens;
+    // a key that is not cached cannot be fetched (503) until the provider is back.
     first.stop();
     app.clock.advance(3600);
-    let r = sign_in(&app, "corp", &new).await;
-    assert_problem(&r, 503, 50300001);
+    assert_eq!(sign_in(&app, "corp", &new).await.status, 200);
+    let (header, payload) = parts(&new);
+    let unknown_kid = format!(
+        "{}.{}.{}",
+        B64.encode(json!({"alg": header["alg"], "kid": "k9", "typ": "JWT"}).to_string()),
+        B64.encode(payload.to_string()),
+        new.rsplit('.').next().unwrap()
+    );
+    app.clock.advance(10);
+    assert_problem(&sign_in(&app, "corp", &unknown_kid).await, 503, 50300001);
     first.restart_with_keys(&[("k2", "ES256"), ("k1", "RS256")]);
+    app.clock.advance(10);
+    rejected(
+        &sign_in(&app, "corp", &unknown_kid).await,
+        "unknown signing key",
+    );
     assert_eq!(sign_in(&app, "corp", &new).await.status, 200);
 }

@@ -29,7 +29,7 @@ fn secret_bytes(b32: &str) -> Vec<u8> {
     out
 }
 
-async fn enrol(app: &TestApp, token: &str) -> (Vec<u8>, Vec<String>) {
+pub(crate) async fn enrol(app: &TestApp, token: &str) -> (Vec<u8>, Vec<String>) {
     let setup = app
         .post("/api/v1/auth/mfa/totp/setup", json!({}), Some(token))
         .await;

@@ -319,7 +319,11 @@ async fn ticket_throughput(args: &Args, database_url: String, redis_url: &str) -
                 .json(&json!({"user_id": user_id}))
                 .send()
                 .await?;
-            ensure!(res.status() == 200, "generate-ticket answered {}", res.status());
+            ensure!(
+                res.status() == 200,
+                "generate-ticket answered {}",
+                res.status()
+            );
             let issued: Value = res.json().await?;
             let ticket = issued["data"]["ticket"].as_str().context("ticket")?;
             post(
