@@ -113,7 +113,7 @@ pub struct AuditEventsQuery {
     #[serde(default)]
     pub user_id: Option<String>,
     /// Only events of this type: `sign_in`, `ticket_issued`, `impersonation`, `lockout`,
-    /// `unlock`, `mfa_change`, `password_change`.
+    /// `unlock`, `mfa_change`, `password_change`, `federation_link`.
     #[serde(default, rename = "type")]
     pub event_type: Option<String>,
     /// Not before this time (RFC 3339).
@@ -144,7 +144,7 @@ pub struct AuditEventInfo {
     pub event_type: String,
     /// `success`, `failure`, or `challenge` (a sign-in waiting for its second factor).
     pub outcome: String,
-    /// Sign-in method: `password`, `mfa`, `email_code`, `sms_code`, `ticket`.
+    /// Sign-in method: `password`, `mfa`, `email_code`, `sms_code`, `ticket`, `federated`.
     pub method: Option<String>,
     /// The account concerned.
     pub user_id: Option<String>,
