@@ -305,6 +305,12 @@ impl Delivery {
                     .as_deref()
                     .filter(|s| !s.is_empty())
                     .map(|s| hmac::Key::new(hmac::HMAC_SHA256, s.as_bytes()));
+                if key.is_none() {
+                    tracing::warn!(
+                        "KEYGATE_SMS_WEBHOOK_SECRET is not set: SMS webhook requests are not \
+                         signed, so the receiver cannot tell them from forged ones"
+                    );
+                }
                 Some((url.to_owned(), key))
             }
             None => None,
@@ -501,8 +507,16 @@ fn sign(key: &hmac::Key, body: &str) -> String {
     format!("t={t},v1={}", hex::encode(tag))
 }
 
-/// Checks a webhook signature (what a receiver does; used by the tests and documented).
-pub fn verify_signature(secret: &str, header: &str, body: &str) -> bool {
+/// Checks a webhook signature as a receiver should: the HMAC over `t.body`, in constant time,
+/// and `t` within `max_age_seconds` of `now` (so that a recorded request cannot be replayed
+/// later). Used by the tests; receivers in other languages do the same.
+pub fn verify_signature(
+    secret: &str,
+    header: &str,
+    body: &str,
+    now: i64,
+    max_age_seconds: i64,
+) -> bool {
     let mut t = None;
     let mut v1 = None;
     for part in header.split(',') {
@@ -515,6 +529,11 @@ pub fn verify_signature(secret: &str, header: &str, body: &str) -> bool {
     let (Some(t), Some(v1)) = (t, v1) else {
         return false;
     };
+    if t.parse::<i64>()
+        .map_or(true, |t| (now - t).abs() > max_age_seconds)
+    {
+        return false;
+    }
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
     hmac::verify(&key, format!("{t}.{body}").as_bytes(), &v1).is_ok()
 }
@@ -588,8 +607,17 @@ mod tests {
     fn signatures_verify() {
         let key = hmac::Key::new(hmac::HMAC_SHA256, b"s3cret");
         let header = sign(&key, "{\"a\":1}");
-        assert!(verify_signature("s3cret", &header, "{\"a\":1}"));
-        assert!(!verify_signature("s3cret", &header, "{\"a\":2}"));
-        assert!(!verify_signature("other", &header, "{\"a\":1}"));
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        assert!(verify_signature("s3cret", &header, "{\"a\":1}", now, 300));
+        assert!(!verify_signature("s3cret", &header, "{\"a\":2}", now, 300));
+        assert!(!verify_signature("other", &header, "{\"a\":1}", now, 300));
+        // Replayed later than the receiver's tolerance.
+        assert!(!verify_signature(
+            "s3cret",
+            &header,
+            "{\"a\":1}",
+            now + 301,
+            300
+        ));
     }
 }

@@ -80,6 +80,10 @@ pub struct OidcProviderConfig {
     /// Keys are refetched after this long even without an unknown `kid`, in seconds.
     #[serde(default = "default_jwks_max_age")]
     pub jwks_max_age_seconds: u64,
+    /// Accept `http://` for the issuer, the discovery document and `jwks_uri` (a provider
+    /// inside the cluster without TLS, or tests). Off: HTTPS only.
+    #[serde(default)]
+    pub allow_http: bool,
 }
 
 fn default_algorithms() -> Vec<String> {
@@ -113,6 +117,11 @@ impl OidcProviderConfig {
         })
     }
 
+    /// Whether `url` may be fetched for this provider: HTTPS, or HTTP when allowed.
+    pub fn url_allowed(&self, url: &str) -> bool {
+        url.starts_with("https://") || (self.allow_http && url.starts_with("http://"))
+    }
+
     /// Checks one provider.
     pub fn validate(&self) -> Result<(), String> {
         let at = format!("oidc_providers.{}", self.name);
@@ -127,14 +136,14 @@ impl OidcProviderConfig {
                 self.name
             ));
         }
-        let http = |u: &str| u.starts_with("https://") || u.starts_with("http://");
-        if !http(&self.issuer) {
-            return Err(format!("{at}.issuer must be an http(s) URL"));
+        let scheme = if self.allow_http { "http(s)" } else { "https" };
+        if !self.url_allowed(&self.issuer) {
+            return Err(format!("{at}.issuer must be an {scheme} URL"));
         }
         if let Some(d) = &self.discovery_url
-            && !http(d)
+            && !self.url_allowed(d)
         {
-            return Err(format!("{at}.discovery_url must be an http(s) URL"));
+            return Err(format!("{at}.discovery_url must be an {scheme} URL"));
         }
         if self.client_id.trim().is_empty() {
             return Err(format!("{at}.client_id must not be empty"));
@@ -185,6 +194,15 @@ mod tests {
             "https://idp.example.com/.well-known/openid-configuration"
         );
         assert!(p.validate().is_ok());
+        assert!(
+            OidcProviderConfig {
+                issuer: "http://idp.cluster.local".into(),
+                allow_http: true,
+                ..provider()
+            }
+            .validate()
+            .is_ok()
+        );
         for bad in [
             OidcProviderConfig {
                 allowed_algorithms: vec!["HS256".into()],
@@ -200,6 +218,10 @@ mod tests {
             },
             OidcProviderConfig {
                 issuer: "idp.example.com".into(),
+                ..provider()
+            },
+            OidcProviderConfig {
+                issuer: "http://idp.example.com".into(),
                 ..provider()
             },
         ] {

@@ -37,7 +37,8 @@ type Slot = std::sync::Arc<tokio::sync::Mutex<ProviderKeys>>;
 #[derive(Debug)]
 pub struct KeyCache {
     entries: std::sync::Mutex<HashMap<String, Slot>>,
-    /// Bounded in time and redirects, without idle connections: fetches are rare, and a
+    /// Bounded in time, no redirects (a document elsewhere is configured, not followed), no
+    /// idle connections: fetches are rare, and a
     /// pooled connection to a provider that restarted since would fail the next one.
     http: reqwest::Client,
 }
@@ -49,7 +50,7 @@ impl Default for KeyCache {
             http: reqwest::Client::builder()
                 .connect_timeout(std::time::Duration::from_secs(3))
                 .timeout(std::time::Duration::from_secs(5))
-                .redirect(reqwest::redirect::Policy::limited(3))
+                .redirect(reqwest::redirect::Policy::none())
                 .pool_max_idle_per_host(0)
                 .build()
                 .unwrap_or_default(),
@@ -120,8 +121,8 @@ impl AuthService {
         }
         let jwks_uri = doc["jwks_uri"]
             .as_str()
-            .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
-            .ok_or_else(|| unavailable("discovery", "no jwks_uri".into()))?;
+            .filter(|u| p.url_allowed(u))
+            .ok_or_else(|| unavailable("discovery", "no usable jwks_uri".into()))?;
         let res = http
             .get(jwks_uri)
             .send()

@@ -274,16 +274,10 @@ async fn sms_codes_go_through_the_signed_webhook() {
     let calls = hook.calls();
     assert_eq!(calls.len(), 1);
     let call = &calls[0];
-    assert!(verify_signature(
-        SECRET,
-        call.signature.as_deref().unwrap(),
-        &call.body
-    ));
-    assert!(!verify_signature(
-        "wrong",
-        call.signature.as_deref().unwrap(),
-        &call.body
-    ));
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let signature = call.signature.as_deref().unwrap();
+    assert!(verify_signature(SECRET, signature, &call.body, now, 300));
+    assert!(!verify_signature("wrong", signature, &call.body, now, 300));
     assert_eq!(call.json["target"], "+41791234567");
     assert_eq!(call.json["expires_in"], 300);
     assert!(call.json["expires_at"].as_str().unwrap().ends_with('Z'));

@@ -16,6 +16,8 @@ const SIGNIN: &str = "/api/v1/auth/id-token/signin";
 fn provider(name: &str, issuer: &str, provisioning: Provisioning) -> OidcProviderConfig {
     OidcProviderConfig {
         provisioning,
+        // The test providers listen on plain HTTP on loopback.
+        allow_http: true,
         ..serde_json::from_value(json!({"name": name, "issuer": issuer, "client_id": "keygate"}))
             .unwrap()
     }
