@@ -22,6 +22,7 @@ async fn of_many_parallel_redemptions_across_replicas_exactly_one_succeeds() {
     let bob = add_user(dir.path(), &env, &["--username", "bob"], PW);
     let replicas = keygate_tests::start_replicas(&env, 2);
     let client = reqwest::Client::builder()
+        .user_agent("keygate-tests")
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
@@ -70,5 +71,30 @@ async fn of_many_parallel_redemptions_across_replicas_exactly_one_succeeds() {
         }
         assert_eq!(wins.len(), 1, "round {round}");
         assert_eq!(wins[0]["user_id"], bob.as_str());
+    }
+
+    // Both replicas wrote one audit trail: three impersonations, with the client's address
+    // and user agent, readable from either replica.
+    for replica in &replicas {
+        let page: serde_json::Value = client
+            .get(format!(
+                "{}/api/v1/admin/audit-events?type=impersonation",
+                replica.base_url
+            ))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let events = page["data"]["events"].as_array().unwrap();
+        assert_eq!(events.len(), 3, "{page}");
+        for e in events {
+            assert_eq!(e["user_id"], bob.as_str());
+            assert_eq!(e["reason"], "load test");
+            assert_eq!(e["client_ip"], "127.0.0.1");
+            assert_eq!(e["user_agent"], "keygate-tests");
+        }
     }
 }
