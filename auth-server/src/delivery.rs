@@ -249,7 +249,7 @@ impl std::fmt::Debug for Delivery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Delivery")
             .field("smtp", &self.smtp.is_some())
-            .field("sms", &self.sms.as_ref().map(|(url, _)| url))
+            .field("sms", &self.sms.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -488,7 +488,8 @@ impl Delivery {
             .body(body)
             .send()
             .await
-            .map_err(|e| DeliveryError(format!("SMS webhook: {e}")))?;
+            // The URL may carry a credential: never in a log line.
+            .map_err(|e| DeliveryError(format!("SMS webhook: {}", e.without_url())))?;
         if response.status().is_success() {
             Ok(())
         } else {
