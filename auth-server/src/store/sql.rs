@@ -861,14 +861,25 @@ impl SqlStore {
             .map_err(db)
     }
 
-    /// Removes audit entries older than `before` (retention).
+    /// Removes audit entries older than `before` (retention), in batches of 5000 so that a
+    /// large backlog never holds one long transaction.
     pub async fn purge_audit(&self, before: i64) -> Result<u64, StoreError> {
-        sqlx::query("DELETE FROM audit_events WHERE occurred_at < $1")
+        let mut total = 0;
+        loop {
+            let n = sqlx::query(
+                "DELETE FROM audit_events WHERE id IN \
+                 (SELECT id FROM audit_events WHERE occurred_at < $1 LIMIT 5000)",
+            )
             .bind(before)
             .execute(&self.pool)
             .await
-            .map(|r| r.rows_affected())
-            .map_err(db)
+            .map_err(db)?
+            .rows_affected();
+            total += n;
+            if n < 5000 {
+                return Ok(total);
+            }
+        }
     }
 
     /// Deletes refresh tokens and sessions that ended before `before` (housekeeping).
