@@ -111,15 +111,15 @@ impl AuthService {
         }
     }
 
-    /// Records a sign-in attempt's result: the account (for failures, `known_user`, else the
-    /// one the identity names, if any), the outcome and why it failed. Malformed requests and unknown tenants
-    /// are not recorded (there is no tenant to record them under).
+    /// Records a sign-in attempt's result: the account (for failures, `account`: the one the
+    /// sign-in itself resolved, if it got that far), the outcome and why it failed. Malformed
+    /// requests and unknown tenants are not recorded (there is no tenant to file them under).
     pub(super) async fn audit_sign_in<T>(
         &self,
         method: &str,
         tenant_id: &str,
-        identity: Option<(crate::store::IdentityKind, &str)>,
-        known_user: Option<&str>,
+        identity: Option<&str>,
+        account: Option<&str>,
         result: &Result<T, AuthError>,
         user_of: impl Fn(&T) -> (String, &'static str),
     ) {
@@ -129,24 +129,11 @@ impl AuthService {
                 (outcome, Some(user), None)
             }
             Err(AuthError::Validation(_) | AuthError::UnknownTenant) => return,
-            Err(e) => {
-                let user = match (known_user, identity) {
-                    (Some(user), _) => Some(user.to_owned()),
-                    (None, Some((kind, value))) => self
-                        .store
-                        .user_by_identity(tenant_id, kind, value)
-                        .await
-                        .ok()
-                        .flatten()
-                        .map(|u| u.id),
-                    (None, None) => None,
-                };
-                ("failure", user, Some(e.reason()))
-            }
+            Err(e) => ("failure", account.map(str::to_owned), Some(e.reason())),
         };
         // An identity that names no account is kept only as a hash: people type passwords
         // into the identity field.
-        let details = identity.map(|(_, value)| {
+        let details = identity.map(|value| {
             if user_id.is_some() {
                 serde_json::json!({ "identity": value })
             } else {

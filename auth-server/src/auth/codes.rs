@@ -277,12 +277,13 @@ impl AuthService {
             Channel::Email => "email_code",
             Channel::Sms => "sms_code",
         };
-        let result = self.login_with_code_unaudited(req).await;
+        let mut account = None;
+        let result = self.login_with_code_unaudited(req, &mut account).await;
         self.audit_sign_in(
             method,
             &tenant_id,
-            Some((target.kind(), &target.value)),
-            None,
+            Some(&target.value),
+            account.as_deref(),
             &result,
             |(outcome, _)| outcome.audit_summary(),
         )
@@ -290,9 +291,11 @@ impl AuthService {
         result
     }
 
+    /// The sign-in itself; `account` learns the account the target names, once looked up.
     async fn login_with_code_unaudited(
         &self,
         req: CodeLogin,
+        account: &mut Option<String>,
     ) -> Result<(LoginOutcome, bool), AuthError> {
         let code = req.code.trim();
         if code.is_empty() {
@@ -304,6 +307,7 @@ impl AuthService {
             user,
             totp_active,
         } = self.code_gate("code_login", &req.request).await?;
+        account.clone_from(&user.as_ref().map(|u| u.id.clone()));
         let policy = &rt.config.policy_for(&tenant.id).login_codes;
         let existing = user;
         let key = login_code_key(&tenant.id, &req.request.target);

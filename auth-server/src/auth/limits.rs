@@ -20,18 +20,22 @@ pub struct RateKeys<'a> {
     pub target: Option<&'a str>,
 }
 
+/// The configured trusted proxies, parsed (once, when a configuration is loaded).
+pub fn trusted_proxies(limits: &RateLimits) -> Vec<(IpAddr, u8)> {
+    limits
+        .trusted_proxies
+        .iter()
+        .filter_map(|p| parse_cidr(p))
+        .collect()
+}
+
 /// The client's address: the socket peer, or, when the peer is a trusted proxy, the
 /// rightmost address in `X-Forwarded-For` that is not a trusted proxy.
 pub fn client_address(
     peer: Option<IpAddr>,
     forwarded_for: Option<&str>,
-    limits: &RateLimits,
+    proxies: &[(IpAddr, u8)],
 ) -> Option<IpAddr> {
-    let proxies: Vec<_> = limits
-        .trusted_proxies
-        .iter()
-        .filter_map(|p| parse_cidr(p))
-        .collect();
     let trusted = |ip: IpAddr| proxies.iter().any(|net| cidr_contains(*net, ip));
     let peer = peer?;
     if !trusted(peer) {
@@ -116,10 +120,10 @@ mod tests {
 
     #[test]
     fn forwarded_for_is_believed_only_from_trusted_proxies() {
-        let limits = RateLimits {
+        let limits = trusted_proxies(&RateLimits {
             trusted_proxies: vec!["10.0.0.0/8".into()],
             ..Default::default()
-        };
+        });
         let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
         // Untrusted peer: its own address, whatever the header says.
         assert_eq!(

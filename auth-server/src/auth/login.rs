@@ -20,13 +20,14 @@ impl AuthService {
         req: PasswordLogin,
     ) -> Result<challenge::LoginOutcome, AuthError> {
         let tenant_id = req.tenant_id.clone();
-        let identity = users::classify_identity(&req.identity);
-        let result = self.login_password_unaudited(req).await;
+        let (_, identity) = users::classify_identity(&req.identity);
+        let mut account = None;
+        let result = self.login_password_unaudited(req, &mut account).await;
         self.audit_sign_in(
             "password",
             &tenant_id,
-            Some((identity.0, &identity.1)),
-            None,
+            Some(&identity),
+            account.as_deref(),
             &result,
             challenge::LoginOutcome::audit_summary,
         )
@@ -34,9 +35,11 @@ impl AuthService {
         result
     }
 
+    /// The sign-in itself; `account` learns the account the identity names, once looked up.
     async fn login_password_unaudited(
         &self,
         req: PasswordLogin,
+        account: &mut Option<String>,
     ) -> Result<challenge::LoginOutcome, AuthError> {
         let mut errors = Vec::new();
         if req.identity.trim().is_empty() {
@@ -72,6 +75,7 @@ impl AuthService {
             Some(r) => (Some(r.user), r.totp_active, r.risk_profile),
             None => (None, false, None),
         };
+        account.clone_from(&user.as_ref().map(|u| u.id.clone()));
         let policy = rt.config.policy_for(&tenant.id);
         // Unknown identities are counted under their own key, so they behave exactly alike.
         let account_key = match &user {

@@ -45,6 +45,8 @@ pub struct Runtime {
     pub keys: KeyRing,
     /// Password-transmission keys; the first is the current one.
     pub transmission: Vec<transmission::TransmissionKey>,
+    /// `rate_limits.trusted_proxies`, parsed.
+    pub trusted_proxies: Vec<(std::net::IpAddr, u8)>,
 }
 
 impl Runtime {
@@ -77,6 +79,7 @@ impl Runtime {
                 .map_err(|e| e.to_string())?
         };
         Ok(Self {
+            trusted_proxies: limits::trusted_proxies(&config.rate_limits),
             config,
             keys: KeyRing::new(keys),
             transmission,

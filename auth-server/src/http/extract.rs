@@ -130,11 +130,11 @@ impl FromRequestParts<AppState> for ClientIp {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        Ok(ClientIp(client_ip_of(
-            &parts.extensions,
-            &parts.headers,
-            state,
-        )))
+        // Worked out once per request, by `with_origin`, which wraps every route.
+        let known = crate::auth::audit::ORIGIN.try_with(|o| o.client_ip.clone());
+        Ok(ClientIp(known.unwrap_or_else(|_| {
+            client_ip_of(&parts.extensions, &parts.headers, state)
+        })))
     }
 }
 
@@ -148,7 +148,7 @@ fn client_ip_of(
         .map(|c| c.0.ip());
     let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
     let rt = state.auth.runtime();
-    crate::auth::limits::client_address(peer, forwarded, &rt.config.rate_limits)
+    crate::auth::limits::client_address(peer, forwarded, &rt.trusted_proxies)
         .map(|ip| ip.to_string())
 }
 

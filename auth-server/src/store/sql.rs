@@ -91,7 +91,23 @@ fn session_from(row: &AnyRow) -> Result<Session, sqlx::Error> {
     })
 }
 
+/// A statement with its arguments bound.
+type Statement<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
 impl SqlStore {
+    /// Runs one statement on the pool; the rows it affected.
+    async fn affected<'q>(
+        &self,
+        sql: &'q str,
+        bind: impl FnOnce(Statement<'q>) -> Statement<'q>,
+    ) -> Result<u64, StoreError> {
+        bind(sqlx::query(sql))
+            .execute(&self.pool)
+            .await
+            .map(|r| r.rows_affected())
+            .map_err(db)
+    }
+
     /// Connects (creating the SQLite file when the URL allows it) without migrating.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
@@ -155,11 +171,7 @@ impl SqlStore {
 
     /// Round trip to the database (readiness).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
-            .map_err(db)
+        self.affected("SELECT 1", |q| q).await.map(|_| ())
     }
 
     /// Closes the pool (shutdown).
@@ -187,17 +199,12 @@ impl SqlStore {
 
     /// Creates a tenant.
     pub async fn create_tenant(&self, t: &Tenant, now: i64) -> Result<(), StoreError> {
-        sqlx::query(
+        self.affected(
             "INSERT INTO tenants (id, name, display_name, created_at) VALUES ($1, $2, $3, $4)",
+            |q| q.bind(&t.id).bind(&t.name).bind(&t.display_name).bind(now),
         )
-        .bind(&t.id)
-        .bind(&t.name)
-        .bind(&t.display_name)
-        .bind(now)
-        .execute(&self.pool)
         .await
         .map(|_| ())
-        .map_err(db)
     }
 
     /// Creates a user; `Conflict(field)` when the username, email or phone is taken in the
@@ -395,14 +402,12 @@ impl SqlStore {
         phc: &str,
         now: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3")
-            .bind(phc)
-            .bind(now)
-            .bind(user_id)
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
-            .map_err(db)
+        self.affected(
+            "UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3",
+            |q| q.bind(phc).bind(now).bind(user_id),
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Replaces a password: the old hash goes into the history (keeping the newest `keep`),
@@ -538,18 +543,14 @@ impl SqlStore {
         sealed: &str,
         now: i64,
     ) -> Result<bool, StoreError> {
-        sqlx::query(
+        self.affected(
             "INSERT INTO mfa_totp (user_id, secret_sealed, created_at) VALUES ($1, $2, $3) \
              ON CONFLICT (user_id) DO UPDATE SET secret_sealed = excluded.secret_sealed, \
              created_at = excluded.created_at, last_used_step = 0 WHERE mfa_totp.confirmed_at IS NULL",
+            |q| q.bind(user_id).bind(sealed).bind(now),
         )
-        .bind(user_id)
-        .bind(sealed)
-        .bind(now)
-        .execute(&self.pool)
         .await
-        .map(|r| r.rows_affected() == 1)
-        .map_err(db)
+        .map(|n| n == 1)
     }
 
     /// Activates the pending TOTP factor with the step of its first code and replaces the
@@ -601,17 +602,13 @@ impl SqlStore {
     /// Records that a TOTP code of `step` was used; `false` when that step (or a later one)
     /// was already used, so no code works twice.
     pub async fn use_totp_step(&self, user_id: &str, step: i64) -> Result<bool, StoreError> {
-        sqlx::query(
+        self.affected(
             "UPDATE mfa_totp SET last_used_step = $1 \
              WHERE user_id = $2 AND confirmed_at IS NOT NULL AND last_used_step < $3",
+            |q| q.bind(step).bind(user_id).bind(step),
         )
-        .bind(step)
-        .bind(user_id)
-        .bind(step)
-        .execute(&self.pool)
         .await
-        .map(|r| r.rows_affected() == 1)
-        .map_err(db)
+        .map(|n| n == 1)
     }
 
     /// Spends a backup code; `false` if unknown or already used.
@@ -621,16 +618,13 @@ impl SqlStore {
         code_hash: &str,
         now: i64,
     ) -> Result<bool, StoreError> {
-        sqlx::query(
-            "UPDATE backup_codes SET used_at = $1 WHERE user_id = $2 AND code_hash = $3 AND used_at IS NULL",
+        self.affected(
+            "UPDATE backup_codes SET used_at = $1 \
+             WHERE user_id = $2 AND code_hash = $3 AND used_at IS NULL",
+            |q| q.bind(now).bind(user_id).bind(code_hash),
         )
-        .bind(now)
-        .bind(user_id)
-        .bind(code_hash)
-        .execute(&self.pool)
         .await
-        .map(|r| r.rows_affected() == 1)
-        .map_err(db)
+        .map(|n| n == 1)
     }
 
     /// The stored risk profile (JSON) of a user.
@@ -650,14 +644,11 @@ impl SqlStore {
         profile: &str,
         now: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(UPSERT_RISK_PROFILE)
-            .bind(user_id)
-            .bind(profile)
-            .bind(now)
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
-            .map_err(db)
+        self.affected(UPSERT_RISK_PROFILE, |q| {
+            q.bind(user_id).bind(profile).bind(now)
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Opens a session with its first refresh token, atomically.
@@ -780,41 +771,38 @@ impl SqlStore {
         now: i64,
         reason: &str,
     ) -> Result<bool, StoreError> {
-        sqlx::query(
-            "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 WHERE id = $3 AND revoked_at IS NULL",
+        self.affected(
+            "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 \
+             WHERE id = $3 AND revoked_at IS NULL",
+            |q| q.bind(now).bind(reason).bind(id),
         )
-        .bind(now)
-        .bind(reason)
-        .bind(id)
-        .execute(&self.pool)
         .await
-        .map(|r| r.rows_affected() == 1)
-        .map_err(db)
+        .map(|n| n == 1)
     }
 
     /// Appends an entry to the audit trail.
     pub async fn insert_audit(&self, e: &AuditRecord) -> Result<(), StoreError> {
-        sqlx::query(
+        self.affected(
             "INSERT INTO audit_events (id, occurred_at, tenant_id, type, outcome, method, user_id, \
              actor_id, client_ip, user_agent, reason, details) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            |q| {
+                q.bind(&e.id)
+                    .bind(e.occurred_at)
+                    .bind(&e.tenant_id)
+                    .bind(&e.event_type)
+                    .bind(&e.outcome)
+                    .bind(&e.method)
+                    .bind(&e.user_id)
+                    .bind(&e.actor_id)
+                    .bind(&e.client_ip)
+                    .bind(&e.user_agent)
+                    .bind(&e.reason)
+                    .bind(&e.details)
+            },
         )
-        .bind(&e.id)
-        .bind(e.occurred_at)
-        .bind(&e.tenant_id)
-        .bind(&e.event_type)
-        .bind(&e.outcome)
-        .bind(&e.method)
-        .bind(&e.user_id)
-        .bind(&e.actor_id)
-        .bind(&e.client_ip)
-        .bind(&e.user_agent)
-        .bind(&e.reason)
-        .bind(&e.details)
-        .execute(&self.pool)
         .await
         .map(|_| ())
-        .map_err(db)
     }
 
     /// Audit entries matching `q`, newest first.
@@ -866,15 +854,13 @@ impl SqlStore {
     pub async fn purge_audit(&self, before: i64) -> Result<u64, StoreError> {
         let mut total = 0;
         loop {
-            let n = sqlx::query(
-                "DELETE FROM audit_events WHERE id IN \
-                 (SELECT id FROM audit_events WHERE occurred_at < $1 LIMIT 5000)",
-            )
-            .bind(before)
-            .execute(&self.pool)
-            .await
-            .map_err(db)?
-            .rows_affected();
+            let n = self
+                .affected(
+                    "DELETE FROM audit_events WHERE id IN \
+                     (SELECT id FROM audit_events WHERE occurred_at < $1 LIMIT 5000)",
+                    |q| q.bind(before),
+                )
+                .await?;
             total += n;
             if n < 5000 {
                 return Ok(total);
@@ -884,26 +870,22 @@ impl SqlStore {
 
     /// Deletes refresh tokens and sessions that ended before `before` (housekeeping).
     pub async fn purge_expired(&self, before: i64) -> Result<u64, StoreError> {
-        let tokens = sqlx::query("DELETE FROM refresh_tokens WHERE expires_at < $1")
-            .bind(before)
-            .execute(&self.pool)
-            .await
-            .map_err(db)?
-            .rows_affected();
-        sqlx::query(
+        let tokens = self
+            .affected("DELETE FROM refresh_tokens WHERE expires_at < $1", |q| {
+                q.bind(before)
+            })
+            .await?;
+        self.affected(
             "DELETE FROM refresh_tokens WHERE session_id IN \
              (SELECT id FROM sessions WHERE expires_at < $1)",
+            |q| q.bind(before),
         )
-        .bind(before)
-        .execute(&self.pool)
-        .await
-        .map_err(db)?;
-        let sessions = sqlx::query("DELETE FROM sessions WHERE expires_at < $1")
-            .bind(before)
-            .execute(&self.pool)
-            .await
-            .map_err(db)?
-            .rows_affected();
+        .await?;
+        let sessions = self
+            .affected("DELETE FROM sessions WHERE expires_at < $1", |q| {
+                q.bind(before)
+            })
+            .await?;
         Ok(tokens + sessions)
     }
 }
