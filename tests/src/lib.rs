@@ -406,11 +406,27 @@ pub async fn post_json(
     bearer: Option<&str>,
     body: &serde_json::Value,
 ) -> (u16, serde_json::Value) {
-    let mut req = client.post(url).json(body);
+    send_json(client.post(url).json(body), bearer).await
+}
+
+/// GETs `url` (with a bearer token when given); the status and the JSON body (`null` when
+/// there is none).
+pub async fn get_json(
+    client: &reqwest::Client,
+    url: &str,
+    bearer: Option<&str>,
+) -> (u16, serde_json::Value) {
+    send_json(client.get(url), bearer).await
+}
+
+async fn send_json(
+    mut req: reqwest::RequestBuilder,
+    bearer: Option<&str>,
+) -> (u16, serde_json::Value) {
     if let Some(t) = bearer {
         req = req.bearer_auth(t);
     }
-    let res = req.send().await.expect("POST");
+    let res = req.send().await.expect("HTTP request");
     let status = res.status().as_u16();
     (status, res.json().await.unwrap_or(serde_json::Value::Null))
 }

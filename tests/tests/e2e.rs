@@ -22,23 +22,14 @@ fn client() -> reqwest::Client {
 }
 
 async fn post(base: &str, path: &str, body: Value, bearer: Option<&str>) -> (StatusCode, Value) {
-    let mut req = client().post(format!("{base}/api/v1{path}")).json(&body);
-    if let Some(t) = bearer {
-        req = req.bearer_auth(t);
-    }
-    let res = req.send().await.unwrap();
-    let status = res.status();
-    (status, res.json().await.unwrap_or(Value::Null))
+    let (status, body) =
+        keygate_tests::post_json(&client(), &format!("{base}/api/v1{path}"), bearer, &body).await;
+    (StatusCode::from_u16(status).unwrap(), body)
 }
 
 async fn get(base: &str, path: &str, bearer: Option<&str>) -> (StatusCode, Value) {
-    let mut req = client().get(format!("{base}{path}"));
-    if let Some(t) = bearer {
-        req = req.bearer_auth(t);
-    }
-    let res = req.send().await.unwrap();
-    let status = res.status();
-    (status, res.json().await.unwrap_or(Value::Null))
+    let (status, body) = keygate_tests::get_json(&client(), &format!("{base}{path}"), bearer).await;
+    (StatusCode::from_u16(status).unwrap(), body)
 }
 
 /// Verifies `token` with jose against the server's JWKS; returns `{payload, protectedHeader}`.

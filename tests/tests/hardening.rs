@@ -3,7 +3,7 @@
 //! that solves a proof of work silently (no challenge id) is matched by its address.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use keygate_tests::{ServerOptions, ServerProcess, add_user, write_config};
+use keygate_tests::{ServerOptions, ServerProcess, add_user, get_json, post_json, write_config};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -106,29 +106,20 @@ async fn a_silently_solved_proof_of_work_is_matched_by_client_address() {
         ..Default::default()
     });
     let client = reqwest::Client::new();
-    let cfg: Value = client
-        .get(format!(
-            "{}/api/v1/public/auth-config/default",
-            server.base_url
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let base = &server.base_url;
+    let (_, cfg) = get_json(
+        &client,
+        &format!("{base}/api/v1/public/auth-config/default"),
+        None,
+    )
+    .await;
     assert_eq!(cfg["data"]["silent_challenge_enabled"], true);
-    let c: Value = client
-        .get(format!(
-            "{}/api/v1/auth/captcha/challenge?provider=pow",
-            server.base_url
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, c) = get_json(
+        &client,
+        &format!("{base}/api/v1/auth/captcha/challenge?provider=pow"),
+        None,
+    )
+    .await;
     let token = solve(
         c["data"]["data"]["challenge"].as_str().unwrap(),
         c["data"]["data"]["difficulty"].as_u64().unwrap() as usize,
@@ -178,50 +169,40 @@ async fn totp_interoperates_with_an_independent_implementation() {
     });
     let client = reqwest::Client::new();
     let api = |p: &str| format!("{}/api/v1{p}", server.base_url);
+    let post = |path: &str, bearer: Option<String>, body: Value| {
+        let (client, url) = (client.clone(), api(path));
+        async move { post_json(&client, &url, bearer.as_deref(), &body).await }
+    };
     let login = || async {
-        let v: Value = client
-            .post(api("/auth/login"))
-            .json(&json!({"identity": "alice", "password": PW}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        v
+        post(
+            "/auth/login",
+            None,
+            json!({"identity": "alice", "password": PW}),
+        )
+        .await
+        .1
     };
     let token = login().await["access_token"].as_str().unwrap().to_owned();
-    let setup: Value = client
-        .post(api("/auth/mfa/totp/setup"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, setup) = post("/auth/mfa/totp/setup", Some(token.clone()), json!({})).await;
     let secret = setup["data"]["secret"].as_str().unwrap().to_owned();
     let uri = setup["data"]["otpauth_uri"].as_str().unwrap();
     assert!(uri.contains(&format!("secret={secret}")), "{uri}");
-    let res = client
-        .post(api("/auth/mfa/totp/verify"))
-        .bearer_auth(&token)
-        .json(&json!({"code": pyotp(&secret, 0)}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    let (status, _) = post(
+        "/auth/mfa/totp/verify",
+        Some(token.clone()),
+        json!({"code": pyotp(&secret, 0)}),
+    )
+    .await;
+    assert_eq!(status, 200);
     // Sign in: challenged; the next step's code (within the allowed skew) finishes it.
     let c = login().await;
     assert_eq!(c["requires_mfa"], true);
-    let res = client
-        .post(api("/auth/mfa/verify-challenge"))
-        .json(&json!({"challenge_token": c["challenge_token"], "code": pyotp(&secret, 30)}))
-        .send()
-        .await
-        .unwrap();
-    let status = res.status();
-    let body: Value = res.json().await.unwrap();
+    let (status, body) = post(
+        "/auth/mfa/verify-challenge",
+        None,
+        json!({"challenge_token": c["challenge_token"], "code": pyotp(&secret, 30)}),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert!(body["access_token"].is_string());
 }

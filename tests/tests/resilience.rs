@@ -37,38 +37,19 @@ async fn redis_outage_fails_closed_where_it_must_and_recovers_by_itself() {
         .build()
         .unwrap();
     let base = server.base_url.clone();
-    let login = || async {
-        let res = client
-            .post(format!("{base}/api/v1/auth/login"))
-            .json(&json!({"identity": "alice", "password": PW}))
-            .send()
-            .await
-            .unwrap();
-        let status = res.status().as_u16();
-        (status, res.json::<Value>().await.unwrap())
-    };
     let get = |path: &'static str, token: Option<String>| {
-        let client = client.clone();
-        let url = format!("{base}{path}");
-        async move {
-            let mut req = client.get(url);
-            if let Some(t) = token {
-                req = req.bearer_auth(t);
-            }
-            let res = req.send().await.unwrap();
-            let status = res.status().as_u16();
-            (status, res.json::<Value>().await.unwrap_or(Value::Null))
-        }
+        let (client, url) = (client.clone(), format!("{base}{path}"));
+        async move { keygate_tests::get_json(&client, &url, token.as_deref()).await }
     };
-
     let post = |path: &'static str, body: Value| {
-        let client = client.clone();
-        let url = format!("{base}{path}");
-        async move {
-            let res = client.post(url).json(&body).send().await.unwrap();
-            let status = res.status().as_u16();
-            (status, res.json::<Value>().await.unwrap_or(Value::Null))
-        }
+        let (client, url) = (client.clone(), format!("{base}{path}"));
+        async move { keygate_tests::post_json(&client, &url, None, &body).await }
+    };
+    let login = || {
+        post(
+            "/api/v1/auth/login",
+            json!({"identity": "alice", "password": PW}),
+        )
     };
     let send_code = || {
         post(

@@ -2,7 +2,7 @@
 //! issued by one and redeemed by many parallel requests spread over both: exactly one wins.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use keygate_tests::{add_user, post_json, replica_env};
+use keygate_tests::{add_user, get_json, post_json, replica_env};
 use serde_json::json;
 use std::time::Duration;
 
@@ -76,18 +76,15 @@ async fn of_many_parallel_redemptions_across_replicas_exactly_one_succeeds() {
     // Both replicas wrote one audit trail: three impersonations, with the client's address
     // and user agent, readable from either replica.
     for replica in &replicas {
-        let page: serde_json::Value = client
-            .get(format!(
+        let (_, page) = get_json(
+            &client,
+            &format!(
                 "{}/api/v1/admin/audit-events?type=impersonation",
                 replica.base_url
-            ))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            ),
+            Some(token),
+        )
+        .await;
         let events = page["data"]["events"].as_array().unwrap();
         assert_eq!(events.len(), 3, "{page}");
         for e in events {
