@@ -2,7 +2,7 @@
 //! (aiosmtpd) and a local webhook receiver, single use, attempts, expiry and throttling on the
 //! injected clock, sign-up by code, failed delivery, and email/SMS as MFA methods.
 
-use crate::common::{TestApp, assert_problem, small_hashing};
+use crate::common::{Reply, TestApp, assert_problem, small_hashing};
 use auth_server::auth::clock::Clock;
 use auth_server::auth::users::UserInput;
 use auth_server::delivery::{DeliveryConfig, verify_signature};
@@ -55,6 +55,21 @@ async fn amr(app: &TestApp, body: &Value) -> Vec<String> {
         .await
         .unwrap()
         .amr
+}
+
+/// Asks for a code for `phone` and returns the one the webhook received.
+async fn sms_code(app: &TestApp, hook: &WebhookReceiver, phone: &str) -> String {
+    app.post(SEND, json!({"phone": phone}), None).await;
+    hook.last_code_for(phone).unwrap()
+}
+
+async fn phone_login(app: &TestApp, phone: &str, code: &str, register_if_new: bool) -> Reply {
+    app.post(
+        PHONE_LOGIN,
+        json!({"phone": phone, "code": code, "register_if_new": register_if_new}),
+        None,
+    )
+    .await
 }
 
 #[tokio::test]
@@ -218,31 +233,16 @@ async fn register_if_new_creates_the_account_when_the_tenant_allows_sign_up() {
     assert_eq!(r.body["data"]["target"], "+14*******99");
     let code = hook.last_code_for(phone).unwrap();
     // A right code without register_if_new: no account, and the code stays usable.
-    let r = app
-        .post(PHONE_LOGIN, json!({"phone": phone, "code": code}), None)
-        .await;
+    let r = phone_login(&app, phone, &code, false).await;
     assert_problem(&r, 400, 40000403);
-    let r = app
-        .post(
-            PHONE_LOGIN,
-            json!({"phone": phone, "code": code, "register_if_new": true}),
-            None,
-        )
-        .await;
+    let r = phone_login(&app, phone, &code, true).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["is_new_user"], true);
     assert_eq!(r.body["user"]["phone"], phone);
     assert_eq!(amr(&app, &r.body).await, ["otp_sms"]);
     // The second time it is an existing account.
-    app.post(SEND, json!({"phone": phone}), None).await;
-    let code = hook.last_code_for(phone).unwrap();
-    let r = app
-        .post(
-            PHONE_LOGIN,
-            json!({"phone": phone, "code": code, "register_if_new": true}),
-            None,
-        )
-        .await;
+    let code = sms_code(&app, &hook, phone).await;
+    let r = phone_login(&app, phone, &code, true).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["is_new_user"], false);
 }
@@ -284,13 +284,7 @@ async fn sms_codes_go_through_the_signed_webhook() {
     let code = call.json["code"].as_str().unwrap();
     assert_eq!(code.len(), 6);
     assert!(call.json["message"].as_str().unwrap().contains(code));
-    let r = app
-        .post(
-            PHONE_LOGIN,
-            json!({"phone": "+41791234567", "code": code}),
-            None,
-        )
-        .await;
+    let r = phone_login(&app, "+41791234567", code, false).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["user_id"], id);
 }
@@ -303,25 +297,19 @@ async fn codes_die_after_five_wrong_attempts_and_when_they_expire() {
     let phone = "+14155550111";
     let login = |code: String| {
         let app = &app;
-        async move {
-            app.post(PHONE_LOGIN, json!({"phone": phone, "code": code}), None)
-                .await
-        }
+        async move { phone_login(app, phone, &code, false).await }
     };
-    app.post(SEND, json!({"phone": phone}), None).await;
-    let code = hook.last_code_for(phone).unwrap();
+    let code = sms_code(&app, &hook, phone).await;
     let wrong = if code == "000000" { "111111" } else { "000000" };
     for _ in 0..5 {
         assert_problem(&login(wrong.into()).await, 400, 40000401);
     }
     assert_problem(&login(code).await, 400, 40000401);
     // A new code replaces the dead one.
-    app.post(SEND, json!({"phone": phone}), None).await;
-    let code = hook.last_code_for(phone).unwrap();
+    let code = sms_code(&app, &hook, phone).await;
     assert_eq!(login(code).await.status, 200);
     // Expiry follows the clock.
-    app.post(SEND, json!({"phone": phone}), None).await;
-    let code = hook.last_code_for(phone).unwrap();
+    let code = sms_code(&app, &hook, phone).await;
     app.clock.advance(301);
     assert_problem(&login(code).await, 400, 40000401);
 }
@@ -344,13 +332,7 @@ async fn a_failed_delivery_is_503_and_leaves_no_usable_code() {
     assert_problem(&r, 503, 50300002);
     // The receiver saw the code, but it does not work.
     let code = hook.last_code_for("+14155550122").unwrap();
-    let r = app
-        .post(
-            PHONE_LOGIN,
-            json!({"phone": "+14155550122", "code": code}),
-            None,
-        )
-        .await;
+    let r = phone_login(&app, "+14155550122", &code, false).await;
     assert_problem(&r, 400, 40000401);
     let r = app
         .post(SEND, json!({"email": "fay@example.com"}), None)
@@ -406,8 +388,7 @@ async fn of_parallel_sign_ins_with_one_code_exactly_one_succeeds() {
     let hook = WebhookReceiver::start().await;
     let app = TestApp::with_delivery(config(), delivery(None, Some(&hook))).await;
     add_contact(&app, "pam", "pam@example.com", "+14155550144").await;
-    app.post(SEND, json!({"phone": "+14155550144"}), None).await;
-    let code = hook.last_code_for("+14155550144").unwrap();
+    let code = sms_code(&app, &hook, "+14155550144").await;
     let tasks: Vec<_> = (0..8)
         .map(|_| {
             let app_router = app.router.clone();
@@ -465,11 +446,9 @@ async fn email_and_sms_codes_answer_mfa_challenges() {
         )
     };
     let verify = |token: &str, code: &str, method: &str| {
-        app.post(
-            "/api/v1/auth/mfa/verify-challenge",
-            json!({"challenge_token": token, "code": code, "mfa_method": method}),
-            None,
-        )
+        let (app, token) = (&app, json!(token));
+        let (code, method) = (code.to_owned(), method.to_owned());
+        async move { crate::mfa::answer(app, &token, &code, Some(&method)).await }
     };
 
     let token = mfa_challenge(&app).await;
@@ -510,15 +489,8 @@ async fn users_with_totp_still_show_it_after_a_code() {
     add_contact(&app, "tina", "tina@example.com", "+14155550166").await;
     let token = app.token("tina", "correct horse battery").await;
     let (secret, _) = crate::mfa::enrol(&app, &token).await;
-    app.post(SEND, json!({"phone": "+14155550166"}), None).await;
-    let code = hook.last_code_for("+14155550166").unwrap();
-    let r = app
-        .post(
-            PHONE_LOGIN,
-            json!({"phone": "+14155550166", "code": code}),
-            None,
-        )
-        .await;
+    let code = sms_code(&app, &hook, "+14155550166").await;
+    let r = phone_login(&app, "+14155550166", &code, false).await;
     assert_eq!(r.status, 200, "{}", r.body);
     // The code was one factor; TOTP (or a backup code) is the second, never another code.
     assert_eq!(r.body["requires_mfa"], true, "{}", r.body);
@@ -527,13 +499,7 @@ async fn users_with_totp_still_show_it_after_a_code() {
     assert_eq!(r.body["is_new_user"], false);
     let step = app.clock.unix() / 30;
     let totp = auth_server::auth::mfa::totp_at(&secret, step + 1);
-    let r = app
-        .post(
-            "/api/v1/auth/mfa/verify-challenge",
-            json!({"challenge_token": r.body["challenge_token"], "code": totp}),
-            None,
-        )
-        .await;
+    let r = crate::mfa::answer(&app, &r.body["challenge_token"], &totp, None).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(amr(&app, &r.body).await, ["otp_sms", "otp"]);
 }

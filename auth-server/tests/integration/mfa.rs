@@ -1,7 +1,7 @@
 //! Adaptive MFA through the HTTP API: TOTP enrolment, the challenge flow (wrong code 400,
 //! limited attempts, expiry and reuse 403), codes that work once, backup codes, and `amr`.
 
-use crate::common::{TestApp, assert_problem};
+use crate::common::{Reply, TestApp, assert_problem};
 use auth_server::auth::clock::Clock;
 use auth_server::auth::mfa::{PERIOD, totp_at};
 use serde_json::{Value, json};
@@ -72,6 +72,21 @@ pub(crate) async fn enrol(app: &TestApp, token: &str) -> (Vec<u8>, Vec<String>) 
     (secret, codes)
 }
 
+/// Answers an MFA challenge with `code` (and `mfa_method`, when given).
+pub(crate) async fn answer(
+    app: &TestApp,
+    challenge_token: &Value,
+    code: &str,
+    method: Option<&str>,
+) -> Reply {
+    let mut body = json!({"challenge_token": challenge_token, "code": code});
+    if let Some(m) = method {
+        body["mfa_method"] = json!(m);
+    }
+    app.post("/api/v1/auth/mfa/verify-challenge", body, None)
+        .await
+}
+
 async fn challenge(app: &TestApp) -> Value {
     let r = app.login("alice", PW).await;
     assert_eq!(r.status, 200, "{}", r.body);
@@ -106,27 +121,14 @@ async fn totp_enrolment_and_the_challenge_flow() {
     // Sign-in now stops at the challenge.
     app.clock.advance(PERIOD);
     let c = challenge(&app).await;
-    let chg = c["challenge_token"].as_str().unwrap();
-    let verify = |code: String, method: &str| json!({"challenge_token": chg, "code": code, "mfa_method": method});
     assert_problem(
-        &app.post(
-            "/api/v1/auth/mfa/verify-challenge",
-            verify("123456".into(), "totp"),
-            None,
-        )
-        .await,
+        &answer(&app, &c["challenge_token"], "123456", Some("totp")).await,
         400,
         61000402,
     );
     let now = app.clock.now().unix_timestamp();
     let code = totp_at(&secret, now / PERIOD);
-    let r = app
-        .post(
-            "/api/v1/auth/mfa/verify-challenge",
-            verify(code.clone(), "totp"),
-            None,
-        )
-        .await;
+    let r = answer(&app, &c["challenge_token"], &code, Some("totp")).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["requires_mfa"], false);
     let claims = app
@@ -137,29 +139,22 @@ async fn totp_enrolment_and_the_challenge_flow() {
     assert_eq!(claims.amr, ["pwd", "otp"]);
     // The challenge is spent; the code cannot be used twice.
     assert_problem(
-        &app.post(
-            "/api/v1/auth/mfa/verify-challenge",
-            verify(code.clone(), "totp"),
-            None,
-        )
-        .await,
+        &answer(&app, &c["challenge_token"], &code, Some("totp")).await,
         403,
         61000403,
     );
     let c2 = challenge(&app).await;
-    let r = app
-        .post(
-            "/api/v1/auth/mfa/verify-challenge",
-            json!({"challenge_token": c2["challenge_token"], "code": code}),
-            None,
-        )
-        .await;
+    let r = answer(&app, &c2["challenge_token"], &code, None).await;
     assert_problem(&r, 400, 61000402);
 
     // Backup codes work once each, normalised.
-    let r = app
-        .post("/api/v1/auth/mfa/verify-challenge", json!({"challenge_token": c2["challenge_token"], "code": backup[0].to_uppercase(), "mfa_method": "backup"}), None)
-        .await;
+    let r = answer(
+        &app,
+        &c2["challenge_token"],
+        &backup[0].to_uppercase(),
+        Some("backup"),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(
         app.auth
@@ -170,17 +165,9 @@ async fn totp_enrolment_and_the_challenge_flow() {
         ["pwd", "backup"]
     );
     let c3 = challenge(&app).await;
-    let r = app
-        .post("/api/v1/auth/mfa/verify-challenge", json!({"challenge_token": c3["challenge_token"], "code": backup[0], "mfa_method": "backup"}), None)
-        .await;
+    let r = answer(&app, &c3["challenge_token"], &backup[0], Some("backup")).await;
     assert_problem(&r, 400, 61000402);
-    let r = app
-        .post(
-            "/api/v1/auth/mfa/verify-challenge",
-            json!({"challenge_token": c3["challenge_token"], "code": "x", "mfa_method": "sms"}),
-            None,
-        )
-        .await;
+    let r = answer(&app, &c3["challenge_token"], "x", Some("sms")).await;
     assert_eq!(
         assert_problem(&r, 400, 40000001)["errors"][0]["field"],
         "mfa_method"
@@ -196,44 +183,21 @@ async fn challenges_have_limited_attempts_and_expire() {
     app.clock.advance(PERIOD);
     let c = challenge(&app).await;
     for _ in 0..5 {
-        let r = app
-            .post(
-                "/api/v1/auth/mfa/verify-challenge",
-                json!({"challenge_token": c["challenge_token"], "code": "000001"}),
-                None,
-            )
-            .await;
+        let r = answer(&app, &c["challenge_token"], "000001", None).await;
         assert_problem(&r, 400, 61000402);
     }
     // Used up: even the right code is refused.
     let code = totp_at(&secret, app.clock.now().unix_timestamp() / PERIOD);
-    let r = app
-        .post(
-            "/api/v1/auth/mfa/verify-challenge",
-            json!({"challenge_token": c["challenge_token"], "code": code}),
-            None,
-        )
-        .await;
+    let r = answer(&app, &c["challenge_token"], &code, None).await;
     assert_problem(&r, 403, 61000403);
     // Expiry.
     let c = challenge(&app).await;
     app.clock.advance(301);
     let code = totp_at(&secret, app.clock.now().unix_timestamp() / PERIOD);
-    let r = app
-        .post(
-            "/api/v1/auth/mfa/verify-challenge",
-            json!({"challenge_token": c["challenge_token"], "code": code}),
-            None,
-        )
-        .await;
+    let r = answer(&app, &c["challenge_token"], &code, None).await;
     assert_problem(&r, 403, 61000403);
     assert_problem(
-        &app.post(
-            "/api/v1/auth/mfa/verify-challenge",
-            json!({"challenge_token": "chg_nope", "code": "1"}),
-            None,
-        )
-        .await,
+        &answer(&app, &json!("chg_nope"), "1", None).await,
         403,
         61000403,
     );

@@ -67,6 +67,19 @@ async fn symmetric_body(app: &TestApp, password: &str, use_hkdf: bool) -> Value 
     body
 }
 
+/// The default tenant's auth-config and its `asymmetric` transmission key.
+async fn transmission_key(app: &TestApp) -> (Value, rsa::RsaPublicKey) {
+    let cfg = app
+        .get("/api/v1/public/auth-config/default", None)
+        .await
+        .body["data"]
+        .clone();
+    let public =
+        rsa::RsaPublicKey::from_public_key_pem(cfg["transmission_public_key"].as_str().unwrap())
+            .unwrap();
+    (cfg, public)
+}
+
 #[tokio::test]
 async fn every_mode_signs_in_against_the_same_stored_hash() {
     let app = TestApp::new().await;
@@ -108,14 +121,7 @@ async fn every_mode_signs_in_against_the_same_stored_hash() {
         .await;
     assert_problem(&r, 400, 40000101);
     // asymmetric, with and without key_id
-    let cfg = app
-        .get("/api/v1/public/auth-config/default", None)
-        .await
-        .body["data"]
-        .clone();
-    let public =
-        rsa::RsaPublicKey::from_public_key_pem(cfg["transmission_public_key"].as_str().unwrap())
-            .unwrap();
+    let (cfg, public) = transmission_key(&app).await;
     for key_id in [Value::Null, cfg["transmission_public_key_id"].clone()] {
         let ct = public
             .encrypt(
@@ -272,14 +278,7 @@ async fn password_change_applies_rules_history_and_ends_other_sessions() {
         .await;
     assert_problem(&r, 400, 61000104);
     // A good change (asymmetric): the other session ends, this one stays.
-    let cfg = app
-        .get("/api/v1/public/auth-config/default", None)
-        .await
-        .body["data"]
-        .clone();
-    let public =
-        rsa::RsaPublicKey::from_public_key_pem(cfg["transmission_public_key"].as_str().unwrap())
-            .unwrap();
+    let (_, public) = transmission_key(&app).await;
     let enc = |p: &str| {
         STANDARD.encode(
             public
