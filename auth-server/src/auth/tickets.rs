@@ -177,14 +177,13 @@ impl AuthService {
             .user(&stored.user_id)
             .await?
             .filter(|u| u.tenant_id == stored.tenant_id && u.status == status::ACTIVE);
-        let refused = if stored.expires_at <= self.clock.unix() {
-            Some("ticket_expired")
-        } else if user.is_none() {
-            Some("account_disabled")
-        } else {
-            None
-        };
-        let Some(user) = user.filter(|_| refused.is_none()) else {
+        let expired = stored.expires_at <= self.clock.unix();
+        let (Some(user), false) = (user, expired) else {
+            let refused = if expired {
+                "ticket_expired"
+            } else {
+                "account_disabled"
+            };
             // A real ticket that cannot be used: recorded under its tenant.
             self.audit(super::audit::Event {
                 kind: super::audit::kind::SIGN_IN,
@@ -193,7 +192,7 @@ impl AuthService {
                 method: Some("ticket"),
                 user_id: Some(&stored.user_id),
                 actor_id: Some(&stored.issued_by),
-                reason: refused,
+                reason: Some(refused),
                 ..Default::default()
             })
             .await;
