@@ -84,6 +84,15 @@ pub struct OidcProviderConfig {
     /// inside the cluster without TLS, or tests). Off: HTTPS only.
     #[serde(default)]
     pub allow_http: bool,
+    /// Each id_token signs in once: its `jti` (or, without one, a hash of the token) is
+    /// remembered until it expires, and a replay is refused. Off: a token may be presented
+    /// again until it expires (for providers whose clients legitimately reuse one).
+    #[serde(default = "default_true")]
+    pub single_use: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_algorithms() -> Vec<String> {

@@ -8,9 +8,10 @@ mod policy;
 pub use federation::{ClaimMapping, FEDERATION_ALGORITHMS, OidcProviderConfig, Provisioning};
 
 pub use policy::{
-    CaptchaMode, CaptchaPolicy, CaptchaProvider, LockoutPolicy, LoginCodePolicy, MFA_METHODS,
-    MfaMode, MfaPolicy, PasswordPolicy, RATE_LIMITED_ENDPOINTS, RateKey, RateLimitRule, RateLimits,
-    RiskLevel, RiskPolicy, RiskWeights, TenantPolicy, Transmission, cidr_contains, parse_cidr,
+    CaptchaMode, CaptchaPolicy, CaptchaProvider, ForwardedHeader, LockoutPolicy, LoginCodePolicy,
+    MFA_METHODS, MfaMode, MfaPolicy, PasswordPolicy, RATE_LIMITED_ENDPOINTS, RateKey,
+    RateLimitRule, RateLimits, RiskLevel, RiskPolicy, RiskWeights, TenantPolicy, Transmission,
+    cidr_contains, parse_cidr,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};

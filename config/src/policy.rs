@@ -76,6 +76,11 @@ pub struct LoginCodePolicy {
     pub max_attempts: u32,
     /// Locale of the message when the request's `Accept-Language` names none we have.
     pub default_locale: String,
+    /// Seconds before another code may be sent to the same address or number (sign-in and
+    /// MFA codes alike); 0 turns the interval off.
+    pub resend_interval_seconds: u64,
+    /// E.164 prefixes (`+1`, `+49`, ...) that SMS codes may go to; empty: every number.
+    pub sms_allowed_prefixes: Vec<String>,
 }
 
 impl Default for LoginCodePolicy {
@@ -87,6 +92,8 @@ impl Default for LoginCodePolicy {
             ttl_seconds: 300,
             max_attempts: 5,
             default_locale: "en".into(),
+            resend_interval_seconds: 60,
+            sms_allowed_prefixes: Vec::new(),
         }
     }
 }
@@ -439,6 +446,21 @@ impl TenantPolicy {
                 "tenants.{tenant}.login_codes: need length within 4..=10, ttl_seconds within 30..=3600 and max_attempts within 1..=20"
             ));
         }
+        if c.resend_interval_seconds > 3600 {
+            return Err(format!(
+                "tenants.{tenant}.login_codes.resend_interval_seconds must be at most 3600"
+            ));
+        }
+        if let Some(p) = c.sms_allowed_prefixes.iter().find(|p| {
+            !(p.len() >= 2
+                && p.len() <= 8
+                && p.starts_with('+')
+                && p[1..].bytes().all(|b| b.is_ascii_digit()))
+        }) {
+            return Err(format!(
+                "tenants.{tenant}.login_codes.sms_allowed_prefixes: {p:?} is not an E.164 prefix such as \"+49\""
+            ));
+        }
         let r = &self.risk;
         if r.medium_threshold == 0
             || r.high_threshold <= r.medium_threshold
@@ -538,13 +560,27 @@ pub struct RateLimitRule {
     pub window_seconds: u64,
 }
 
+/// Which header the trusted proxies record the client's address in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For` (every line joined, read from the right).
+    #[default]
+    XForwardedFor,
+    /// `Forwarded` (RFC 7239), its `for=` parameters read from the right.
+    Forwarded,
+}
+
 /// Rate limiting.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimits {
-    /// Proxies (CIDR) whose `X-Forwarded-For` is believed; the client is the rightmost address
+    /// Proxies (CIDR) whose forwarding header is believed; the client is the rightmost address
     /// that is not one of them.
     pub trusted_proxies: Vec<String>,
+    /// The header those proxies write (only that one is read: a header the proxies do not
+    /// write comes from the client and proves nothing).
+    pub forwarded_header: ForwardedHeader,
     /// The rules.
     pub rules: Vec<RateLimitRule>,
 }
@@ -561,6 +597,8 @@ pub const RATE_LIMITED_ENDPOINTS: &[&str] = &[
     "code_login",
     "ticket_signin",
     "id_token_signin",
+    "password_change",
+    "sms_delivery",
 ];
 
 impl Default for RateLimits {
@@ -574,11 +612,28 @@ impl Default for RateLimits {
         };
         Self {
             trusted_proxies: Vec::new(),
+            forwarded_header: ForwardedHeader::XForwardedFor,
             rules: vec![
                 rule("login-per-ip", &["login"], RateKey::ClientIp, 60, 60),
                 rule("login-per-identity", &["login"], RateKey::Identity, 20, 60),
                 rule("refresh-per-ip", &["refresh"], RateKey::ClientIp, 300, 60),
                 rule("mfa-per-ip", &["mfa_verify"], RateKey::ClientIp, 30, 60),
+                // Answers per account, whatever the address and however many challenges: the
+                // attempt gate delays and locks, this bounds the rate in between.
+                rule(
+                    "mfa-per-identity",
+                    &["mfa_verify"],
+                    RateKey::Identity,
+                    20,
+                    3600,
+                ),
+                rule(
+                    "password-change-per-identity",
+                    &["password_change"],
+                    RateKey::Identity,
+                    10,
+                    3600,
+                ),
                 rule(
                     "bootstrap-per-ip",
                     &["captcha_challenge", "key_exchange"],
@@ -630,6 +685,16 @@ impl Default for RateLimits {
                     5,
                     600,
                 ),
+                // Toll fraud: SMS cost money wherever they go, so every tenant together has a
+                // budget, and each tenant its own share.
+                rule(
+                    "sms-per-tenant",
+                    &["sms_delivery"],
+                    RateKey::Tenant,
+                    300,
+                    3600,
+                ),
+                rule("sms-global", &["sms_delivery"], RateKey::Global, 1000, 3600),
                 rule(
                     "ticket-per-ip",
                     &["ticket_signin"],

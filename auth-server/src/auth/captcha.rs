@@ -19,6 +19,14 @@ pub struct PowChallenge {
     pub expires_at: i64,
 }
 
+/// The wire name of a provider (`captcha_provider`).
+pub fn provider_name(p: keygate_config::CaptchaProvider) -> &'static str {
+    match p {
+        keygate_config::CaptchaProvider::Pow => "pow",
+        keygate_config::CaptchaProvider::Turnstile => "turnstile",
+    }
+}
+
 /// Key of a stored challenge.
 pub fn challenge_key(id: &str) -> String {
     format!("kg:pow:{id}")

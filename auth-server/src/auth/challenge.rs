@@ -4,6 +4,7 @@
 
 use super::codes::{CodeSent, CodeTarget, Outgoing, mfa_code_key, target_rate_key};
 use super::error::AuthError;
+use super::gate::GateKeys;
 use super::limits::RateKeys;
 use super::tokens::AccessClaims;
 use super::users::PasswordStatus;
@@ -50,11 +51,28 @@ pub struct MfaPending {
     pub risk: super::risk::RiskAssessment,
 }
 
+/// The first factor a second one follows: its `amr` and the attempt-gate counters it was
+/// counted on, which the second factor's answers count on too.
+#[derive(Debug, Clone)]
+pub struct SecondFactor {
+    /// `pwd`, `otp_email`, `otp_sms` or `fed`.
+    pub first_factor: &'static str,
+    /// The identifier's counters.
+    pub gate: GateKeys,
+    /// The identifier's failures when the challenge is issued.
+    pub failures_at_issue: u32,
+}
+
 /// What a challenge remembers (in the ephemeral store, under the hash of its token).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ChallengeState {
     user_id: String,
     amr: Vec<String>,
+    /// The attempt-gate key of the identifier signed in with.
+    gate_account: String,
+    /// Its failures when the challenge was issued (a CAPTCHA is asked for once wrong answers
+    /// have added to them past the policy's threshold).
+    failures_at_issue: u32,
     methods: Vec<String>,
     max_attempts: u32,
     /// Remembered in the risk profile once the challenge is answered.
@@ -154,10 +172,11 @@ impl AuthService {
         totp_active: bool,
         user: &User,
         policy: &MfaPolicy,
-        first_factor: &str,
+        second: &SecondFactor,
         risk: &super::risk::RiskAssessment,
         context: &super::risk::SignInContext,
     ) -> Result<Option<MfaPending>, AuthError> {
+        let first_factor = second.first_factor;
         let mut methods = offered_methods(policy, user, totp_active);
         if first_factor != "pwd" {
             methods.retain(|m| m == "totp" || m == "backup");
@@ -181,6 +200,8 @@ impl AuthService {
         let state = ChallengeState {
             user_id: user.id.clone(),
             amr: vec![first_factor.into()],
+            gate_account: second.gate.account.clone(),
+            failures_at_issue: second.failures_at_issue,
             methods: methods.clone(),
             max_attempts: policy.max_attempts,
             device: context.device.clone(),
@@ -207,11 +228,13 @@ impl AuthService {
 
     /// Ends a sign-in whose first factor was not the password (a sent code, a federated
     /// id_token): users with TOTP are asked for it when the policy says so; otherwise the
-    /// session opens.
+    /// session opens. `identity` is the identifier the second factor's answers are counted
+    /// on (the code's target; the username after a federated sign-in).
     pub(super) async fn finish_sign_in(
         &self,
         user: User,
-        first_factor: &str,
+        first_factor: &'static str,
+        identity: &str,
         totp_active: bool,
     ) -> Result<LoginOutcome, AuthError> {
         if user.status != crate::store::status::ACTIVE {
@@ -221,8 +244,15 @@ impl AuthService {
         let policy = &rt.config.policy_for(&user.tenant_id).mfa;
         let risk = super::risk::RiskAssessment::default();
         let context = super::risk::SignInContext::default();
+        let gate = GateKeys::new(&user.tenant_id, identity, None);
+        let (failures_at_issue, _) = self.ephemeral.gate_failures(&gate.account, &gate.ip).await;
+        let second = SecondFactor {
+            first_factor,
+            gate,
+            failures_at_issue,
+        };
         if let Some(pending) = self
-            .mfa_gate(totp_active, &user, policy, first_factor, &risk, &context)
+            .mfa_gate(totp_active, &user, policy, &second, &risk, &context)
             .await?
         {
             return Ok(LoginOutcome::MfaRequired(pending));
@@ -240,31 +270,88 @@ impl AuthService {
 
     /// Answers an MFA challenge. A wrong code is a 400 and uses up one attempt; an expired,
     /// used-up or already answered challenge is a 403. The right code spends the challenge
-    /// (once, whatever the concurrency) and opens the session.
+    /// (once, whatever the concurrency) and opens the session. Every answer is also an
+    /// attempt on the identifier the first factor was counted on, with the same progressive
+    /// delay, lock and CAPTCHA as passwords, so fresh challenges do not give fresh guesses.
     pub async fn verify_challenge(
         &self,
         token: &str,
         code: &str,
         method: MfaMethod,
+        client_ip: Option<&str>,
+        captcha: &super::CaptchaAnswer,
     ) -> Result<SignedIn, AuthError> {
         let state = self.open_challenge(token, method).await?;
+        let user = self.challenge_user(&state).await?;
+        self.check_rate(
+            "mfa_verify",
+            &RateKeys {
+                ip: client_ip,
+                identity: Some(&user.id),
+                tenant: Some(&user.tenant_id),
+                ..Default::default()
+            },
+        )
+        .await?;
+        let result = self
+            .verify_gated(token, code, method, state, &user, client_ip, captcha)
+            .await;
+        self.audit_sign_in("mfa", &user.tenant_id, None, Some(&user.id), &result, |s| {
+            (s.user.id.clone(), "success")
+        })
+        .await;
+        result
+    }
+
+    /// The answer through the attempt gate: CAPTCHA when due, admission, the challenge's own
+    /// attempt count, the check, and the counters settled by the outcome.
+    #[allow(clippy::too_many_arguments)]
+    async fn verify_gated(
+        &self,
+        token: &str,
+        code: &str,
+        method: MfaMethod,
+        state: ChallengeState,
+        user: &User,
+        client_ip: Option<&str>,
+        captcha: &super::CaptchaAnswer,
+    ) -> Result<SignedIn, AuthError> {
+        let rt = self.runtime();
+        let policy = rt.config.policy_for(&user.tenant_id);
+        let gate = GateKeys {
+            account: state.gate_account.clone(),
+            ..GateKeys::new(&user.tenant_id, "", client_ip)
+        };
+        if policy.captcha.mode == keygate_config::CaptchaMode::AfterFailures {
+            let (failures, _) = self.ephemeral.gate_failures(&gate.account, &gate.ip).await;
+            if failures > state.failures_at_issue && failures >= policy.captcha.after_failures {
+                self.verify_captcha(&policy.captcha, captcha, client_ip)
+                    .await?;
+            }
+        }
+        let failures_before = self.gate_admit(&gate, &policy.lockout).await?;
         let attempts = self
             .ephemeral
             .incr(&attempts_key(token), Duration::from_secs(3600))
             .await?;
         // Every attempt is counted before its code is checked, so parallel guesses cannot
         // exceed the limit; past it the challenge answers nothing.
-        if attempts > i64::from(state.max_attempts) {
-            return Err(AuthError::MfaChallengeInvalid);
+        let result = if attempts > i64::from(state.max_attempts) {
+            Err(AuthError::MfaChallengeInvalid)
+        } else {
+            self.answer_challenge(token, code, method, state, user, attempts)
+                .await
+        };
+        match &result {
+            Err(AuthError::MfaCodeInvalid) => {
+                self.gate_failed(&user.tenant_id, &user.id, failures_before, &policy.lockout)
+                    .await;
+            }
+            other => {
+                self.gate_settle(&gate, other.is_ok(), policy.lockout.lock_after)
+                    .await;
+            }
         }
-        let user = self.challenge_user(&state).await?;
-        let result = self
-            .answer_challenge(token, code, method, state, &user, attempts)
-            .await;
-        self.audit_sign_in("mfa", &user.tenant_id, None, Some(&user.id), &result, |s| {
-            (s.user.id.clone(), "success")
-        })
-        .await;
         result
     }
 
@@ -405,6 +492,7 @@ impl AuthService {
         let tenant = self.tenant_cached(&user.tenant_id).await?;
         let rt = self.runtime();
         let policy = &rt.config.policy_for(&user.tenant_id).login_codes;
+        self.before_send(&tenant.id, &target, policy).await?;
         let outgoing = Outgoing {
             key: mfa_code_key(token, channel),
             target: &target,

@@ -202,6 +202,15 @@ fn login_code_key(tenant: &str, target: &CodeTarget) -> String {
     )
 }
 
+/// Key of the resend interval of a target in a tenant (sign-in and MFA codes share it).
+fn resend_key(tenant: &str, target: &CodeTarget) -> String {
+    format!(
+        "kg:code:resend:{tenant}:{}:{}",
+        target.channel.as_str(),
+        random::secret_hash(&target.value)
+    )
+}
+
 /// Key of an MFA code sent for a challenge over a channel.
 pub(super) fn mfa_code_key(challenge_token: &str, channel: Channel) -> String {
     format!(
@@ -235,6 +244,8 @@ impl AuthService {
             tenant, rt, user, ..
         } = self.code_gate("send_code", &req.request).await?;
         let policy = &rt.config.policy_for(&tenant.id).login_codes;
+        self.before_send(&tenant.id, &req.request.target, policy)
+            .await?;
         let sent = CodeSent {
             channel: req.request.target.channel,
             target: req.request.target.masked(),
@@ -329,7 +340,7 @@ impl AuthService {
             Channel::Sms => "otp_sms",
         };
         let outcome = self
-            .finish_sign_in(user, amr, totp_active && !is_new)
+            .finish_sign_in(user, amr, &req.request.target.value, totp_active && !is_new)
             .await?;
         Ok((outcome, is_new))
     }
@@ -356,7 +367,7 @@ impl AuthService {
         )
         .await?;
         if tenant_policy.captcha.mode == keygate_config::CaptchaMode::Always {
-            self.check_captcha(&tenant_policy.captcha, &req.captcha, client_ip, "", "")
+            self.verify_captcha(&tenant_policy.captcha, &req.captcha, client_ip)
                 .await?;
         }
         let user = self
@@ -402,6 +413,59 @@ impl AuthService {
         }
     }
 
+    /// What every code send passes first, for targets with and without an account alike: the
+    /// tenant's SMS prefixes, the per-target resend interval (claimed atomically, so parallel
+    /// requests send one code) and the SMS budgets against toll fraud.
+    pub(super) async fn before_send(
+        &self,
+        tenant_id: &str,
+        target: &CodeTarget,
+        policy: &LoginCodePolicy,
+    ) -> Result<(), AuthError> {
+        if target.channel == Channel::Sms
+            && !policy.sms_allowed_prefixes.is_empty()
+            && !policy
+                .sms_allowed_prefixes
+                .iter()
+                .any(|p| target.value.starts_with(p.as_str()))
+        {
+            return Err(AuthError::Validation(vec![FieldViolation::new(
+                "phone",
+                "range",
+                "codes are not sent to numbers of this country",
+            )]));
+        }
+        if policy.resend_interval_seconds > 0
+            && let Some(wait_ms) = self
+                .ephemeral
+                .claim(
+                    &resend_key(tenant_id, target),
+                    Duration::from_secs(policy.resend_interval_seconds),
+                )
+                .await?
+        {
+            return Err(AuthError::RateLimited {
+                retry_after: wait_ms.div_ceil(1000).max(1),
+                rule: "resend-interval".into(),
+            });
+        }
+        if target.channel == Channel::Sms
+            && let Err(e) = self
+                .check_rate(
+                    "sms_delivery",
+                    &RateKeys {
+                        tenant: Some(tenant_id),
+                        ..Default::default()
+                    },
+                )
+                .await
+        {
+            self.ephemeral.take(&resend_key(tenant_id, target)).await?;
+            return Err(e);
+        }
+        Ok(())
+    }
+
     /// Generates a code, stores its hash under `out.key` (replacing an earlier one) and
     /// delivers it; a failed delivery removes it again and is a 503.
     pub(super) async fn issue_code(
@@ -439,6 +503,10 @@ impl AuthService {
             // Remove exactly this code (not one a parallel request stored since). If even that
             // fails the code must not count as issued: fail closed on the store's error.
             self.ephemeral.take_if(&out.key, &stored.nonce).await?;
+            // Nothing arrived: the client may ask again at once.
+            self.ephemeral
+                .take(&resend_key(out.tenant_id, out.target))
+                .await?;
             return Err(AuthError::DeliveryFailed(out.target.channel.as_str()));
         }
         Ok(())

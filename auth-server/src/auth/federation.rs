@@ -341,6 +341,9 @@ impl AuthService {
         id_token: &str,
     ) -> Result<FederatedSignIn, AuthError> {
         let claims = self.validate_id_token(p, id_token).await?;
+        if p.single_use {
+            self.spend_id_token(p, id_token, &claims).await?;
+        }
         let claim = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_owned);
         let subject = claim("sub").ok_or(invalid("missing_claim"))?;
         let verified = |flag: &str| claims.get(flag).and_then(Value::as_bool) == Some(true);
@@ -394,12 +397,42 @@ impl AuthService {
             .totp(&user.id)
             .await?
             .is_some_and(|f| f.confirmed);
-        let outcome = self.finish_sign_in(user, "fed", totp_active).await?;
+        let username = user.username.clone();
+        let outcome = self
+            .finish_sign_in(user, "fed", &username, totp_active)
+            .await?;
         Ok(FederatedSignIn {
             outcome,
             created,
             linked,
         })
+    }
+
+    /// Remembers a valid id_token until it expires (atomically across replicas): of any number
+    /// of presentations, one signs in. Keyed by issuer and `jti`, or by the token's hash when
+    /// it has no `jti`.
+    async fn spend_id_token(
+        &self,
+        p: &OidcProviderConfig,
+        id_token: &str,
+        claims: &serde_json::Map<String, Value>,
+    ) -> Result<(), AuthError> {
+        let now = self.clock.unix();
+        let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(now);
+        let until = exp.saturating_add(super::secs(p.clock_skew_seconds));
+        let id = match claims.get("jti").and_then(Value::as_str) {
+            Some(jti) => random::secret_hash(&format!("{}|{jti}", p.issuer)),
+            None => random::secret_hash(id_token),
+        };
+        let ttl = std::time::Duration::from_secs(u64::try_from(until - now).unwrap_or(0).max(1));
+        match self
+            .ephemeral
+            .claim(&format!("kg:idt:{}:{id}", p.name), ttl)
+            .await?
+        {
+            None => Ok(()),
+            Some(_) => Err(invalid("replayed")),
+        }
     }
 
     /// Links the external account to the local account with the same address. Refused for

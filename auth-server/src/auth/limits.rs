@@ -4,7 +4,7 @@
 
 use super::AuthService;
 use super::error::AuthError;
-use keygate_config::{RateKey, RateLimits, cidr_contains, parse_cidr};
+use keygate_config::{ForwardedHeader, RateKey, RateLimits, cidr_contains, parse_cidr};
 use std::net::IpAddr;
 
 /// What a request can be counted by.
@@ -29,24 +29,65 @@ pub fn trusted_proxies(limits: &RateLimits) -> Vec<(IpAddr, u8)> {
         .collect()
 }
 
+/// The addresses a request passed through, oldest first, as the configured header reports
+/// them: every line of it joined (a proxy may append a line of its own rather than extend the
+/// client's), for `Forwarded` (RFC 7239) the `for=` parameter of each element. A hop that is
+/// not an address (`unknown`, an obfuscated identifier) stays as text and ends what can be
+/// believed.
+pub fn forwarded_hops<'a>(
+    header: ForwardedHeader,
+    lines: impl Iterator<Item = &'a str>,
+) -> Vec<String> {
+    let mut hops = Vec::new();
+    for line in lines {
+        for element in line.split(',') {
+            match header {
+                ForwardedHeader::XForwardedFor => hops.push(element.trim().to_owned()),
+                ForwardedHeader::Forwarded => {
+                    let node = element.split(';').find_map(|pair| {
+                        let (name, value) = pair.split_once('=')?;
+                        name.trim()
+                            .eq_ignore_ascii_case("for")
+                            .then(|| forwarded_node(value.trim()))
+                    });
+                    // An element without `for=` names no client: it ends the chain.
+                    hops.push(node.unwrap_or_default());
+                }
+            }
+        }
+    }
+    hops
+}
+
+/// The address of an RFC 7239 node: unquoted, without brackets and port.
+fn forwarded_node(value: &str) -> String {
+    let v = value.trim_matches('"');
+    if let Some(rest) = v.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or_default().to_owned();
+    }
+    match v.split_once(':') {
+        // IPv4 with a port; a bare IPv6 address is not valid here, but is accepted as one.
+        Some((host, _)) if !v[host.len() + 1..].contains(':') => host.to_owned(),
+        _ => v.to_owned(),
+    }
+}
+
 /// The client's address: the socket peer, or, when the peer is a trusted proxy, the
-/// rightmost address in `X-Forwarded-For` that is not a trusted proxy.
+/// rightmost hop that is not a trusted proxy. IPv4-mapped IPv6 addresses (a dual-stack
+/// socket's view of an IPv4 peer) count as the IPv4 address they carry.
 pub fn client_address(
     peer: Option<IpAddr>,
-    forwarded_for: Option<&str>,
+    hops: &[String],
     proxies: &[(IpAddr, u8)],
 ) -> Option<IpAddr> {
     let trusted = |ip: IpAddr| proxies.iter().any(|net| cidr_contains(*net, ip));
-    let peer = peer?;
+    let peer = peer?.to_canonical();
     if !trusted(peer) {
         return Some(peer);
     }
-    let Some(header) = forwarded_for else {
-        return Some(peer);
-    };
     let mut last = peer;
-    for hop in header.rsplit(',') {
-        match hop.trim().parse::<IpAddr>() {
+    for hop in hops.iter().rev() {
+        match hop.trim().parse::<IpAddr>().map(|ip| ip.to_canonical()) {
             Ok(ip) if trusted(ip) => last = ip,
             Ok(ip) => return Some(ip),
             // A malformed hop ends what can be believed.
@@ -54,6 +95,19 @@ pub fn client_address(
         }
     }
     Some(last)
+}
+
+/// What per-address counters count by: an IPv4 address, or the /64 network of an IPv6 one
+/// (one subscriber usually holds a whole /64, so single IPv6 addresses cost nothing to change).
+pub fn address_key(ip: &str) -> String {
+    match ip.parse::<IpAddr>().map(|ip| ip.to_canonical()) {
+        Ok(IpAddr::V4(v4)) => v4.to_string(),
+        Ok(IpAddr::V6(v6)) => {
+            let net = u128::from(v6) & !((1u128 << 64) - 1);
+            format!("{}/64", std::net::Ipv6Addr::from(net))
+        }
+        Err(_) => ip.to_owned(),
+    }
 }
 
 impl AuthService {
@@ -85,8 +139,9 @@ impl AuthService {
             .iter()
             .filter(|r| r.endpoints.iter().any(|e| e == endpoint))
         {
+            let network = keys.ip.map(address_key);
             let value = match rule.key {
-                RateKey::ClientIp => keys.ip,
+                RateKey::ClientIp => network.as_deref(),
                 RateKey::Identity => keys.identity,
                 RateKey::Tenant => keys.tenant,
                 RateKey::Target => keys.target,
@@ -118,6 +173,10 @@ impl AuthService {
 mod tests {
     use super::*;
 
+    fn xff(lines: &[&str]) -> Vec<String> {
+        forwarded_hops(ForwardedHeader::XForwardedFor, lines.iter().copied())
+    }
+
     #[test]
     fn forwarded_for_is_believed_only_from_trusted_proxies() {
         let limits = trusted_proxies(&RateLimits {
@@ -127,33 +186,92 @@ mod tests {
         let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
         // Untrusted peer: its own address, whatever the header says.
         assert_eq!(
-            client_address(ip("203.0.113.9"), Some("1.2.3.4"), &limits),
+            client_address(ip("203.0.113.9"), &xff(&["1.2.3.4"]), &limits),
             ip("203.0.113.9")
         );
         // Trusted peer: the rightmost untrusted hop.
         assert_eq!(
             client_address(
                 ip("10.0.0.2"),
-                Some("1.2.3.4, 198.51.100.7, 10.0.0.5"),
+                &xff(&["1.2.3.4, 198.51.100.7, 10.0.0.5"]),
                 &limits
             ),
             ip("198.51.100.7")
         );
         // Only proxies in the header: the leftmost proxy seen.
         assert_eq!(
-            client_address(ip("10.0.0.2"), Some("10.1.1.1"), &limits),
+            client_address(ip("10.0.0.2"), &xff(&["10.1.1.1"]), &limits),
             ip("10.1.1.1")
         );
         // Garbage stops the walk.
         assert_eq!(
-            client_address(ip("10.0.0.2"), Some("evil, 10.0.0.9"), &limits),
+            client_address(ip("10.0.0.2"), &xff(&["evil, 10.0.0.9"]), &limits),
             ip("10.0.0.9")
         );
+        assert_eq!(client_address(ip("10.0.0.2"), &[], &limits), ip("10.0.0.2"));
+        assert_eq!(client_address(None, &xff(&["1.2.3.4"]), &limits), None);
+    }
+
+    #[test]
+    fn a_proxy_that_appends_its_own_line_is_read_after_the_clients_line() {
+        let limits = trusted_proxies(&RateLimits {
+            trusted_proxies: vec!["10.0.0.0/8".into()],
+            ..Default::default()
+        });
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        // The client forged the first line; the proxy appended the real address on a second.
         assert_eq!(
-            client_address(ip("10.0.0.2"), None, &limits),
-            ip("10.0.0.2")
+            client_address(ip("10.0.0.2"), &xff(&["6.6.6.6", "198.51.100.7"]), &limits),
+            ip("198.51.100.7")
         );
-        assert_eq!(client_address(None, Some("1.2.3.4"), &limits), None);
+        // An IPv4-mapped peer is the IPv4 proxy it carries.
+        assert_eq!(
+            client_address(ip("::ffff:10.0.0.2"), &xff(&["198.51.100.7"]), &limits),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            client_address(ip("::ffff:203.0.113.9"), &xff(&["1.2.3.4"]), &limits),
+            ip("203.0.113.9")
+        );
+    }
+
+    #[test]
+    fn rfc_7239_forwarded_is_read_when_configured() {
+        let limits = trusted_proxies(&RateLimits {
+            trusted_proxies: vec!["10.0.0.0/8".into()],
+            ..Default::default()
+        });
+        let hops = forwarded_hops(
+            ForwardedHeader::Forwarded,
+            [
+                r#"for=6.6.6.6;proto=https, For="[2001:db8:cafe::17]:4711""#,
+                "for=10.0.0.7:8080;by=10.0.0.2",
+            ]
+            .into_iter(),
+        );
+        assert_eq!(hops, ["6.6.6.6", "2001:db8:cafe::17", "10.0.0.7"]);
+        assert_eq!(
+            client_address(Some("10.0.0.2".parse().unwrap()), &hops, &limits),
+            Some("2001:db8:cafe::17".parse().unwrap())
+        );
+        let hidden = forwarded_hops(
+            ForwardedHeader::Forwarded,
+            ["for=_hidden, for=10.0.0.7"].into_iter(),
+        );
+        assert_eq!(
+            client_address(Some("10.0.0.2".parse().unwrap()), &hidden, &limits),
+            Some("10.0.0.7".parse().unwrap()),
+            "an obfuscated node ends the chain at the last proxy"
+        );
+    }
+
+    #[test]
+    fn ipv6_addresses_are_counted_by_their_64() {
+        assert_eq!(address_key("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::/64");
+        assert_eq!(address_key("2001:db8:1:2::9"), "2001:db8:1:2::/64");
+        assert_eq!(address_key("::ffff:192.0.2.1"), "192.0.2.1");
+        assert_eq!(address_key("192.0.2.1"), "192.0.2.1");
+        assert_eq!(address_key("unknown"), "unknown");
     }
 
     #[test]

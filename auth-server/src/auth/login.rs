@@ -3,12 +3,12 @@
 //! the proof-of-work challenges and the administrator's unlock that belong to it.
 
 use super::error::{AuthError, FieldViolation};
+use super::gate::GateKeys;
 use super::password::Verified;
 use super::{
     AuthService, CaptchaAnswer, PasswordLogin, Runtime, SignedIn, captcha, challenge,
     check_password_field, password, random, risk, secs, status, transmission, users,
 };
-use crate::ephemeral;
 use crate::store::User;
 use std::time::Duration;
 
@@ -77,67 +77,20 @@ impl AuthService {
         };
         account.clone_from(&user.as_ref().map(|u| u.id.clone()));
         let policy = rt.config.policy_for(&tenant.id);
-        // Unknown identities are counted under their own key, so they behave exactly alike.
-        let account_key = match &user {
-            Some(u) => account_gate_key(&tenant.id, &u.id),
-            None => format!("kg:gate:acct:{}:?{identity}", tenant.id),
-        };
-        let ip_key = format!(
-            "kg:gate:ip:{}",
-            req.client_ip.as_deref().unwrap_or("unknown")
-        );
-        self.check_captcha(
-            &policy.captcha,
-            &req.captcha,
-            req.client_ip.as_deref(),
-            &account_key,
-            &ip_key,
-        )
-        .await?;
-        let (account_rule, ip_rule) = gate_rules(&policy.lockout);
-        let now_ms = (self.clock.now().unix_timestamp_nanos() / 1_000_000) as i64;
-        let recent_failures = match self
-            .ephemeral
-            .gate_attempt(&account_key, &ip_key, (&account_rule, &ip_rule), now_ms)
-            .await
-        {
-            ephemeral::Gate::Refused {
-                retry_after_ms,
-                locked,
-            } => {
-                return Err(AuthError::LoginThrottled {
-                    retry_after: retry_after_ms.div_ceil(1000).max(1),
-                    locked,
-                });
-            }
-            ephemeral::Gate::Admitted {
-                account_failures, ..
-            } => account_failures,
-        };
+        // Every identifier is counted under its own key, known or not, so they behave alike.
+        let gate = GateKeys::new(&tenant.id, &identity, req.client_ip.as_deref());
+        if self.captcha_required(&policy.captcha, &gate).await {
+            self.verify_captcha(&policy.captcha, &req.captcha, req.client_ip.as_deref())
+                .await?;
+        }
+        let recent_failures = self.gate_admit(&gate, &policy.lockout).await?;
         let digest = recovered.digest(&tenant.id);
         let stored = user.as_ref().and_then(|u| u.password_hash.clone());
         let verified = self.hasher.verify(digest, stored).await?;
-        if verified != Verified::No && user.is_some() {
-            self.ephemeral.gate_success(&account_key, &ip_key).await;
-        }
         let user = match (verified, user) {
             (Verified::No, Some(u)) => {
-                // This failure is the one that locks the account (attempts count on admission).
-                if recent_failures + 1 == policy.lockout.lock_after {
-                    self.audit(super::audit::Event {
-                        kind: super::audit::kind::LOCKOUT,
-                        tenant_id: &tenant.id,
-                        outcome: "success",
-                        user_id: Some(&u.id),
-                        reason: Some("too_many_failures"),
-                        details: Some(serde_json::json!({
-                            "failures": policy.lockout.lock_after,
-                            "lock_seconds": policy.lockout.lock_seconds,
-                        })),
-                        ..Default::default()
-                    })
+                self.gate_failed(&tenant.id, &u.id, recent_failures, &policy.lockout)
                     .await;
-                }
                 return Err(AuthError::InvalidCredentials);
             }
             (Verified::No, None) | (_, None) => return Err(AuthError::InvalidCredentials),
@@ -149,6 +102,34 @@ impl AuthService {
                 u
             }
         };
+        let outcome = self
+            .after_password(
+                user,
+                &req,
+                totp_active,
+                stored_profile,
+                &gate,
+                recent_failures,
+            )
+            .await;
+        // The failures are reset only when the whole sign-in is done: a right password that
+        // leads to a second factor (or to a refusal) only gives its own attempt back.
+        let finished = matches!(outcome, Ok(challenge::LoginOutcome::SignedIn(_)));
+        self.gate_settle(&gate, finished, policy.lockout.lock_after)
+            .await;
+        outcome
+    }
+
+    /// What follows a right password: account state, expiry, risk, and MFA or the session.
+    async fn after_password(
+        &self,
+        user: User,
+        req: &PasswordLogin,
+        totp_active: bool,
+        stored_profile: Option<String>,
+        gate: &GateKeys,
+        recent_failures: u32,
+    ) -> Result<challenge::LoginOutcome, AuthError> {
         if user.status != status::ACTIVE {
             return Err(AuthError::AccountDisabled);
         }
@@ -156,6 +137,8 @@ impl AuthService {
         if password.is_expired() {
             return Err(AuthError::PasswordExpired);
         }
+        let rt = self.runtime();
+        let policy = rt.config.policy_for(&user.tenant_id);
         let context = self
             .sign_in_context(
                 &user,
@@ -166,12 +149,17 @@ impl AuthService {
             .await?;
         let mut profile = risk::RiskProfile::from_stored(stored_profile.as_deref());
         let assessment = risk::assess(&policy.risk, &profile, &context);
+        let second = challenge::SecondFactor {
+            first_factor: "pwd",
+            gate: gate.clone(),
+            failures_at_issue: recent_failures,
+        };
         if let Some(pending) = self
             .mfa_gate(
                 totp_active,
                 &user,
                 &policy.mfa,
-                "pwd",
+                &second,
                 &assessment,
                 &context,
             )
@@ -264,27 +252,32 @@ impl AuthService {
         Ok(())
     }
 
-    /// Demands and checks a CAPTCHA when the tenant's policy says so for this attempt.
-    pub(super) async fn check_captcha(
+    /// Whether the tenant's policy demands a CAPTCHA for an attempt on these counters.
+    pub(super) async fn captcha_required(
+        &self,
+        policy: &keygate_config::CaptchaPolicy,
+        gate: &GateKeys,
+    ) -> bool {
+        use keygate_config::CaptchaMode;
+        match policy.mode {
+            CaptchaMode::Never => false,
+            CaptchaMode::Always => true,
+            CaptchaMode::AfterFailures => {
+                let (account, ip) = self.ephemeral.gate_failures(&gate.account, &gate.ip).await;
+                account >= policy.after_failures || ip >= policy.ip_after_failures
+            }
+        }
+    }
+
+    /// Checks a CAPTCHA answer with the tenant's provider (never the one the client names: a
+    /// client that names another provider is refused).
+    pub(super) async fn verify_captcha(
         &self,
         policy: &keygate_config::CaptchaPolicy,
         answer: &CaptchaAnswer,
         client_ip: Option<&str>,
-        account_key: &str,
-        ip_key: &str,
     ) -> Result<(), AuthError> {
-        use keygate_config::CaptchaMode;
-        let required = match policy.mode {
-            CaptchaMode::Never => false,
-            CaptchaMode::Always => true,
-            CaptchaMode::AfterFailures => {
-                let (account, ip) = self.ephemeral.gate_failures(account_key, ip_key).await;
-                account >= policy.after_failures || ip >= policy.ip_after_failures
-            }
-        };
-        if !required {
-            return Ok(());
-        }
+        use keygate_config::CaptchaProvider;
         let token = answer
             .token
             .as_deref()
@@ -293,12 +286,20 @@ impl AuthService {
         if token.len() > 4096 {
             return Err(AuthError::CaptchaInvalid);
         }
-        match answer.provider.as_deref().unwrap_or("pow") {
-            "pow" => {
+        let named = answer
+            .provider
+            .as_deref()
+            .map(str::trim)
+            .filter(|p| !p.is_empty());
+        if named.is_some_and(|p| p != captcha::provider_name(policy.provider)) {
+            return Err(AuthError::CaptchaInvalid);
+        }
+        match policy.provider {
+            CaptchaProvider::Pow => {
                 self.redeem_pow(answer.challenge_id.as_deref(), token, client_ip, policy)
                     .await
             }
-            "turnstile" => {
+            CaptchaProvider::Turnstile => {
                 let secret = policy
                     .turnstile_secret
                     .as_deref()
@@ -312,7 +313,6 @@ impl AuthService {
                 )
                 .await
             }
-            _ => Err(AuthError::CaptchaInvalid),
         }
     }
 
@@ -325,6 +325,13 @@ impl AuthService {
     ) -> Result<captcha::PowChallenge, AuthError> {
         let rt = self.runtime();
         let policy = &rt.config.policy_for(tenant_id).captcha;
+        if policy.provider != keygate_config::CaptchaProvider::Pow {
+            return Err(AuthError::Validation(vec![FieldViolation::new(
+                "provider",
+                "range",
+                "this tenant's CAPTCHA is turnstile: solve the provider's widget instead",
+            )]));
+        }
         // The policy's difficulty is a floor; clients may ask for more, up to 8.
         let difficulty = requested_difficulty
             .unwrap_or(0)
@@ -396,7 +403,7 @@ impl AuthService {
             .filter(|u| u.tenant_id == admin.tenant_id)
             .ok_or(AuthError::NotFound("user"))?;
         self.ephemeral
-            .gate_clear(&[account_gate_key(&user.tenant_id, &user.id)])
+            .gate_clear(&super::gate::account_gate_keys(&user))
             .await?;
         tracing::info!(admin = %admin.id, user = %user.id, "sign-in lock lifted");
         self.audit(super::audit::Event {
@@ -514,26 +521,4 @@ impl AuthService {
         }
         Ok(out)
     }
-}
-
-fn account_gate_key(tenant_id: &str, user_id: &str) -> String {
-    format!("kg:gate:acct:{tenant_id}:{user_id}")
-}
-
-/// The attempt-gate rules of a lockout policy: (account, client address).
-fn gate_rules(p: &keygate_config::LockoutPolicy) -> (ephemeral::GateRule, ephemeral::GateRule) {
-    let account = ephemeral::GateRule {
-        delay_after: p.delay_after,
-        base_delay_ms: p.base_delay_seconds.saturating_mul(1000),
-        max_delay_ms: p.max_delay_seconds.saturating_mul(1000),
-        lock_after: p.lock_after,
-        lock_ms: p.lock_seconds.saturating_mul(1000),
-        window_ms: p.window_seconds.saturating_mul(1000),
-    };
-    let ip = ephemeral::GateRule {
-        delay_after: p.ip_delay_after,
-        lock_after: p.ip_lock_after,
-        ..account
-    };
-    (account, ip)
 }

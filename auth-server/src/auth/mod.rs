@@ -10,6 +10,7 @@ pub mod clock;
 pub mod codes;
 pub mod error;
 pub mod federation;
+pub mod gate;
 pub mod keys;
 pub mod limits;
 mod login;
@@ -258,13 +259,16 @@ impl AuthService {
         )
     }
 
-    /// The active account behind verified claims.
+    /// The active account behind verified claims, in a session that is not revoked (checked
+    /// in storage too, so a revocation holds even when its deny entry is gone).
     pub async fn current_user(&self, claims: &AccessClaims) -> Result<User, AuthError> {
         self.store
-            .user(&claims.sub)
+            .user_in_session(&claims.sub, &claims.sid)
             .await?
             .filter(|u| u.tenant_id == claims.tid && u.status == status::ACTIVE)
-            .ok_or(AuthError::Unauthenticated("account no longer active"))
+            .ok_or(AuthError::Unauthenticated(
+                "account no longer active or session ended",
+            ))
     }
 
     /// The current user, who must hold `role`.

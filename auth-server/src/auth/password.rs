@@ -8,8 +8,10 @@ use argon2::password_hash::{PasswordHash, PasswordHasher as _, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use keygate_config::PasswordHashing;
 use sha2::{Digest, Sha256};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// Longest password accepted, in bytes (NIST asks for at least 64 characters).
@@ -61,6 +63,29 @@ struct Inner {
     pepper: Option<Vec<u8>>,
     jobs: mpsc::Sender<Job>,
     state: Mutex<ParamState>,
+    /// How long a verification with the current parameters takes (a moving average, ns).
+    current_cost_ns: AtomicU64,
+}
+
+impl Inner {
+    /// Adds a verification with the current parameters to the moving average.
+    fn record_cost(&self, took: Duration) {
+        let sample = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let old = self.current_cost_ns.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            old - old / 8 + sample / 8
+        };
+        self.current_cost_ns.store(new, Ordering::Relaxed);
+    }
+
+    /// How much longer a failed verification that took `took` must last to look like one
+    /// with the current parameters.
+    fn padding(&self, took: Duration) -> Option<Duration> {
+        let expected = Duration::from_nanos(self.current_cost_ns.load(Ordering::Relaxed));
+        expected.checked_sub(took).filter(|d| !d.is_zero())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -80,7 +105,9 @@ impl PasswordHasher {
             config.max_concurrent as usize
         };
         let params = to_params(config)?;
+        let started = Instant::now();
         let dummy = hash_blocking(&params, pepper.as_deref(), &super::random::secret(16))?;
+        let first_cost = started.elapsed();
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..threads {
@@ -111,6 +138,9 @@ impl PasswordHasher {
                     params,
                     dummy: dummy.into(),
                 }),
+                current_cost_ns: AtomicU64::new(
+                    u64::try_from(first_cost.as_nanos()).unwrap_or(u64::MAX),
+                ),
             }),
         })
     }
@@ -122,11 +152,17 @@ impl PasswordHasher {
         if self.state().params == params {
             return Ok(());
         }
+        let started = Instant::now();
         let dummy = hash_blocking(
             &params,
             self.inner.pepper.as_deref(),
             &super::random::secret(16),
         )?;
+        // The average starts afresh at the new parameters' cost.
+        self.inner.current_cost_ns.store(
+            u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         if let Ok(mut s) = self.inner.state.lock() {
             *s = ParamState {
                 params,
@@ -167,32 +203,48 @@ impl PasswordHasher {
 
     /// Verifies a canonical digest against a stored PHC string; `None` (unknown identity, or a
     /// user without a password) runs the same work against the dummy hash and answers `No`.
+    /// A wrong password against a hash made with older, cheaper parameters is answered no
+    /// sooner than one with the current parameters (the difference is waited out, off the
+    /// hashing threads), so that timing does not tell dormant accounts from unknown ones.
     pub async fn verify(
         &self,
         digest: String,
         stored: Option<String>,
     ) -> Result<Verified, HashError> {
-        self.run(move |inner, state| {
-            let pepper = inner.pepper.as_deref();
-            let Some(stored) = stored else {
-                let _ = verify_blocking(pepper, &digest, &state.dummy);
-                return Ok(Verified::No);
-            };
-            match verify_blocking(pepper, &digest, &stored) {
-                Ok(true) => {}
-                Ok(false) => return Ok(Verified::No),
-                Err(e) => {
-                    tracing::error!(error = %e, "stored password hash is unusable");
-                    return Ok(Verified::No);
+        let (verified, padding) = self
+            .run(move |inner, state| {
+                let pepper = inner.pepper.as_deref();
+                let started = Instant::now();
+                let Some(stored) = stored else {
+                    let _ = verify_blocking(pepper, &digest, &state.dummy);
+                    inner.record_cost(started.elapsed());
+                    return Ok((Verified::No, None));
+                };
+                let current = uses_params(&stored, &state.params);
+                let right = match verify_blocking(pepper, &digest, &stored) {
+                    Ok(right) => right,
+                    Err(e) => {
+                        tracing::error!(error = %e, "stored password hash is unusable");
+                        false
+                    }
+                };
+                let took = started.elapsed();
+                if current {
+                    inner.record_cost(took);
                 }
-            }
-            if uses_params(&stored, &state.params) {
-                Ok(Verified::Yes)
-            } else {
-                hash_blocking(&state.params, pepper, &digest).map(Verified::YesRehashed)
-            }
-        })
-        .await
+                match (right, current) {
+                    (false, true) => Ok((Verified::No, None)),
+                    (false, false) => Ok((Verified::No, inner.padding(took))),
+                    (true, true) => Ok((Verified::Yes, None)),
+                    (true, false) => hash_blocking(&state.params, pepper, &digest)
+                        .map(|phc| (Verified::YesRehashed(phc), None)),
+                }
+            })
+            .await?;
+        if let Some(wait) = padding {
+            tokio::time::sleep(wait).await;
+        }
+        Ok(verified)
     }
 }
 
@@ -362,6 +414,36 @@ mod tests {
             Verified::YesRehashed(new) => assert!(new.contains("t=2"), "{new}"),
             other => panic!("expected a rehash, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_wrong_password_on_an_old_cheap_hash_takes_as_long_as_an_unknown_identity() {
+        let h = PasswordHasher::new(&small(), None).unwrap();
+        let old = h.hash("d".into()).await.unwrap();
+        h.update_params(&PasswordHashing {
+            iterations: 8,
+            ..small()
+        })
+        .unwrap();
+        let timed = async |stored: Option<String>| {
+            let started = Instant::now();
+            assert_eq!(
+                h.verify("wrong".into(), stored).await.unwrap(),
+                Verified::No
+            );
+            started.elapsed()
+        };
+        // Warm the average with unknown identities (the current parameters' cost).
+        let mut unknown = Duration::MAX;
+        for _ in 0..4 {
+            unknown = unknown.min(timed(None).await);
+        }
+        let dormant = timed(Some(old)).await;
+        // t=1 alone would take about an eighth; the margin allows for a loaded machine.
+        assert!(
+            dormant.as_secs_f64() >= 0.6 * unknown.as_secs_f64(),
+            "dormant {dormant:?} vs unknown {unknown:?}"
+        );
     }
 
     #[tokio::test]

@@ -3,6 +3,7 @@
 //! other sessions).
 
 use super::error::{AuthError, FieldViolation};
+use super::gate::GateKeys;
 use super::password::Verified;
 use super::tokens::{self, AccessClaims, Actor};
 use super::{
@@ -22,9 +23,10 @@ impl AuthService {
         sent: &transmission::SentPassword,
         old_password: &str,
         new_password: &str,
+        client_ip: Option<&str>,
     ) -> Result<(), AuthError> {
         let result = self
-            .change_password_unaudited(claims, sent, old_password, new_password)
+            .change_password_unaudited(claims, sent, old_password, new_password, client_ip)
             .await;
         let reason = match &result {
             Ok(_) => None,
@@ -41,6 +43,7 @@ impl AuthService {
             tenant_id: &claims.tid,
             outcome: if result.is_ok() { "success" } else { "failure" },
             user_id: Some(&claims.sub),
+            actor_id: claims.act.as_ref().map(|a| a.sub.as_str()),
             reason,
             details: result
                 .as_ref()
@@ -58,6 +61,7 @@ impl AuthService {
         sent: &transmission::SentPassword,
         old_password: &str,
         new_password: &str,
+        client_ip: Option<&str>,
     ) -> Result<usize, AuthError> {
         let mut errors = Vec::new();
         for (value, field) in [
@@ -74,6 +78,16 @@ impl AuthService {
             return Err(AuthError::Validation(errors));
         }
         let user = self.current_user(claims).await?;
+        self.check_rate(
+            "password_change",
+            &super::limits::RateKeys {
+                ip: client_ip,
+                identity: Some(&user.id),
+                tenant: Some(&user.tenant_id),
+                ..Default::default()
+            },
+        )
+        .await?;
         let rt = self.runtime();
         let policy = &rt.config.policy_for(&user.tenant_id).password;
         // The server must see the new password to apply the rules: not in hash mode.
@@ -100,17 +114,25 @@ impl AuthService {
             return Err(AuthError::TransmissionNotAccepted);
         };
         users::check_password_rules(new_plain, policy, "new_password")?;
+        // The old password is guessed against the same counter as at sign-in (the username's),
+        // with its delays and lock: a stolen access token is no way around them.
+        let lockout = &rt.config.policy_for(&user.tenant_id).lockout;
+        let gate = GateKeys::new(&user.tenant_id, &user.username, client_ip);
+        let failures_before = self.gate_admit(&gate, lockout).await?;
         let verified = self
             .hasher
             .verify(old.digest(&user.tenant_id), user.password_hash.clone())
             .await?;
         if verified == Verified::No {
+            self.gate_failed(&user.tenant_id, &user.id, failures_before, lockout)
+                .await;
             return Err(AuthError::Validation(vec![FieldViolation::new(
                 "old_password",
                 "format",
                 "the current password is wrong",
             )]));
         }
+        self.gate_settle(&gate, true, lockout.lock_after).await;
         let new_digest = new.digest(&user.tenant_id);
         let mut previous = self
             .store
@@ -149,12 +171,8 @@ impl AuthService {
             .store
             .revoke_other_sessions(&user.id, &claims.sid, now, "password_change")
             .await?;
-        let ttl =
-            Duration::from_secs(rt.config.tokens.access_token_ttl_seconds + tokens::LEEWAY_SECONDS);
         for sid in &ended {
-            self.ephemeral
-                .set(&denied_sid_key(sid), "password_change", ttl)
-                .await?;
+            self.deny_session(sid, "password_change").await?;
         }
         tracing::info!(user = %user.id, sessions_ended = ended.len(), "password changed");
         Ok(ended.len())
@@ -181,6 +199,11 @@ impl AuthService {
         let rt = self.runtime();
         let policy = &rt.config.tokens;
         let now = self.clock.unix();
+        let actor = act
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| AuthError::Internal(e.to_string()))?;
         let session = Session {
             id: random::id("ses"),
             tenant_id: user.tenant_id.clone(),
@@ -189,12 +212,14 @@ impl AuthService {
             created_at: now,
             expires_at: now + secs(policy.session_max_lifetime_seconds),
             revoked_at: None,
+            actor,
         };
         let refresh_token = random::secret(REFRESH_TOKEN_BYTES);
         let first = NewRefresh {
             token_hash: random::secret_hash(&refresh_token),
             created_at: now,
             expires_at: (now + secs(policy.refresh_token_ttl_seconds)).min(session.expires_at),
+            access_expires_at: now + secs(policy.access_token_ttl_seconds),
         };
         self.store
             .create_session_with_profile(&session, &first, risk_profile)
@@ -262,6 +287,7 @@ impl AuthService {
             token_hash: random::secret_hash(&next_token),
             created_at: now,
             expires_at: (now + secs(policy.refresh_token_ttl_seconds)).min(session.expires_at),
+            access_expires_at: now + secs(policy.access_token_ttl_seconds),
         };
         let rotated_now = record.rotated_at.is_none()
             && self
@@ -279,7 +305,9 @@ impl AuthService {
             }
             self.store.add_refresh(&session.id, &next).await?;
         }
-        let access_token = self.sign_access(&rt, &session, now, None)?;
+        // Every token of an impersonated session names its actor, not only the first.
+        let act = session_actor(&session);
+        let access_token = self.sign_access(&rt, &session, now, act)?;
         Ok(SignedIn {
             password: self.password_status(&user),
             risk: None,
@@ -295,11 +323,25 @@ impl AuthService {
 
     /// Revokes a session in storage and denies its access tokens until they expire.
     async fn revoke_session(&self, session_id: &str, reason: &str) -> Result<(), AuthError> {
-        let rt = self.runtime();
         self.store
             .revoke_session(session_id, self.clock.unix(), reason)
             .await?;
-        let ttl = rt.config.tokens.access_token_ttl_seconds + tokens::LEEWAY_SECONDS;
+        self.deny_session(session_id, reason).await
+    }
+
+    /// Denies every access token of a revoked session for as long as the longest-lived of them
+    /// can be valid (the lifetime may have been shortened since it was issued). Should the
+    /// entry go (eviction, an in-process restart), the bearer check still finds the stored
+    /// revocation.
+    async fn deny_session(&self, session_id: &str, reason: &str) -> Result<(), AuthError> {
+        let now = self.clock.unix();
+        let current = now + secs(self.runtime().config.tokens.access_token_ttl_seconds);
+        let latest = self
+            .store
+            .session_access_expiry(session_id)
+            .await?
+            .map_or(current, |issued| issued.max(current));
+        let ttl = u64::try_from(latest - now).unwrap_or(0) + tokens::LEEWAY_SECONDS;
         self.ephemeral
             .set(
                 &denied_sid_key(session_id),
@@ -358,5 +400,18 @@ impl AuthService {
             return Err(AuthError::TokenRevoked);
         }
         Ok(claims)
+    }
+}
+
+/// The actor chain stored with a session (none for the user's own sessions; an unreadable one
+/// is logged and treated as none rather than failing the refresh).
+pub(crate) fn session_actor(session: &Session) -> Option<Actor> {
+    let json = session.actor.as_deref()?;
+    match serde_json::from_str(json) {
+        Ok(act) => Some(act),
+        Err(e) => {
+            tracing::error!(session = %session.id, error = %e, "stored actor chain is unreadable");
+            None
+        }
     }
 }

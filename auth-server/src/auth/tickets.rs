@@ -47,6 +47,9 @@ struct StoredTicket {
     issued_by: String,
     reason: Option<String>,
     expires_at: i64,
+    /// The actor chain of the issuer's own session, when someone acted for the issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    issuer_act: Option<Actor>,
 }
 
 fn ticket_key(ticket: &str) -> String {
@@ -126,6 +129,7 @@ impl AuthService {
             issued_by: caller.id.clone(),
             reason,
             expires_at: self.clock.unix() + secs(ttl),
+            issuer_act: claims.act.clone(),
         };
         let json =
             serde_json::to_string(&stored).map_err(|e| AuthError::Internal(e.to_string()))?;
@@ -140,7 +144,7 @@ impl AuthService {
             user_id: Some(&user.id),
             actor_id: Some(&caller.id),
             reason: stored.reason.as_deref(),
-            details: Some(serde_json::json!({ "expires_in": ttl })),
+            details: Some(serde_json::json!({ "expires_in": ttl, "issuer_act": claims.act })),
             ..Default::default()
         })
         .await;
@@ -198,12 +202,21 @@ impl AuthService {
             .await;
             return Err(AuthError::TicketInvalid);
         };
-        let act = (stored.issued_by != user.id).then(|| Actor {
-            sub: stored.issued_by.clone(),
-            reason: stored.reason.clone(),
-        });
+        // The issuer acts for the user; an issuer who was itself being acted for passes its
+        // chain on (RFC 8693 §4.1 nests `act`), and a ticket for oneself keeps the chain as is.
+        let act = if stored.issued_by != user.id {
+            Some(Actor::chain(
+                stored.issued_by.clone(),
+                stored.reason.clone(),
+                stored.issuer_act.clone(),
+            ))
+        } else {
+            stored.issuer_act.clone()
+        };
         let impersonation = act.is_some();
-        let tokens = self.open_session(&user, vec!["ticket".into()], act).await?;
+        let tokens = self
+            .open_session(&user, vec!["ticket".into()], act.clone())
+            .await?;
         let audit = |kind, actor| super::audit::Event {
             kind,
             tenant_id: &user.tenant_id,
@@ -212,7 +225,7 @@ impl AuthService {
             user_id: Some(&user.id),
             actor_id: actor,
             reason: stored.reason.as_deref(),
-            details: Some(serde_json::json!({ "session_id": tokens.session_id })),
+            details: Some(serde_json::json!({ "session_id": tokens.session_id, "act": act })),
         };
         self.audit(audit(super::audit::kind::SIGN_IN, Some(&stored.issued_by)))
             .await;

@@ -5,7 +5,8 @@ use super::keys::KeyRing;
 use jsonwebtoken::Validation;
 use serde::{Deserialize, Serialize};
 
-/// The actor who signed in on someone's behalf (RFC 8693 §4.1).
+/// The actor who signed in on someone's behalf (RFC 8693 §4.1); when the actor was itself
+/// acting for someone else, `act` names that earlier actor, and so on down the chain.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Actor {
     /// The actor's subject.
@@ -13,6 +14,32 @@ pub struct Actor {
     /// Why (free text from the issuer of the ticket).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The actor behind this actor (the chain of an impersonated session that issued a
+    /// ticket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Box<Actor>>,
+}
+
+/// Longest actor chain kept (deeper chains keep their most recent actors).
+pub const MAX_ACTOR_DEPTH: usize = 8;
+
+impl Actor {
+    /// `sub` acting (for `reason`) in a session whose own actor chain is `behind`.
+    pub fn chain(sub: String, reason: Option<String>, behind: Option<Actor>) -> Self {
+        let mut act = behind.map(Box::new);
+        if let Some(a) = act.as_deref_mut() {
+            a.truncate(MAX_ACTOR_DEPTH - 1);
+        }
+        Self { sub, reason, act }
+    }
+
+    fn truncate(&mut self, depth: usize) {
+        if depth <= 1 {
+            self.act = None;
+        } else if let Some(a) = self.act.as_deref_mut() {
+            a.truncate(depth - 1);
+        }
+    }
 }
 
 /// Claims of a Keygate access token.

@@ -88,6 +88,17 @@ fn admit(state: &mut GateState, rule: &GateRule, now: i64) {
     }
 }
 
+/// Gives back the attempt of a right first factor whose sign-in goes on to a second one: the
+/// count is not reset (that waits for the whole sign-in) but this attempt does not count, and
+/// the delay or lock it set (nothing else could have: it was admitted) is lifted.
+pub fn refund(state: &mut GateState, lock_after: u32) {
+    state.failures = state.failures.saturating_sub(1);
+    state.next_allowed_ms = 0;
+    if state.failures < lock_after {
+        state.locked_until_ms = 0;
+    }
+}
+
 /// Decides an attempt on `(account, ip)` at `now`, updating both states when admitted.
 pub fn decide(
     account: &mut GateState,
@@ -200,6 +211,45 @@ mod tests {
                 ip_failures: 6
             }
         );
+    }
+
+    #[test]
+    fn a_refund_keeps_earlier_failures_and_lifts_only_its_own_delay() {
+        let (mut a, mut i) = (GateState::default(), GateState::default());
+        for _ in 0..3 {
+            decide(&mut a, &mut i, (&RULE, &LOOSE), 0);
+        }
+        // The fourth attempt (a right password) set a delay; refunded, the next factor may
+        // be answered at once, and the three failures still count.
+        let now = 1000;
+        assert!(matches!(
+            decide(&mut a, &mut i, (&RULE, &LOOSE), now),
+            Gate::Admitted { .. }
+        ));
+        refund(&mut a, RULE.lock_after);
+        assert_eq!(a.failures, 3);
+        assert_eq!(
+            decide(&mut a, &mut i, (&RULE, &LOOSE), now),
+            Gate::Admitted {
+                account_failures: 3,
+                ip_failures: 4
+            }
+        );
+        // A lock set by an admitted attempt is lifted with it, an earned one is not.
+        let mut locked = GateState {
+            failures: RULE.lock_after,
+            next_allowed_ms: 5,
+            locked_until_ms: 99,
+        };
+        refund(&mut locked, RULE.lock_after);
+        assert_eq!(locked.locked_until_ms, 0);
+        let mut earned = GateState {
+            failures: RULE.lock_after + 1,
+            next_allowed_ms: 5,
+            locked_until_ms: 99,
+        };
+        refund(&mut earned, RULE.lock_after);
+        assert_eq!(earned.locked_until_ms, 99);
     }
 
     #[test]

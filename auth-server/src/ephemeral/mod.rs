@@ -81,6 +81,15 @@ impl Ephemeral {
         }
     }
 
+    /// Claims `key` for `ttl` if nobody holds it (atomic across replicas): `None` when this
+    /// caller got it, else the milliseconds until it is free again.
+    pub async fn claim(&self, key: &str, ttl: Duration) -> Result<Option<u64>, EphemeralError> {
+        match self {
+            Self::Memory(m) => Ok(m.claim(key, ttl)),
+            Self::Redis(r) => r.claim(key, ttl).await,
+        }
+    }
+
     /// Round trip (readiness); always fine in process.
     pub async fn ping(&self) -> Result<(), EphemeralError> {
         match self {
@@ -139,6 +148,20 @@ impl Ephemeral {
                     degraded(&e);
                 }
                 r.fallback().gate_success(account, ip);
+            }
+        }
+    }
+
+    /// A right first factor whose sign-in goes on to a second one: its attempt is given back
+    /// (see `attempts::refund`) without resetting the account's earlier failures.
+    pub async fn gate_refund(&self, account: &str, ip: &str, lock_after: u32) {
+        match self {
+            Self::Memory(m) => m.gate_refund(account, ip, lock_after),
+            Self::Redis(r) => {
+                if let Err(e) = r.gate_refund(account, ip, lock_after).await {
+                    degraded(&e);
+                }
+                r.fallback().gate_refund(account, ip, lock_after);
             }
         }
     }

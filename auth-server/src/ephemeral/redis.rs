@@ -99,6 +99,28 @@ if f > 0 then redis.call('HSET', KEYS[2], 'f', f - 1) end
 return 1
 "#;
 
+/// The refund of `attempts::refund` on KEYS[1] (ARGV[1]: lock_after) and the address's
+/// attempt back on KEYS[2].
+const REFUND_SCRIPT: &str = r#"
+local f = tonumber(redis.call('HGET', KEYS[1], 'f') or '0')
+if f > 0 then
+  f = f - 1
+  redis.call('HSET', KEYS[1], 'f', f, 'n', 0)
+  if f < tonumber(ARGV[1]) then redis.call('HSET', KEYS[1], 'l', 0) end
+end
+local i = tonumber(redis.call('HGET', KEYS[2], 'f') or '0')
+if i > 0 then redis.call('HSET', KEYS[2], 'f', i - 1) end
+return 1
+"#;
+
+/// SET NX with an expiry; when the key is held, its remaining time (ms) instead.
+const CLAIM_SCRIPT: &str = r#"
+if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return -1 end
+local t = redis.call('PTTL', KEYS[1])
+if t < 1 then t = 1 end
+return t
+"#;
+
 fn rule_args(r: &GateRule) -> [i64; 6] {
     let c = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     [
@@ -244,6 +266,37 @@ impl RedisEphemeral {
             .await
             .map(|_| ())
             .map_err(err)
+    }
+
+    pub(super) async fn gate_refund(
+        &self,
+        account: &str,
+        ip: &str,
+        lock_after: u32,
+    ) -> Result<(), EphemeralError> {
+        self.pool
+            .eval::<i64, _, _, _>(
+                REFUND_SCRIPT,
+                vec![account.to_owned(), ip.to_owned()],
+                vec![i64::from(lock_after)],
+            )
+            .await
+            .map(|_| ())
+            .map_err(err)
+    }
+
+    pub(super) async fn claim(
+        &self,
+        key: &str,
+        ttl: Duration,
+    ) -> Result<Option<u64>, EphemeralError> {
+        let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
+        let held: i64 = self
+            .pool
+            .eval(CLAIM_SCRIPT, vec![key.to_owned()], vec![ms])
+            .await
+            .map_err(err)?;
+        Ok(u64::try_from(held).ok())
     }
 
     pub(super) async fn gate_failures(

@@ -5,6 +5,7 @@ use crate::auth::SignedIn;
 use crate::auth::challenge::LoginOutcome;
 use crate::auth::clock::rfc3339;
 use crate::auth::risk::RiskAssessment;
+use crate::auth::tokens::Actor;
 use crate::auth::users::PasswordStatus;
 use crate::store::User;
 use keygate_config::RiskLevel;
@@ -32,6 +33,34 @@ pub struct UserInfo {
     pub password_expires_in: Option<i64>,
     /// `expiring`, `expired_grace` or `expired`; null when none applies.
     pub password_warning: Option<String>,
+    /// Who acts for the user in this session (RFC 8693 `act`, nested for a chain); absent in
+    /// the user's own sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<ActorInfo>,
+}
+
+/// An actor (RFC 8693 §4.1): who signed in as the user, and why.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ActorInfo {
+    /// The actor's subject (`usr_...`).
+    pub sub: String,
+    /// The reason given with the ticket.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The actor who was acting for this actor, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(no_recursion)]
+    pub act: Option<Box<ActorInfo>>,
+}
+
+impl From<&Actor> for ActorInfo {
+    fn from(a: &Actor) -> Self {
+        Self {
+            sub: a.sub.clone(),
+            reason: a.reason.clone(),
+            act: a.act.as_deref().map(|inner| Box::new(inner.into())),
+        }
+    }
 }
 
 impl UserInfo {
@@ -47,7 +76,30 @@ impl UserInfo {
             must_change_password: password.must_change,
             password_expires_in: password.expires_in_days,
             password_warning: password.warning.map(str::to_owned),
+            act: None,
         }
+    }
+
+    /// The account as someone who has shown only a first factor may see it: its id, and its
+    /// username, email and phone masked (enough to choose where a code goes).
+    pub fn pending(u: &User, password: &PasswordStatus) -> Self {
+        use crate::auth::codes::mask;
+        use crate::delivery::Channel;
+        Self {
+            username: mask(&format!("{}@", u.username), Channel::Email)
+                .trim_end_matches('@')
+                .to_owned(),
+            email: u.email.as_deref().map(|e| mask(e, Channel::Email)),
+            phone: u.phone.as_deref().map(|p| mask(p, Channel::Sms)),
+            created_at: String::new(),
+            ..Self::new(u, password)
+        }
+    }
+
+    /// The same with the session's actor chain.
+    pub fn acting(mut self, act: Option<&Actor>) -> Self {
+        self.act = act.map(ActorInfo::from);
+        self
     }
 }
 
@@ -191,7 +243,7 @@ impl From<LoginOutcome> for LoginResponse {
         match outcome {
             LoginOutcome::SignedIn(s) => s.into(),
             LoginOutcome::MfaRequired(p) => {
-                let user = UserInfo::new(&p.user, &p.password);
+                let user = UserInfo::pending(&p.user, &p.password);
                 let risk = RiskAssessmentInfo::new(Some(&p.risk), true, p.methods.clone());
                 Self {
                     access_token: None,

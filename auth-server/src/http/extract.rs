@@ -146,10 +146,22 @@ fn client_ip_of(
     let peer = extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip());
-    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
     let rt = state.auth.runtime();
-    crate::auth::limits::client_address(peer, forwarded, &rt.trusted_proxies)
-        .map(|ip| ip.to_string())
+    let header = rt.config.rate_limits.forwarded_header;
+    let name = match header {
+        keygate_config::ForwardedHeader::XForwardedFor => "x-forwarded-for",
+        keygate_config::ForwardedHeader::Forwarded => "forwarded",
+    };
+    // Hops matter only behind a trusted proxy; the walk itself stops at the peer otherwise.
+    let hops = if rt.trusted_proxies.is_empty() {
+        Vec::new()
+    } else {
+        crate::auth::limits::forwarded_hops(
+            header,
+            headers.get_all(name).iter().filter_map(|v| v.to_str().ok()),
+        )
+    };
+    crate::auth::limits::client_address(peer, &hops, &rt.trusted_proxies).map(|ip| ip.to_string())
 }
 
 /// Middleware: serves the request with its origin (client address, user agent) known to the

@@ -24,6 +24,16 @@ pub struct VerifyChallengeRequest {
     /// `totp` (default), `backup`, `email` or `sms` (from `required_mfa_methods`).
     #[serde(default)]
     pub mfa_method: Option<String>,
+    /// CAPTCHA provider; only the tenant's own is accepted.
+    #[serde(default)]
+    pub captcha_provider: Option<String>,
+    /// CAPTCHA solution: asked for (as at sign-in) once wrong answers have taken the
+    /// account's failures past the tenant's CAPTCHA threshold.
+    #[serde(default)]
+    pub captcha_token: Option<String>,
+    /// Proof-of-work challenge id.
+    #[serde(default)]
+    pub captcha_challenge_id: Option<String>,
 }
 
 /// Finish a sign-in that requires MFA.
@@ -32,20 +42,28 @@ pub struct VerifyChallengeRequest {
         (status = 200, description = "Signed in; amr records both factors", body = LoginResponse),
         (status = 400, description = "Wrong code (61000402)", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Challenge expired, used up or already answered (61000403)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many wrong answers for this account (delayed or locked, as after wrong passwords) or too many requests; retry_after and Retry-After", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn verify_challenge(
     State(state): State<AppState>,
     ClientIp(client_ip): ClientIp,
     ApiJson(req): ApiJson<VerifyChallengeRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
-    state
-        .auth
-        .check_rate_ip("mfa_verify", client_ip.as_deref())
-        .await?;
     let method = MfaMethod::parse(req.mfa_method.as_deref())?;
+    let captcha = crate::auth::CaptchaAnswer {
+        provider: req.captcha_provider,
+        token: req.captcha_token,
+        challenge_id: req.captcha_challenge_id,
+    };
     let result = state
         .auth
-        .verify_challenge(&req.challenge_token, &req.code, method)
+        .verify_challenge(
+            &req.challenge_token,
+            &req.code,
+            method,
+            client_ip.as_deref(),
+            &captcha,
+        )
         .await;
     state
         .metrics

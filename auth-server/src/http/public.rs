@@ -121,10 +121,7 @@ pub async fn auth_config(
         .first()
         .ok_or_else(|| ApiError::new(ProblemKind::Internal, "no transmission key"))?;
     let captcha_enabled = policy.captcha.mode != CaptchaMode::Never;
-    let provider = match policy.captcha.provider {
-        CaptchaProvider::Pow => "pow",
-        CaptchaProvider::Turnstile => "turnstile",
-    };
+    let provider = crate::auth::captcha::provider_name(policy.captcha.provider);
     Ok(Json(DataResponse::new(AuthConfig {
         tenant_id: tenant.id,
         tenant_name: tenant.name,

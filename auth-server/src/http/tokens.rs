@@ -97,10 +97,9 @@ pub async fn me(
     Bearer(claims): Bearer,
 ) -> Result<Json<DataResponse<UserInfo>>, ApiError> {
     let user = state.auth.current_user(&claims).await?;
-    Ok(Json(DataResponse::new(UserInfo::new(
-        &user,
-        &state.auth.password_status(&user),
-    ))))
+    Ok(Json(DataResponse::new(
+        UserInfo::new(&user, &state.auth.password_status(&user)).acting(claims.act.as_ref()),
+    )))
 }
 
 /// Password change request: both passwords in the same transmission mode (`hash` is not
@@ -136,11 +135,13 @@ pub struct ChangePasswordRequest {
         (status = 200, description = "Changed; other sessions ended", body = SimpleResponse),
         (status = 400, description = "Wrong current password, rules not met, or a recent password (errors[] names the field)", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing, invalid or revoked token", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many wrong current passwords (delayed or locked, as at sign-in) or too many requests; retry_after and Retry-After", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn change_password(
     State(state): State<AppState>,
     Bearer(claims): Bearer,
+    ClientIp(client_ip): ClientIp,
     ApiJson(req): ApiJson<ChangePasswordRequest>,
 ) -> Result<Json<SimpleResponse>, ApiError> {
     let sent = SentPassword {
@@ -152,7 +153,13 @@ pub async fn change_password(
     };
     state
         .auth
-        .change_password(&claims, &sent, &req.old_password, &req.new_password)
+        .change_password(
+            &claims,
+            &sent,
+            &req.old_password,
+            &req.new_password,
+            client_ip.as_deref(),
+        )
         .await?;
     Ok(Json(SimpleResponse::new("password changed")))
 }

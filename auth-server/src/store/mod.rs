@@ -129,6 +129,8 @@ pub struct Session {
     pub expires_at: i64,
     /// Revocation time, if revoked.
     pub revoked_at: Option<i64>,
+    /// Who acts for the user in it (the `act` chain as JSON), for impersonated sessions.
+    pub actor: Option<String>,
 }
 
 /// A refresh token as stored (by hash) together with its session.
@@ -153,6 +155,8 @@ pub struct NewRefresh {
     pub created_at: i64,
     /// End of validity.
     pub expires_at: i64,
+    /// Expiry of the access token issued with it.
+    pub access_expires_at: i64,
 }
 
 /// A user's TOTP factor as stored.

@@ -54,7 +54,7 @@ const UPSERT_RISK_PROFILE: &str = "INSERT INTO risk_profiles (user_id, profile, 
      ON CONFLICT (user_id) DO UPDATE SET profile = excluded.profile, updated_at = excluded.updated_at";
 
 const SESSION_COLUMNS: &str =
-    "s.id, s.tenant_id, s.user_id, s.amr, s.created_at, s.expires_at, s.revoked_at";
+    "s.id, s.tenant_id, s.user_id, s.amr, s.created_at, s.expires_at, s.revoked_at, s.actor";
 
 fn split_list(s: &str) -> Vec<String> {
     s.split(' ')
@@ -88,6 +88,39 @@ fn session_from(row: &AnyRow) -> Result<Session, sqlx::Error> {
         created_at: row.try_get("created_at")?,
         expires_at: row.try_get("expires_at")?,
         revoked_at: row.try_get("revoked_at")?,
+        actor: row.try_get("actor")?,
+    })
+}
+
+/// The file a `sqlite:` URL names.
+fn sqlite_path(url: &str) -> std::path::PathBuf {
+    let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    std::path::PathBuf::from(rest.split('?').next().unwrap_or_default())
+}
+
+/// A `sqlite:` URL that creates its file when missing (`mode=rwc` unless the URL names a
+/// mode of its own), with the file's directory created first; a directory that cannot be
+/// made is an error naming it and why.
+fn sqlite_url(url: &str) -> Result<String, StoreError> {
+    let path = sqlite_path(url);
+    if path.as_os_str().is_empty() || url.contains(":memory:") || url.contains("mode=memory") {
+        return Ok(url.to_owned());
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Database(format!(
+                "cannot create {} for the SQLite database {}: {e}",
+                dir.display(),
+                path.display()
+            ))
+        })?;
+    }
+    Ok(if url.contains("mode=") {
+        url.to_owned()
+    } else if url.contains('?') {
+        format!("{url}&mode=rwc")
+    } else {
+        format!("{url}?mode=rwc")
     })
 }
 
@@ -120,6 +153,11 @@ impl SqlStore {
                 "database URL must start with sqlite:// or postgres://".into(),
             ));
         };
+        let url = match backend {
+            Backend::Sqlite => sqlite_url(url)?,
+            Backend::Postgres => url.to_owned(),
+        };
+        let url = url.as_str();
         let max = match backend {
             Backend::Sqlite => 4,
             Backend::Postgres => 16,
@@ -141,7 +179,13 @@ impl SqlStore {
             })
             .connect(url)
             .await
-            .map_err(|e| StoreError::Database(redact(&e.to_string(), url)))?;
+            .map_err(|e| match backend {
+                Backend::Sqlite => StoreError::Database(format!(
+                    "cannot open the SQLite database {}: {e}",
+                    sqlite_path(url).display()
+                )),
+                Backend::Postgres => StoreError::Database(redact(&e.to_string(), url)),
+            })?;
         Ok(Self { pool, backend })
     }
 
@@ -346,6 +390,21 @@ impl SqlStore {
     /// A user by id.
     pub async fn user(&self, id: &str) -> Result<Option<User>, StoreError> {
         self.user_where("id = $1", &[id]).await
+    }
+
+    /// The user of a session that is not revoked (a bearer token's account, checked against
+    /// the stored revocation in the same round trip).
+    pub async fn user_in_session(
+        &self,
+        user_id: &str,
+        session_id: &str,
+    ) -> Result<Option<User>, StoreError> {
+        self.user_where(
+            "id = $1 AND EXISTS (SELECT 1 FROM sessions s WHERE s.id = $2 \
+             AND s.user_id = users.id AND s.revoked_at IS NULL)",
+            &[user_id, session_id],
+        )
+        .await
     }
 
     /// A user by normalised identity within a tenant.
@@ -674,8 +733,8 @@ impl SqlStore {
                 .map_err(db)?;
         }
         sqlx::query(
-            "INSERT INTO sessions (id, tenant_id, user_id, amr, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO sessions (id, tenant_id, user_id, amr, created_at, expires_at, actor) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&s.id)
         .bind(&s.tenant_id)
@@ -683,6 +742,7 @@ impl SqlStore {
         .bind(s.amr.join(" "))
         .bind(s.created_at)
         .bind(s.expires_at)
+        .bind(&s.actor)
         .execute(&mut *tx)
         .await
         .map_err(db)?;
@@ -762,6 +822,19 @@ impl SqlStore {
         let mut tx = self.pool.begin().await.map_err(db)?;
         insert_refresh(&mut tx, session_id, next).await?;
         tx.commit().await.map_err(db)
+    }
+
+    /// The latest expiry of an access token issued in a session (`None` for sessions older
+    /// than that record).
+    pub async fn session_access_expiry(&self, id: &str) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query(
+            "SELECT MAX(access_expires_at) AS latest FROM refresh_tokens WHERE session_id = $1",
+        )
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db)?;
+        row.try_get::<Option<i64>, _>("latest").map_err(db)
     }
 
     /// Revokes a session and so every refresh token of it; `false` if it was already revoked.
@@ -923,12 +996,14 @@ async fn insert_refresh(
     r: &NewRefresh,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at, access_expires_at) \
+         VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(&r.token_hash)
     .bind(session_id)
     .bind(r.created_at)
     .bind(r.expires_at)
+    .bind(r.access_expires_at)
     .execute(&mut **tx)
     .await
     .map(|_| ())

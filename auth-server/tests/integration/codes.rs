@@ -15,11 +15,15 @@ const EMAIL_LOGIN: &str = "/api/v1/auth/login/email-code";
 const PHONE_LOGIN: &str = "/api/v1/auth/login/phone-code";
 const SECRET: &str = "webhook-s3cret";
 
+/// The default policy without the resend interval, so that tests may ask for codes back to
+/// back (`a_target_waits_the_resend_interval` tests the interval).
 fn config() -> RuntimeConfig {
-    RuntimeConfig {
+    let mut c = RuntimeConfig {
         password_hashing: small_hashing(),
         ..Default::default()
-    }
+    };
+    c.policy.login_codes.resend_interval_seconds = 0;
+    c
 }
 
 fn delivery(smtp: Option<&SmtpServer>, hook: Option<&WebhookReceiver>) -> Option<DeliveryConfig> {
@@ -515,4 +519,97 @@ async fn a_channel_without_delivery_answers_alike_for_every_target() {
     assert_problem(&known, 503, 50300002);
     assert_problem(&unknown, 503, 50300002);
     assert_eq!(known.body["detail"], unknown.body["detail"]);
+}
+
+#[tokio::test]
+async fn a_target_waits_the_resend_interval() {
+    let hook = WebhookReceiver::start().await;
+    let mut config = config();
+    config.policy.login_codes.resend_interval_seconds = 60;
+    let app = TestApp::with_delivery(config, delivery(None, Some(&hook))).await;
+    add_contact(&app, "una", "una@example.com", "+14155550144").await;
+    for phone in ["+14155550144", "+14155550145"] {
+        // Known and unknown numbers alike: one code, then a wait with retry_after.
+        assert_eq!(
+            app.post(SEND, json!({"phone": phone}), None).await.status,
+            200
+        );
+        let r = app.post(SEND, json!({"phone": phone}), None).await;
+        let b = assert_problem(&r, 429, 42900001);
+        assert_eq!(b["retry_after"], 60, "{b}");
+        assert_eq!(r.headers.get("retry-after").unwrap(), "60");
+        app.clock.advance(30);
+        assert_eq!(
+            assert_problem(
+                &app.post(SEND, json!({"phone": phone}), None).await,
+                429,
+                42900001
+            )["retry_after"],
+            30
+        );
+        app.clock.advance(30);
+        assert_eq!(
+            app.post(SEND, json!({"phone": phone}), None).await.status,
+            200
+        );
+    }
+    assert_eq!(hook.calls().len(), 2, "only the known number got codes");
+    let before = hook.calls().len();
+    // Parallel requests for one target send one code.
+    app.clock.advance(60);
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let router = app.router.clone();
+        tasks.push(tokio::spawn(async move {
+            let req = axum::http::Request::post(SEND)
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(
+                    json!({"phone": "+14155550144"}).to_string(),
+                ))
+                .unwrap();
+            tower::ServiceExt::oneshot(router, req)
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        if t.await.unwrap() == 200 {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 1);
+    assert_eq!(hook.calls().len(), before + 1);
+}
+
+#[tokio::test]
+async fn sms_go_only_to_allowed_prefixes_and_within_the_budget() {
+    let hook = WebhookReceiver::start().await;
+    let mut config = config();
+    config.policy.login_codes.sms_allowed_prefixes = vec!["+49".into()];
+    for r in &mut config.rate_limits.rules {
+        if r.name == "sms-global" {
+            r.limit = 2;
+        }
+    }
+    let app = TestApp::with_delivery(config, delivery(None, Some(&hook))).await;
+    let r = app
+        .post(SEND, json!({"phone": "+882345678901"}), None)
+        .await;
+    let b = assert_problem(&r, 400, 40000001);
+    assert_eq!(b["errors"][0]["field"], "phone");
+    for n in ["+4915112345670", "+4915112345671"] {
+        assert_eq!(app.post(SEND, json!({"phone": n}), None).await.status, 200);
+    }
+    let r = app
+        .post(SEND, json!({"phone": "+4915112345672"}), None)
+        .await;
+    assert_problem(&r, 429, 42900001);
+    assert!(
+        r.body["detail"].as_str().unwrap().contains("sms-global"),
+        "{}",
+        r.body
+    );
 }

@@ -32,6 +32,7 @@ pub struct TestApp {
     pub router: Router,
     pub auth: AuthService,
     pub clock: Arc<ManualClock>,
+    dev: DevKeys,
     _dir: tempfile::TempDir,
 }
 
@@ -70,7 +71,7 @@ impl TestApp {
             ),
         };
         let hasher = PasswordHasher::new(&config.password_hashing, None).unwrap();
-        let runtime = Runtime::build(config, &dev).unwrap();
+        let runtime = Runtime::build(config, &dev.clone()).unwrap();
         let auth = AuthService::new(
             store,
             Ephemeral::Memory(MemoryEphemeral::new(clock.clone())),
@@ -89,8 +90,16 @@ impl TestApp {
             router,
             auth,
             clock,
+            dev,
             _dir: dir,
         }
+    }
+
+    /// Swaps in a new runtime configuration, as a hot reload does.
+    pub fn reload(&self, config: RuntimeConfig) {
+        self.auth
+            .replace_runtime(Runtime::build(config, &self.dev).unwrap())
+            .unwrap();
     }
 
     pub async fn add_user(&self, username: &str, password: &str, roles: &[&str]) -> String {

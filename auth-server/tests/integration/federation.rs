@@ -18,6 +18,9 @@ fn provider(name: &str, issuer: &str, provisioning: Provisioning) -> OidcProvide
         provisioning,
         // The test providers listen on plain HTTP on loopback.
         allow_http: true,
+        // These tests present one token several times to probe the checks;
+        // `an_id_token_signs_in_once` tests single use.
+        single_use: false,
         ..serde_json::from_value(json!({"name": name, "issuer": issuer, "client_id": "keygate"}))
             .unwrap()
     }
@@ -285,4 +288,50 @@ async fn sign_in_survives_key_rotation_at_the_provider() {
         "unknown signing key",
     );
     assert_eq!(sign_in(&app, "corp", &new).await.status, 200);
+}
+
+#[tokio::test]
+async fn an_id_token_signs_in_once() {
+    let first = OidcProvider::start(&[("k1", "RS256")]);
+    let second = OidcProvider::start_sharing_keys(&first, &[("k1", "RS256")]);
+    let app = app(&first, &second).await;
+    let mut once = provider("corp-once", &first.issuer, Provisioning::Create);
+    once.single_use = true;
+    let mut config = app.auth.runtime().config.clone();
+    config.oidc_providers.push(once);
+    app.reload(config);
+    let token = first.id_token("keygate", "alice");
+    assert_eq!(sign_in(&app, "corp-once", &token).await.status, 200);
+    rejected(&sign_in(&app, "corp-once", &token).await, "replayed");
+    // Of parallel presentations of a fresh token, one signs in.
+    let token = first.id_token("keygate", "alice");
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let router = app.router.clone();
+        let body = json!({"provider": "corp-once", "id_token": token});
+        tasks.push(tokio::spawn(async move {
+            let req = axum::http::Request::post(SIGNIN)
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(body.to_string()))
+                .unwrap();
+            tower::ServiceExt::oneshot(router, req)
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        if t.await.unwrap() == 200 {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 1);
+    // Single use is the default for a provider configured without saying.
+    let default: OidcProviderConfig = serde_json::from_value(
+        json!({"name": "x", "issuer": "https://id.example", "client_id": "keygate"}),
+    )
+    .unwrap();
+    assert!(default.single_use);
 }

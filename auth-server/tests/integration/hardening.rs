@@ -316,7 +316,6 @@ async fn identity_rate_limit_answers_429_with_retry_after() {
     let app = TestApp::with_config(RuntimeConfig {
         password_hashing: small_hashing(),
         rate_limits: keygate_config::RateLimits {
-            trusted_proxies: vec![],
             rules: vec![keygate_config::RateLimitRule {
                 name: "per-identity".into(),
                 endpoints: vec!["login".into()],
@@ -324,6 +323,7 @@ async fn identity_rate_limit_answers_429_with_retry_after() {
                 limit: 3,
                 window_seconds: 60,
             }],
+            ..Default::default()
         },
         ..Default::default()
     })
@@ -340,4 +340,205 @@ async fn identity_rate_limit_answers_429_with_retry_after() {
     assert_eq!(attempt(&app, "bob", PW, None).await.status.as_u16(), 400);
     app.clock.advance(20);
     assert_eq!(attempt(&app, "alice", PW, None).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_turnstile_tenant_accepts_no_proof_of_work() {
+    let mut config = RuntimeConfig {
+        password_hashing: small_hashing(),
+        ..Default::default()
+    };
+    config.tenants.insert(
+        "acme".into(),
+        TenantPolicy {
+            captcha: CaptchaPolicy {
+                mode: CaptchaMode::Always,
+                provider: CaptchaProvider::Turnstile,
+                turnstile_secret: Some("s3cret".into()),
+                // Nothing listens here: a Turnstile token could not be verified either.
+                turnstile_verify_url: format!("http://127.0.0.1:{}/", keygate_tests::free_port()),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    );
+    let app = TestApp::with_config(config).await;
+    app.auth.create_tenant("acme", "Acme").await.unwrap();
+    app.auth
+        .create_user(
+            "acme",
+            auth_server::auth::users::UserInput {
+                username: "alice".into(),
+                password: Some(PW.into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    // A proof of work solved for the default tenant, offered to acme's login: refused, with
+    // or without naming the provider.
+    for provider in [Some("pow"), None] {
+        let mut body = json!({"identity": "alice", "password": PW, "tenant_id": "acme"});
+        let mut solved = solved_captcha(&app).await;
+        match provider {
+            Some(p) => solved["captcha_provider"] = json!(p),
+            None => {
+                solved.as_object_mut().unwrap().remove("captcha_provider");
+            }
+        }
+        body.as_object_mut()
+            .unwrap()
+            .extend(solved.as_object().unwrap().clone());
+        let r = app.post("/api/v1/auth/login", body, None).await;
+        match provider {
+            // Naming another provider than the tenant's is refused outright.
+            Some(_) => {
+                assert_problem(&r, 400, 40000302);
+            }
+            // Unnamed, the token goes to Turnstile (unreachable here: fail closed), never
+            // to the proof-of-work check.
+            None => {
+                assert_problem(&r, 503, 50300001);
+            }
+        }
+    }
+    // And acme issues no proof-of-work challenges.
+    let r = app
+        .get(
+            "/api/v1/auth/captcha/challenge?provider=pow&tenant_id=acme",
+            None,
+        )
+        .await;
+    let b = assert_problem(&r, 400, 40000001);
+    assert_eq!(b["errors"][0]["field"], "provider");
+    // Sign-in codes of acme are checked against Turnstile as well.
+    let mut body = json!({"email": "alice@example.com", "tenant_id": "acme"});
+    body.as_object_mut()
+        .unwrap()
+        .extend(solved_captcha(&app).await.as_object().unwrap().clone());
+    let r = app.post("/api/v1/auth/send-login-code", body, None).await;
+    assert_problem(&r, 400, 40000302);
+}
+
+#[tokio::test]
+async fn identifiers_of_one_account_are_counted_apart_like_unknown_ones() {
+    let app = TestApp::new().await;
+    app.auth
+        .create_user(
+            "default",
+            auth_server::auth::users::UserInput {
+                username: "alice".into(),
+                email: Some("alice@example.com".into()),
+                password: Some(PW.into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        assert_problem(&attempt(&app, "alice", "wrong", None).await, 400, 40000101);
+    }
+    assert_problem(&attempt(&app, "alice", "wrong", None).await, 400, 40000301);
+    // Her email address has a counter of its own, exactly as an address with no account:
+    // the gate does not tell which identifiers belong together.
+    let email = attempt(&app, "alice@example.com", "wrong", None).await;
+    let stranger = attempt(&app, "nobody@example.com", "wrong", None).await;
+    assert_problem(&email, 400, 40000101);
+    assert_problem(&stranger, 400, 40000101);
+    // An administrator's unlock clears every identifier of the account.
+    let root = {
+        app.add_user("root", PW, &["admin"]).await;
+        app.token("root", PW).await
+    };
+    let alice = app
+        .auth
+        .store
+        .user_by_identity(
+            "default",
+            auth_server::store::IdentityKind::Username,
+            "alice",
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let r = app
+        .post(
+            &format!("/api/v1/admin/users/{}/unlock", alice.id),
+            json!({}),
+            Some(&root),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_problem(&attempt(&app, "alice", "wrong", None).await, 400, 40000101);
+}
+
+#[tokio::test]
+async fn wrong_current_passwords_are_gated_like_sign_ins() {
+    let app = app_with(TenantPolicy {
+        captcha: CaptchaPolicy {
+            mode: CaptchaMode::Never,
+            ..Default::default()
+        },
+        lockout: LockoutPolicy {
+            delay_after: 2,
+            lock_after: 4,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    app.add_user("alice", PW, &[]).await;
+    let token = app.token("alice", PW).await;
+    let change = |old: &str| json!({"old_password": old, "new_password": "a brand new password"});
+    let mut seen = Vec::new();
+    for _ in 0..12 {
+        let r = app
+            .send_put("/api/v1/auth/me/password", change("guess"), &token)
+            .await;
+        let code = r.body["code"].as_u64().unwrap();
+        seen.push(code);
+        if code == 42900003 {
+            break;
+        }
+        if r.status == 429 {
+            app.clock.advance(r.body["retry_after"].as_i64().unwrap());
+        }
+    }
+    let evaluated = seen.iter().filter(|c| **c == 40000001).count();
+    assert_eq!(evaluated, 4, "{seen:?}");
+    assert!(seen.contains(&42900002), "{seen:?}");
+    assert_eq!(seen.last(), Some(&42900003), "{seen:?}");
+    // The lock holds at sign-in too: it is the account's counter.
+    assert_problem(&attempt(&app, "alice", PW, None).await, 429, 42900003);
+}
+
+#[tokio::test]
+async fn password_changes_have_a_rate_rule_per_account() {
+    let mut config = RuntimeConfig {
+        password_hashing: small_hashing(),
+        ..Default::default()
+    };
+    config.policy.lockout.delay_after = 50;
+    config.policy.lockout.lock_after = 60;
+    config.policy.captcha.mode = CaptchaMode::Never;
+    for r in &mut config.rate_limits.rules {
+        if r.name == "password-change-per-identity" {
+            r.limit = 2;
+        }
+    }
+    let app = TestApp::with_config(config).await;
+    app.add_user("alice", PW, &[]).await;
+    let token = app.token("alice", PW).await;
+    let body = json!({"old_password": "guess", "new_password": "a brand new password"});
+    let codes: Vec<u64> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            let r = app
+                .send_put("/api/v1/auth/me/password", body.clone(), &token)
+                .await;
+            v.push(r.body["code"].as_u64().unwrap());
+        }
+        v
+    };
+    assert_eq!(codes, [40000001, 40000001, 42900001]);
 }

@@ -731,3 +731,64 @@ async fn tenants_have_their_own_users_and_policy() {
         .await;
     assert_problem(&r, 404, 40400001);
 }
+
+#[tokio::test]
+async fn revocations_outlive_a_shortened_lifetime_and_a_lost_deny_entry() {
+    let long = RuntimeConfig {
+        password_hashing: small_hashing(),
+        tokens: keygate_config::TokenPolicy {
+            access_token_ttl_seconds: 3600,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let app = TestApp::with_config(long.clone()).await;
+    app.add_user("alice", PW, &[]).await;
+    let old = app.token("alice", PW).await;
+    let current = app.token("alice", PW).await;
+    // The lifetime is shortened; then the old session ends (a password change elsewhere).
+    app.reload(RuntimeConfig {
+        tokens: keygate_config::TokenPolicy {
+            access_token_ttl_seconds: 60,
+            ..long.tokens.clone()
+        },
+        ..long.clone()
+    });
+    let r = app
+        .send_put(
+            "/api/v1/auth/me/password",
+            json!({"old_password": PW, "new_password": "a different long password"}),
+            &current,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Long past the new lifetime, the old token (issued for an hour) is still refused.
+    app.clock.advance(600);
+    assert!(app.auth.authenticate(&old).await.is_err());
+    let sid = app.auth.authenticate(&current).await.unwrap().sid;
+    assert_eq!(app.get("/api/v1/auth/me", Some(&current)).await.status, 200);
+    // Logged out, then the deny entries vanish (eviction, a restart of an in-process store):
+    // the stored revocation still refuses the token.
+    let r = app
+        .post("/api/v1/auth/logout", json!({}), Some(&current))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let claims = {
+        let header = current.split('.').nth(1).unwrap();
+        let bytes =
+            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, header)
+                .unwrap();
+        serde_json::from_slice::<Value>(&bytes).unwrap()
+    };
+    for key in [
+        auth_server::ephemeral::denied_sid_key(&sid),
+        auth_server::ephemeral::denied_jti_key(claims["jti"].as_str().unwrap()),
+    ] {
+        assert!(app.auth.ephemeral.take(&key).await.unwrap().is_some());
+    }
+    assert_problem(
+        &app.get("/api/v1/auth/me", Some(&current)).await,
+        401,
+        40100001,
+    );
+}

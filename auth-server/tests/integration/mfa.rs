@@ -29,6 +29,19 @@ fn secret_bytes(b32: &str) -> Vec<u8> {
     out
 }
 
+/// An application whose account gate neither delays, locks nor asks for a CAPTCHA within a
+/// test's few answers.
+async fn loose_gate_app() -> TestApp {
+    let mut config = keygate_config::RuntimeConfig {
+        password_hashing: crate::common::small_hashing(),
+        ..Default::default()
+    };
+    config.policy.captcha.mode = keygate_config::CaptchaMode::Never;
+    config.policy.lockout.delay_after = 50;
+    config.policy.lockout.lock_after = 60;
+    TestApp::with_config(config).await
+}
+
 pub(crate) async fn enrol(app: &TestApp, token: &str) -> (Vec<u8>, Vec<String>) {
     let setup = app
         .post("/api/v1/auth/mfa/totp/setup", json!({}), Some(token))
@@ -176,7 +189,8 @@ async fn totp_enrolment_and_the_challenge_flow() {
 
 #[tokio::test]
 async fn challenges_have_limited_attempts_and_expire() {
-    let app = TestApp::new().await;
+    // The account's own gate is loosened here, to see the challenge's limit alone.
+    let app = loose_gate_app().await;
     app.add_user("alice", PW, &[]).await;
     let token = app.token("alice", PW).await;
     let (secret, _) = enrol(&app, &token).await;
@@ -190,8 +204,9 @@ async fn challenges_have_limited_attempts_and_expire() {
     let code = totp_at(&secret, app.clock.now().unix_timestamp() / PERIOD);
     let r = answer(&app, &c["challenge_token"], &code, None).await;
     assert_problem(&r, 403, 61000403);
-    // Expiry.
-    let c = challenge(&app).await;
+    // Expiry. (The five wrong codes still count on the account: the next challenge says so.)
+    let c = app.login("alice", PW).await.body;
+    assert_eq!(c["mfa_check_reason"], "recent_failures");
     app.clock.advance(301);
     let code = totp_at(&secret, app.clock.now().unix_timestamp() / PERIOD);
     let r = answer(&app, &c["challenge_token"], &code, None).await;
@@ -282,8 +297,198 @@ async fn risk_decides_when_mfa_is_asked_for() {
         r.body["risk_assessment"]["recommended_mfa_methods"],
         json!(["totp", "backup"])
     );
+    // The failure counts until a sign-in completes (a right password alone, waiting for its
+    // second factor, does not forget it): a known device signs in without MFA and resets it.
+    let r = login_from("laptop", PW).await;
+    assert_eq!(r.body["requires_mfa"], false, "{}", r.body);
+    assert_eq!(r.body["risk_assessment"]["score"], 15);
     // A new device alone stays below the threshold (25 < 30).
     let r = login_from("tablet", PW).await;
     assert_eq!(r.body["requires_mfa"], false, "{}", r.body);
     assert_eq!(r.body["risk_assessment"]["score"], 25);
+}
+
+/// A signed-in user `alice` with TOTP (and an email and phone) in `app`; returns her secret.
+async fn alice_with_totp(app: &TestApp) -> Vec<u8> {
+    app.auth
+        .create_user(
+            "default",
+            auth_server::auth::users::UserInput {
+                username: "alice".into(),
+                email: Some("alice.smith@example.com".into()),
+                phone: Some("+14155550177".into()),
+                password: Some(PW.into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let token = app.token("alice", PW).await;
+    let (secret, _) = enrol(app, &token).await;
+    app.clock.advance(PERIOD);
+    secret
+}
+
+#[tokio::test]
+async fn second_factor_guesses_count_across_challenges_and_lock_the_account() {
+    // Delays after 3 failures, the lock at 6; no CAPTCHA, to follow the counter alone.
+    let mut config = keygate_config::RuntimeConfig {
+        password_hashing: crate::common::small_hashing(),
+        ..Default::default()
+    };
+    config.policy.captcha.mode = keygate_config::CaptchaMode::Never;
+    config.policy.lockout.delay_after = 3;
+    config.policy.lockout.lock_after = 6;
+    let app = TestApp::with_config(config).await;
+    let secret = alice_with_totp(&app).await;
+    // Someone who knows the password opens a fresh challenge for every guess.
+    let mut guesses = 0;
+    let mut refused = Vec::new();
+    for _ in 0..30 {
+        let r = app.login("alice", PW).await;
+        if r.status == 429 {
+            refused.push(r.body["code"].as_u64().unwrap());
+            if r.body["code"] == 42900003 {
+                break;
+            }
+            app.clock.advance(r.body["retry_after"].as_i64().unwrap());
+            continue;
+        }
+        assert_eq!(r.body["requires_mfa"], true, "{}", r.body);
+        let a = answer(&app, &r.body["challenge_token"], "000001", None).await;
+        if a.status == 429 {
+            refused.push(a.body["code"].as_u64().unwrap());
+            app.clock.advance(a.body["retry_after"].as_i64().unwrap());
+            continue;
+        }
+        assert_problem(&a, 400, 61000402);
+        guesses += 1;
+    }
+    assert_eq!(guesses, 6, "the sixth wrong code locks: {refused:?}");
+    assert!(
+        refused.contains(&42900002),
+        "delays came first: {refused:?}"
+    );
+    assert_eq!(refused.last(), Some(&42900003), "{refused:?}");
+    // Locked: the right password and even the right code are refused until an unlock.
+    assert_problem(&app.login("alice", PW).await, 429, 42900003);
+    let events = app
+        .auth
+        .store
+        .audit_events(&auth_server::store::AuditQuery {
+            tenant_id: "default".into(),
+            event_type: Some("lockout".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1, "the lockout is audited once");
+    // After the lock is served, a whole sign-in (both factors) resets the count.
+    app.clock.advance(901);
+    let c = app.login("alice", PW).await;
+    let code = totp_at(&secret, app.clock.now().unix_timestamp() / PERIOD);
+    let r = answer(&app, &c.body["challenge_token"], &code, None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    for _ in 0..3 {
+        let c = app.login("alice", PW).await;
+        assert_eq!(
+            c.status, 200,
+            "no delay after a completed sign-in: {}",
+            c.body
+        );
+        assert_problem(
+            &answer(&app, &c.body["challenge_token"], "000001", None).await,
+            400,
+            61000402,
+        );
+    }
+}
+
+#[tokio::test]
+async fn wrong_second_factors_past_the_threshold_need_a_captcha() {
+    let mut config = keygate_config::RuntimeConfig {
+        password_hashing: crate::common::small_hashing(),
+        ..Default::default()
+    };
+    config.policy.captcha.after_failures = 2;
+    config.policy.captcha.pow_difficulty = 2;
+    config.policy.lockout.delay_after = 50;
+    config.policy.lockout.lock_after = 60;
+    let app = TestApp::with_config(config).await;
+    let secret = alice_with_totp(&app).await;
+    let c = app.login("alice", PW).await;
+    let token = &c.body["challenge_token"];
+    for _ in 0..2 {
+        assert_problem(&answer(&app, token, "000001", None).await, 400, 61000402);
+    }
+    // Two wrong answers: the third needs a CAPTCHA, the tenant's (a Turnstile token is not it).
+    assert_problem(&answer(&app, token, "000001", None).await, 400, 40000301);
+    let code = totp_at(&secret, app.clock.now().unix_timestamp() / PERIOD);
+    let mut body = json!({"challenge_token": token, "code": code,
+        "captcha_provider": "turnstile", "captcha_token": "x"});
+    let r = app
+        .post("/api/v1/auth/mfa/verify-challenge", body.clone(), None)
+        .await;
+    assert_problem(&r, 400, 40000302);
+    let p = app
+        .get("/api/v1/auth/captcha/challenge?provider=pow", None)
+        .await;
+    let d = &p.body["data"];
+    body["captcha_provider"] = json!("pow");
+    body["captcha_challenge_id"] = d["id"].clone();
+    body["captcha_token"] = json!(auth_server::auth::captcha::solve_pow(
+        d["data"]["challenge"].as_str().unwrap(),
+        d["data"]["difficulty"].as_u64().unwrap() as u32,
+    ));
+    let r = app
+        .post("/api/v1/auth/mfa/verify-challenge", body, None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+#[tokio::test]
+async fn the_mfa_response_shows_only_masked_contact_details() {
+    let app = loose_gate_app().await;
+    alice_with_totp(&app).await;
+    let r = app.login("alice.smith@example.com", PW).await;
+    assert_eq!(r.body["requires_mfa"], true, "{}", r.body);
+    let user = &r.body["user"];
+    assert!(user["id"].as_str().unwrap().starts_with("usr_"));
+    assert_eq!(user["email"], "a***h@example.com");
+    assert_eq!(user["phone"], "+14*******77");
+    assert_eq!(user["username"], "a***e");
+    let text = r.body.to_string();
+    for secret in ["alice.smith", "4155550177", "\"alice\""] {
+        assert!(!text.contains(secret), "{secret} leaked: {text}");
+    }
+}
+
+#[tokio::test]
+async fn mfa_answers_are_rate_limited_per_account() {
+    let mut config = keygate_config::RuntimeConfig {
+        password_hashing: crate::common::small_hashing(),
+        ..Default::default()
+    };
+    config.policy.captcha.mode = keygate_config::CaptchaMode::Never;
+    config.policy.lockout.delay_after = 50;
+    config.policy.lockout.lock_after = 60;
+    config.rate_limits.rules.retain(|r| r.name != "mfa-per-ip");
+    for r in &mut config.rate_limits.rules {
+        if r.name == "mfa-per-identity" {
+            r.limit = 4;
+        }
+    }
+    let app = TestApp::with_config(config).await;
+    alice_with_totp(&app).await;
+    let mut codes = Vec::new();
+    for _ in 0..6 {
+        let c = app.login("alice", PW).await;
+        let a = answer(&app, &c.body["challenge_token"], "000001", None).await;
+        codes.push(a.body["code"].as_u64().unwrap());
+    }
+    assert_eq!(
+        codes,
+        [61000402, 61000402, 61000402, 61000402, 42900001, 42900001]
+    );
 }

@@ -42,6 +42,7 @@ fn refresh(hash: &str, now: i64) -> NewRefresh {
         token_hash: hash.into(),
         created_at: now,
         expires_at: now + 1000,
+        access_expires_at: now + 300,
     }
 }
 
@@ -169,10 +170,71 @@ async fn contract(s: SqlStore) {
         created_at: 1000,
         expires_at: 5000,
         revoked_at: None,
+        actor: None,
     };
     s.create_session(&session, &refresh("h1", 1000))
         .await
         .unwrap();
+    // A session's actor chain is kept with it; the bearer check sees its revocation.
+    s.create_session(
+        &Session {
+            id: "ses_act".into(),
+            actor: Some(r#"{"sub":"usr_admin"}"#.into()),
+            ..session.clone()
+        },
+        &refresh("h_act", 1000),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.refresh_token("h_act")
+            .await
+            .unwrap()
+            .unwrap()
+            .session
+            .actor
+            .as_deref(),
+        Some(r#"{"sub":"usr_admin"}"#)
+    );
+    assert!(
+        s.user_in_session("usr_1", "ses_act")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        s.user_in_session("usr_2", "ses_act")
+            .await
+            .unwrap()
+            .is_none(),
+        "another user's session"
+    );
+    // The latest access-token expiry of a session, whatever the lifetime was.
+    s.add_refresh(
+        "ses_act",
+        &NewRefresh {
+            access_expires_at: 9000,
+            ..refresh("h_act2", 1100)
+        },
+    )
+    .await
+    .unwrap();
+    s.add_refresh("ses_act", &refresh("h_act3", 1200))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.session_access_expiry("ses_act").await.unwrap(),
+        Some(9000)
+    );
+    assert_eq!(s.session_access_expiry("ses_none").await.unwrap(), None);
+    assert!(s.revoke_session("ses_act", 1300, "logout").await.unwrap());
+    assert!(
+        s.user_in_session("usr_1", "ses_act")
+            .await
+            .unwrap()
+            .is_none(),
+        "a revoked session has no user"
+    );
     assert_eq!(s.session("ses_1").await.unwrap().unwrap(), session);
     let rec = s.refresh_token("h1").await.unwrap().unwrap();
     assert_eq!(rec.session, session);
@@ -401,4 +463,28 @@ async fn postgres_errors_do_not_leak_the_password() {
         .await
         .unwrap_err();
     assert!(!err.to_string().contains("s3cr3t-pw"), "{err}");
+}
+
+#[tokio::test]
+async fn a_sqlite_url_for_a_new_file_creates_it_or_says_why_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("var/lib/keygate/auth.db");
+    let store = SqlStore::open(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    store.ping().await.unwrap();
+    assert!(path.exists());
+    // A directory that cannot be made: the error names the path and the reason.
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, b"").unwrap();
+    let bad = blocker.join("auth.db");
+    let err = SqlStore::open(&format!("sqlite://{}", bad.display()))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&bad.display().to_string()), "{err}");
+    assert!(
+        err.contains("cannot create") && err.contains("os error"),
+        "{err}"
+    );
 }

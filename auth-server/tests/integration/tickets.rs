@@ -162,3 +162,133 @@ async fn of_parallel_redemptions_exactly_one_succeeds() {
     }
     assert_eq!(ok, 1);
 }
+
+/// A ticket for `user` issued with `token`, redeemed: the sign-in's body.
+async fn impersonate(app: &TestApp, token: &str, user: &str, reason: &str) -> serde_json::Value {
+    let r = app
+        .post(GEN, json!({"user_id": user, "reason": reason}), Some(token))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = app
+        .post(SIGNIN, json!({"ticket": r.body["data"]["ticket"]}), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body
+}
+
+#[tokio::test]
+async fn act_stays_through_refreshes_and_nests_when_an_impersonated_session_issues() {
+    let app = TestApp::new().await;
+    let admin = app.add_user("root", PW, &["admin"]).await;
+    let support = app.add_user("sam", PW, &["ticket-issuer"]).await;
+    let bob = app.add_user("bob", PW, &[]).await;
+    let root = app.token("root", PW).await;
+    // The administrator signs in as the support agent...
+    let as_sam = impersonate(&app, &root, &support, "audit").await;
+    // ...who, so impersonated, issues a ticket for bob.
+    let sam_token = as_sam["access_token"].as_str().unwrap();
+    let as_bob = impersonate(&app, sam_token, &bob, "case 9").await;
+    let chain =
+        json!({"sub": support, "reason": "case 9", "act": {"sub": admin, "reason": "audit"}});
+    // Every token of the session carries the whole chain, also after refreshes.
+    let mut refresh = as_bob["refresh_token"].clone();
+    let mut access = as_bob["access_token"].as_str().unwrap().to_owned();
+    for _ in 0..3 {
+        let claims = app.auth.authenticate(&access).await.unwrap();
+        assert_eq!(serde_json::to_value(&claims.act).unwrap(), chain);
+        let me = app.get("/api/v1/auth/me", Some(&access)).await;
+        assert_eq!(me.body["data"]["act"], chain, "{}", me.body);
+        let r = app
+            .post(
+                "/api/v1/auth/refresh",
+                json!({"refresh_token": refresh}),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        refresh = r.body["refresh_token"].clone();
+        access = r.body["access_token"].as_str().unwrap().to_owned();
+    }
+    // The user's own sessions have no actor.
+    let own = app.token("bob", PW).await;
+    assert!(app.auth.authenticate(&own).await.unwrap().act.is_none());
+    let me = app.get("/api/v1/auth/me", Some(&own)).await;
+    assert!(me.body["data"].get("act").is_none(), "{}", me.body);
+    // The audit trail records the chain with the impersonation.
+    let events = app
+        .auth
+        .store
+        .audit_events(&auth_server::store::AuditQuery {
+            tenant_id: "default".into(),
+            user_id: Some(bob.clone()),
+            event_type: Some("impersonation".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let details: serde_json::Value =
+        serde_json::from_str(events[0].details.as_deref().unwrap()).unwrap();
+    assert_eq!(details["act"], chain);
+    assert_eq!(events[0].actor_id.as_deref(), Some(support.as_str()));
+}
+
+#[tokio::test]
+async fn tickets_stay_inside_their_tenant() {
+    let app = TestApp::new().await;
+    app.auth.create_tenant("acme", "Acme").await.unwrap();
+    let outsider = app
+        .auth
+        .create_user(
+            "acme",
+            auth_server::auth::users::UserInput {
+                username: "eve".into(),
+                password: Some(PW.into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .id;
+    app.add_user("root", PW, &["admin"]).await;
+    let bob = app.add_user("bob", PW, &[]).await;
+    let root = app.token("root", PW).await;
+    // An administrator of `default` cannot reach a user of `acme` by id, named tenant or not.
+    assert_problem(
+        &app.post(GEN, json!({"user_id": outsider}), Some(&root))
+            .await,
+        404,
+        40400001,
+    );
+    assert_problem(
+        &app.post(
+            GEN,
+            json!({"user_id": outsider, "tenant_id": "acme"}),
+            Some(&root),
+        )
+        .await,
+        403,
+        40300001,
+    );
+    // A ticket signs in to its own tenant, whatever tenant the redeeming request names.
+    let r = app.post(GEN, json!({"user_id": bob}), Some(&root)).await;
+    let ticket = r.body["data"]["ticket"].clone();
+    let req = axum::http::Request::post(SIGNIN)
+        .header("content-type", "application/json")
+        .header("x-tenant-id", "acme")
+        .body(axum::body::Body::from(
+            json!({"ticket": ticket, "tenant_id": "acme"}).to_string(),
+        ))
+        .unwrap();
+    let r = app.send(req).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let claims = app
+        .auth
+        .authenticate(r.body["access_token"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        (claims.tid.as_str(), claims.sub.as_str()),
+        ("default", bob.as_str())
+    );
+}
