@@ -220,15 +220,15 @@ async fn rate_limits_are_shared_by_replicas_and_read_forwarded_for_only_from_tru
     let mut replicas = keygate_tests::start_replicas(&env, 2);
     let (b, a) = (replicas.pop().unwrap(), replicas.pop().unwrap());
     let client = reqwest::Client::new();
-    let hit = |base: String, forwarded: &'static str| {
+    // Each item is one `X-Forwarded-For` line, in order.
+    let hit_lines = |base: String, lines: Vec<String>| {
         let client = client.clone();
         async move {
-            let res = client
-                .get(format!("{base}/api/v1/public/key-exchange"))
-                .header("x-forwarded-for", forwarded)
-                .send()
-                .await
-                .unwrap();
+            let mut req = client.get(format!("{base}/api/v1/public/key-exchange"));
+            for line in lines {
+                req = req.header("x-forwarded-for", line);
+            }
+            let res = req.send().await.unwrap();
             let status = res.status().as_u16();
             let retry = res
                 .headers()
@@ -238,6 +238,7 @@ async fn rate_limits_are_shared_by_replicas_and_read_forwarded_for_only_from_tru
             (status, body["code"].as_u64().unwrap_or(0), retry)
         }
     };
+    let hit = |base: String, forwarded: &'static str| hit_lines(base, vec![forwarded.to_owned()]);
     // One client behind the proxy, alternating replicas: exactly the limit passes.
     let mut admitted = 0;
     for n in 0..8 {
@@ -258,6 +259,26 @@ async fn rate_limits_are_shared_by_replicas_and_read_forwarded_for_only_from_tru
     // The proxy's own address is not the client.
     assert_eq!(
         hit(b.base_url.clone(), "198.51.100.3, 127.0.0.1").await.0,
+        200
+    );
+    // A client that forges a line of its own, with the proxy appending the real address on a
+    // second line: the real address is counted (and is over its budget).
+    for n in 0..3 {
+        let forged = format!("203.0.113.{}", 10 + n);
+        let r = hit_lines(a.base_url.clone(), vec![forged, "198.51.100.1".into()]).await;
+        assert_eq!(r.0, 429, "a forged first line chose the address: {r:?}");
+    }
+    // IPv6 clients count by /64: a new address in the same network has no fresh budget.
+    for n in 0..4 {
+        let addr = format!("2001:db8:7:7::{:x}", n + 1);
+        assert_eq!(hit_lines(b.base_url.clone(), vec![addr]).await.0, 200);
+    }
+    let r = hit_lines(a.base_url.clone(), vec!["2001:db8:7:7:ffff::1".into()]).await;
+    assert_eq!(r.0, 429, "{r:?}");
+    assert_eq!(
+        hit_lines(a.base_url.clone(), vec!["2001:db8:7:8::1".into()])
+            .await
+            .0,
         200
     );
 }

@@ -182,3 +182,73 @@ async fn gate_contract_redis() {
     .unwrap();
     gate_contract(Ephemeral::Redis(e), &keygate_tests::unique("test:gate:")).await;
 }
+
+/// `claim` (resend intervals, single-use id_tokens) and `gate_refund`, on both stores: one
+/// claimer of many, the wait reported, and a refund that gives one attempt back.
+async fn claim_and_refund_contract(e: Ephemeral, prefix: &str) {
+    let key = format!("{prefix}claim");
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (e, key) = (e.clone(), key.clone());
+        tasks.push(tokio::spawn(async move {
+            e.claim(&key, Duration::from_secs(60)).await.unwrap()
+        }));
+    }
+    let mut free = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            None => free += 1,
+            Some(wait) => assert!((1..=60_000).contains(&wait), "{wait}"),
+        }
+    }
+    assert_eq!(free, 1);
+    let rule = auth_server::ephemeral::GateRule {
+        delay_after: 2,
+        base_delay_ms: 1000,
+        max_delay_ms: 8000,
+        lock_after: 3,
+        lock_ms: 60_000,
+        window_ms: 3_600_000,
+    };
+    let loose = auth_server::ephemeral::GateRule {
+        delay_after: 100,
+        lock_after: 200,
+        ..rule
+    };
+    let (acct, ip) = (format!("{prefix}acct"), format!("{prefix}ip"));
+    let t0 = 1_900_000_000_000;
+    for _ in 0..2 {
+        e.gate_attempt(&acct, &ip, (&rule, &loose), t0).await;
+    }
+    // The third attempt would lock; refunded, the lock and delay it set are lifted.
+    e.gate_attempt(&acct, &ip, (&rule, &loose), t0 + 1000).await;
+    e.gate_refund(&acct, &ip, rule.lock_after).await;
+    assert_eq!(e.gate_failures(&acct, &ip).await, (2, 2));
+    assert!(matches!(
+        e.gate_attempt(&acct, &ip, (&rule, &loose), t0 + 1000).await,
+        auth_server::ephemeral::Gate::Admitted {
+            account_failures: 2,
+            ..
+        }
+    ));
+}
+
+#[tokio::test]
+async fn claim_and_refund_contract_memory() {
+    claim_and_refund_contract(
+        Ephemeral::Memory(MemoryEphemeral::new(ManualClock::at(1_900_000_000))),
+        "",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn claim_and_refund_contract_redis() {
+    let e = RedisEphemeral::connect(
+        &keygate_tests::redis_url(),
+        std::sync::Arc::new(auth_server::auth::clock::SystemClock),
+    )
+    .await
+    .unwrap();
+    claim_and_refund_contract(Ephemeral::Redis(e), &keygate_tests::unique("test:claim:")).await;
+}
