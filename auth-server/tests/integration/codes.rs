@@ -393,26 +393,12 @@ async fn of_parallel_sign_ins_with_one_code_exactly_one_succeeds() {
     let app = TestApp::with_delivery(config(), delivery(None, Some(&hook))).await;
     add_contact(&app, "pam", "pam@example.com", "+14155550144").await;
     let code = sms_code(&app, &hook, "+14155550144").await;
-    let tasks: Vec<_> = (0..8)
-        .map(|_| {
-            let app_router = app.router.clone();
-            let code = code.clone();
-            tokio::spawn(async move {
-                use tower::ServiceExt;
-                let req = axum::http::Request::post(PHONE_LOGIN)
-                    .header("content-type", "application/json")
-                    .body(axum::body::Body::from(
-                        json!({"phone": "+14155550144", "code": code}).to_string(),
-                    ))
-                    .unwrap();
-                app_router.oneshot(req).await.unwrap().status().as_u16()
-            })
-        })
-        .collect();
-    let mut statuses = Vec::new();
-    for t in tasks {
-        statuses.push(t.await.unwrap());
-    }
+    let statuses = app
+        .post_in_parallel(
+            PHONE_LOGIN,
+            vec![json!({"phone": "+14155550144", "code": code}); 8],
+        )
+        .await;
     assert_eq!(
         statuses.iter().filter(|s| **s == 200).count(),
         1,
@@ -557,30 +543,14 @@ async fn a_target_waits_the_resend_interval() {
     let before = hook.calls().len();
     // Parallel requests for one target send one code.
     app.clock.advance(60);
-    let mut tasks = Vec::new();
-    for _ in 0..8 {
-        let router = app.router.clone();
-        tasks.push(tokio::spawn(async move {
-            let req = axum::http::Request::post(SEND)
-                .header("content-type", "application/json")
-                .body(axum::body::Body::from(
-                    json!({"phone": "+14155550144"}).to_string(),
-                ))
-                .unwrap();
-            tower::ServiceExt::oneshot(router, req)
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }));
-    }
-    let mut ok = 0;
-    for t in tasks {
-        if t.await.unwrap() == 200 {
-            ok += 1;
-        }
-    }
-    assert_eq!(ok, 1);
+    let statuses = app
+        .post_in_parallel(SEND, vec![json!({"phone": "+14155550144"}); 8])
+        .await;
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
     assert_eq!(hook.calls().len(), before + 1);
 }
 

@@ -95,6 +95,26 @@ impl TestApp {
         }
     }
 
+    /// Sends every body to `path` at once (one task each); the statuses, in order.
+    pub async fn post_in_parallel(&self, path: &str, bodies: Vec<Value>) -> Vec<u16> {
+        let tasks: Vec<_> = bodies
+            .into_iter()
+            .map(|body| {
+                let router = self.router.clone();
+                let req = Request::post(path)
+                    .header("content-type", "application/json")
+                    .body(Body::from(body.to_string()))
+                    .unwrap();
+                tokio::spawn(async move { router.oneshot(req).await.unwrap().status().as_u16() })
+            })
+            .collect();
+        let mut statuses = Vec::new();
+        for t in tasks {
+            statuses.push(t.await.unwrap());
+        }
+        statuses
+    }
+
     /// Swaps in a new runtime configuration, as a hot reload does.
     pub fn reload(&self, config: RuntimeConfig) {
         self.auth

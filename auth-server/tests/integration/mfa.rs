@@ -29,17 +29,25 @@ fn secret_bytes(b32: &str) -> Vec<u8> {
     out
 }
 
-/// An application whose account gate neither delays, locks nor asks for a CAPTCHA within a
-/// test's few answers.
-async fn loose_gate_app() -> TestApp {
+/// A configuration whose account gate delays after `delay_after` failures and locks at
+/// `lock_after`, with or without a CAPTCHA after failures.
+fn gate_config(captcha: bool, delay_after: u32, lock_after: u32) -> keygate_config::RuntimeConfig {
     let mut config = keygate_config::RuntimeConfig {
         password_hashing: crate::common::small_hashing(),
         ..Default::default()
     };
-    config.policy.captcha.mode = keygate_config::CaptchaMode::Never;
-    config.policy.lockout.delay_after = 50;
-    config.policy.lockout.lock_after = 60;
-    TestApp::with_config(config).await
+    if !captcha {
+        config.policy.captcha.mode = keygate_config::CaptchaMode::Never;
+    }
+    config.policy.lockout.delay_after = delay_after;
+    config.policy.lockout.lock_after = lock_after;
+    config
+}
+
+/// An application whose account gate neither delays, locks nor asks for a CAPTCHA within a
+/// test's few answers.
+async fn loose_gate_app() -> TestApp {
+    TestApp::with_config(gate_config(false, 50, 60)).await
 }
 
 pub(crate) async fn enrol(app: &TestApp, token: &str) -> (Vec<u8>, Vec<String>) {
@@ -225,27 +233,15 @@ async fn concurrent_right_answers_open_one_session() {
     let token = app.token("alice", PW).await;
     let (_, backup) = enrol(&app, &token).await;
     let c = challenge(&app).await;
-    let mut tasks = Vec::new();
-    for code in backup.iter().take(6) {
-        let body =
-            json!({"challenge_token": c["challenge_token"], "code": code, "mfa_method": "backup"});
-        let router = app.router.clone();
-        tasks.push(tokio::spawn(async move {
-            let req = axum::http::Request::post("/api/v1/auth/mfa/verify-challenge")
-                .header("content-type", "application/json")
-                .body(axum::body::Body::from(body.to_string()))
-                .unwrap();
-            tower::ServiceExt::oneshot(router, req)
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }));
-    }
-    let mut ok = 0;
-    for t in tasks {
-        ok += usize::from(t.await.unwrap() == 200);
-    }
+    let bodies = backup
+        .iter()
+        .take(6)
+        .map(|code| json!({"challenge_token": c["challenge_token"], "code": code, "mfa_method": "backup"}))
+        .collect();
+    let statuses = app
+        .post_in_parallel("/api/v1/auth/mfa/verify-challenge", bodies)
+        .await;
+    let ok = statuses.iter().filter(|s| **s == 200).count();
     assert_eq!(ok, 1, "exactly one right answer may open a session");
 }
 
@@ -332,14 +328,7 @@ async fn alice_with_totp(app: &TestApp) -> Vec<u8> {
 #[tokio::test]
 async fn second_factor_guesses_count_across_challenges_and_lock_the_account() {
     // Delays after 3 failures, the lock at 6; no CAPTCHA, to follow the counter alone.
-    let mut config = keygate_config::RuntimeConfig {
-        password_hashing: crate::common::small_hashing(),
-        ..Default::default()
-    };
-    config.policy.captcha.mode = keygate_config::CaptchaMode::Never;
-    config.policy.lockout.delay_after = 3;
-    config.policy.lockout.lock_after = 6;
-    let app = TestApp::with_config(config).await;
+    let app = TestApp::with_config(gate_config(false, 3, 6)).await;
     let secret = alice_with_totp(&app).await;
     // Someone who knows the password opens a fresh challenge for every guess.
     let mut guesses = 0;
@@ -407,14 +396,9 @@ async fn second_factor_guesses_count_across_challenges_and_lock_the_account() {
 
 #[tokio::test]
 async fn wrong_second_factors_past_the_threshold_need_a_captcha() {
-    let mut config = keygate_config::RuntimeConfig {
-        password_hashing: crate::common::small_hashing(),
-        ..Default::default()
-    };
+    let mut config = gate_config(true, 50, 60);
     config.policy.captcha.after_failures = 2;
     config.policy.captcha.pow_difficulty = 2;
-    config.policy.lockout.delay_after = 50;
-    config.policy.lockout.lock_after = 60;
     let app = TestApp::with_config(config).await;
     let secret = alice_with_totp(&app).await;
     let c = app.login("alice", PW).await;
@@ -466,13 +450,7 @@ async fn the_mfa_response_shows_only_masked_contact_details() {
 
 #[tokio::test]
 async fn mfa_answers_are_rate_limited_per_account() {
-    let mut config = keygate_config::RuntimeConfig {
-        password_hashing: crate::common::small_hashing(),
-        ..Default::default()
-    };
-    config.policy.captcha.mode = keygate_config::CaptchaMode::Never;
-    config.policy.lockout.delay_after = 50;
-    config.policy.lockout.lock_after = 60;
+    let mut config = gate_config(false, 50, 60);
     config.rate_limits.rules.retain(|r| r.name != "mfa-per-ip");
     for r in &mut config.rate_limits.rules {
         if r.name == "mfa-per-identity" {

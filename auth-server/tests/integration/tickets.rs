@@ -138,23 +138,12 @@ async fn of_parallel_redemptions_exactly_one_succeeds() {
     let root = app.token("root", PW).await;
     let r = app.post(GEN, json!({"user_id": user}), Some(&root)).await;
     let ticket = r.body["data"]["ticket"].as_str().unwrap().to_owned();
-    let tasks: Vec<_> = (0..16)
-        .map(|_| {
-            let router = app.router.clone();
-            let body = json!({"ticket": ticket}).to_string();
-            tokio::spawn(async move {
-                use tower::ServiceExt;
-                let req = axum::http::Request::post(SIGNIN)
-                    .header("content-type", "application/json")
-                    .body(axum::body::Body::from(body))
-                    .unwrap();
-                router.oneshot(req).await.unwrap().status().as_u16()
-            })
-        })
-        .collect();
     let mut ok = 0;
-    for t in tasks {
-        match t.await.unwrap() {
+    for status in app
+        .post_in_parallel(SIGNIN, vec![json!({"ticket": ticket}); 16])
+        .await
+    {
+        match status {
             200 => ok += 1,
             400 => {}
             other => panic!("unexpected {other}"),
