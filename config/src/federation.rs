@@ -10,7 +10,7 @@ pub const FEDERATION_ALGORITHMS: &[&str] = &[
 ];
 
 /// What happens at the first sign-in of an external account that is not linked yet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Provisioning {
     /// Create a local account and link it.
@@ -24,7 +24,7 @@ pub enum Provisioning {
 }
 
 /// Which id_token claims fill a created account.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClaimMapping {
     /// Claim for the username (a generated one when absent, malformed or taken).
@@ -47,7 +47,7 @@ impl Default for ClaimMapping {
 }
 
 /// One external OpenID Connect provider.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OidcProviderConfig {
     /// The name clients send as `provider` (1-64 of `a-z`, `0-9`, `-`, `_`).

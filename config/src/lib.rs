@@ -1,8 +1,10 @@
 //! The runtime configuration model (signing keys, token and password-hashing policy) and its
 //! validation, shared by the server (which loads and hot-swaps it) and the operator (which
-//! renders it from custom resources). No kube, no axum, no I/O beyond parsing.
+//! renders it from custom resources), and the generation of the private keys it holds. No
+//! kube, no axum, no I/O beyond parsing.
 
 mod federation;
+pub mod keygen;
 mod policy;
 
 pub use federation::{ClaimMapping, FEDERATION_ALGORITHMS, OidcProviderConfig, Provisioning};
@@ -17,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Everything the server may change without a restart.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
     /// Token lifetimes and audience.
@@ -44,7 +46,7 @@ pub struct RuntimeConfig {
 }
 
 /// An RSA key that clients encrypt passwords to (RSA-OAEP, SHA-256).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TransmissionKeyConfig {
     /// Key id (`transmission_public_key_id`, `key_id` in requests).
@@ -54,10 +56,11 @@ pub struct TransmissionKeyConfig {
 }
 
 /// How long the audit trail is kept.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuditPolicy {
     /// Days an audit event is kept before the hourly purge removes it.
+    #[schemars(range(min = 1, max = 3650))]
     pub retention_days: u32,
 }
 
@@ -70,12 +73,13 @@ impl Default for AuditPolicy {
 }
 
 /// Token lifetimes, audience and refresh-rotation policy.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct TokenPolicy {
     /// `aud` of every access token.
     pub audience: String,
     /// Access-token lifetime in seconds.
+    #[schemars(range(min = 30, max = 86400))]
     pub access_token_ttl_seconds: u64,
     /// Lifetime of each refresh token in seconds (sliding: every rotation starts a new one).
     pub refresh_token_ttl_seconds: u64,
@@ -83,8 +87,10 @@ pub struct TokenPolicy {
     pub session_max_lifetime_seconds: u64,
     /// A rotated refresh token presented again within this many seconds gets a fresh token in
     /// the same session (two tabs refreshing at once); later, the whole session is revoked.
+    #[schemars(range(max = 300))]
     pub refresh_reuse_grace_seconds: u64,
     /// Lifetime of a one-time sign-in ticket in seconds.
+    #[schemars(range(min = 10, max = 3600))]
     pub ticket_ttl_seconds: u64,
 }
 
@@ -102,7 +108,7 @@ impl Default for TokenPolicy {
 }
 
 /// JWS algorithms the server signs with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum SigningAlgorithm {
     /// ECDSA over P-256 with SHA-256 (the default).
     ES256,
@@ -138,7 +144,7 @@ impl std::str::FromStr for SigningAlgorithm {
 }
 
 /// One signing key and its publication window (see the key-rotation design).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SigningKeyConfig {
     /// Key id, published as `kid`.
@@ -157,14 +163,17 @@ pub struct SigningKeyConfig {
 }
 
 /// argon2id parameters and the hashing concurrency cap.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct PasswordHashing {
     /// Memory cost in KiB (OWASP: 19456).
+    #[schemars(range(min = 8192, max = 1048576))]
     pub memory_kib: u32,
     /// Time cost (passes).
+    #[schemars(range(min = 1, max = 16))]
     pub iterations: u32,
     /// Lanes.
+    #[schemars(range(min = 1, max = 16))]
     pub parallelism: u32,
     /// Hashes computed at once; 0 means one per CPU. Bounds memory to
     /// `max_concurrent * memory_kib`.

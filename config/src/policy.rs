@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 /// How a password travels from the client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Transmission {
     /// The password itself (inside TLS).
@@ -42,9 +42,13 @@ impl Transmission {
 }
 
 /// The policy of one tenant.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct TenantPolicy {
+    /// Name of the tenant for people (in messages), used when a server creates the tenant
+    /// because the configuration names it; the tenant id when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
     /// Password transmission and rules.
     pub password: PasswordPolicy,
     /// CAPTCHA.
@@ -60,7 +64,7 @@ pub struct TenantPolicy {
 }
 
 /// One-time codes sent by email or SMS, for passwordless sign-in and as MFA methods.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct LoginCodePolicy {
     /// Whether `/auth/send-login-code` and the code sign-ins are open for the tenant.
@@ -69,15 +73,19 @@ pub struct LoginCodePolicy {
     /// code is actually sent to an address or number that has no account).
     pub signup: bool,
     /// Digits per code.
+    #[schemars(range(min = 4, max = 10))]
     pub length: u32,
     /// Seconds a code stays valid.
+    #[schemars(range(min = 30, max = 3600))]
     pub ttl_seconds: u64,
     /// Wrong codes a code survives before it is dead.
+    #[schemars(range(min = 1, max = 20))]
     pub max_attempts: u32,
     /// Locale of the message when the request's `Accept-Language` names none we have.
     pub default_locale: String,
     /// Seconds before another code may be sent to the same address or number (sign-in and
     /// MFA codes alike); 0 turns the interval off.
+    #[schemars(range(max = 3600))]
     pub resend_interval_seconds: u64,
     /// E.164 prefixes (`+1`, `+49`, ...) that SMS codes may go to; empty: every number.
     pub sms_allowed_prefixes: Vec<String>,
@@ -99,7 +107,7 @@ impl Default for LoginCodePolicy {
 }
 
 /// Signal weights (points added to the score when a signal fires).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RiskWeights {
     /// A device the user has not signed in from.
@@ -130,7 +138,7 @@ impl Default for RiskWeights {
 }
 
 /// Risk scoring policy.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RiskPolicy {
     /// Points per signal.
@@ -144,6 +152,7 @@ pub struct RiskPolicy {
     /// Sign-ins per account per hour above which `velocity` fires.
     pub velocity_per_hour: u32,
     /// Devices and networks remembered per user (least recently seen dropped first).
+    #[schemars(range(min = 1, max = 100))]
     pub remember: usize,
 }
 
@@ -161,7 +170,7 @@ impl Default for RiskPolicy {
 }
 
 /// When users with a second factor are challenged for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MfaMode {
     /// At every password sign-in.
@@ -173,7 +182,7 @@ pub enum MfaMode {
 }
 
 /// Risk levels, lowest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RiskLevel {
     /// Nothing unusual.
@@ -196,7 +205,7 @@ impl RiskLevel {
 }
 
 /// Adaptive MFA policy.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct MfaPolicy {
     /// When enrolled users are challenged.
@@ -204,8 +213,10 @@ pub struct MfaPolicy {
     /// The level from which `risk` mode challenges.
     pub risk_level: RiskLevel,
     /// Seconds a challenge stays valid.
+    #[schemars(range(min = 30, max = 3600))]
     pub challenge_ttl_seconds: u64,
     /// Wrong codes a challenge survives before it is spent.
+    #[schemars(range(min = 1, max = 20))]
     pub max_attempts: u32,
     /// Second factors offered, in order: `totp` and `backup` (for users with TOTP), `email`
     /// and `sms` (one-time codes to the account's address or number).
@@ -228,7 +239,7 @@ impl Default for MfaPolicy {
 }
 
 /// Password transmission, composition, history and expiry.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct PasswordPolicy {
     /// Modes accepted at login and password change.
@@ -236,8 +247,10 @@ pub struct PasswordPolicy {
     /// The mode clients are told to use (must be accepted).
     pub preferred_transmission: Transmission,
     /// Minimum length in characters.
+    #[schemars(range(min = 1, max = 1024))]
     pub min_length: usize,
     /// Maximum length in characters.
+    #[schemars(range(min = 1, max = 1024))]
     pub max_length: usize,
     /// At least one uppercase letter.
     pub require_upper: bool,
@@ -285,7 +298,7 @@ impl Default for PasswordPolicy {
 }
 
 /// When CAPTCHA is demanded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CaptchaMode {
     /// Never.
@@ -297,7 +310,7 @@ pub enum CaptchaMode {
 }
 
 /// CAPTCHA providers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CaptchaProvider {
     /// Proof of work solved by the client.
@@ -307,7 +320,7 @@ pub enum CaptchaProvider {
 }
 
 /// CAPTCHA policy.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct CaptchaPolicy {
     /// When to demand it.
@@ -319,6 +332,7 @@ pub struct CaptchaPolicy {
     /// The provider clients are told to use.
     pub provider: CaptchaProvider,
     /// Leading hex zeros a proof of work needs (the server's floor, whatever clients ask).
+    #[schemars(range(min = 1, max = 8))]
     pub pow_difficulty: u32,
     /// Seconds a proof-of-work challenge stays valid.
     pub pow_ttl_seconds: u64,
@@ -348,7 +362,7 @@ impl Default for CaptchaPolicy {
 }
 
 /// Progressive delay and lockout (NIST SP 800-63B §5.2.2), per account and per client address.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct LockoutPolicy {
     /// Failures of an account after which each attempt must wait.
@@ -528,7 +542,7 @@ pub fn cidr_contains(net: (std::net::IpAddr, u8), ip: std::net::IpAddr) -> bool 
 }
 
 /// What a rate-limit rule counts by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RateKey {
     /// The client address (from the socket, or `X-Forwarded-For` through trusted proxies).
@@ -545,7 +559,7 @@ pub enum RateKey {
 
 /// One named limit: at most `limit` requests per `window_seconds` for each value of `key`
 /// on the listed endpoints (GCRA: spread evenly, bursts up to `limit`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitRule {
     /// Name (metrics, problem detail).
@@ -555,13 +569,15 @@ pub struct RateLimitRule {
     /// What is counted.
     pub key: RateKey,
     /// Requests per window.
+    #[schemars(range(min = 1))]
     pub limit: u32,
     /// Window in seconds.
+    #[schemars(range(min = 1, max = 86400))]
     pub window_seconds: u64,
 }
 
 /// Which header the trusted proxies record the client's address in.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ForwardedHeader {
     /// `X-Forwarded-For` (every line joined, read from the right).
@@ -572,7 +588,7 @@ pub enum ForwardedHeader {
 }
 
 /// Rate limiting.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimits {
     /// Proxies (CIDR) whose forwarding header is believed; the client is the rightmost address

@@ -1,5 +1,32 @@
-//! Keygate's custom resource types (`OidcProvider`, `SigningKey`, `RateLimitPolicy`): the
-//! declarative API the operator reconciles into the runtime configuration. The types arrive
-//! with the operator; until then this crate re-exports the configuration model they render to.
+//! Keygate's custom resources (group `keygate.dev`, version `v1alpha1`): `AuthPolicy`,
+//! `RateLimitPolicy`, `OidcProvider`, `SigningKey` and `ServerPolicy`, the declarative API the
+//! operator renders into the runtime configuration; their schemas come from the configuration
+//! model itself (`schema`).
 
-pub use keygate_config::RuntimeConfig;
+pub mod auth_policy;
+pub mod oidc_provider;
+pub mod rate_limit_policy;
+pub mod schema;
+pub mod server_policy;
+pub mod signing_key;
+pub mod status;
+
+pub use auth_policy::{AuthPolicy, AuthPolicySpec};
+pub use oidc_provider::{OidcProvider, OidcProviderSpec};
+pub use rate_limit_policy::{RateLimitPolicy, RateLimitPolicySpec};
+pub use server_policy::{ServerPolicy, ServerPolicySpec, ServerSettings};
+pub use signing_key::{KeyAlgorithm, KeyState, KeyUse, SigningKey, SigningKeySpec, SigningKeyStatus};
+pub use status::Status;
+
+/// Every CustomResourceDefinition of Keygate, in a stable order.
+pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+{
+    use kube::CustomResourceExt;
+    vec![
+        AuthPolicy::crd(),
+        OidcProvider::crd(),
+        RateLimitPolicy::crd(),
+        ServerPolicy::crd(),
+        SigningKey::crd(),
+    ]
+}

@@ -256,38 +256,7 @@ fn alg_name(a: Algorithm) -> &'static str {
 
 /// Generates a new PKCS#8 PEM private key for `alg`.
 pub fn generate_pem(alg: SigningAlgorithm) -> Result<String, String> {
-    use rand::rngs::OsRng;
-    let pem = match alg {
-        SigningAlgorithm::ES256 => {
-            use p256::pkcs8::{EncodePrivateKey, LineEnding};
-            p256::SecretKey::random(&mut OsRng)
-                .to_pkcs8_pem(LineEnding::LF)
-                .map_err(|e| e.to_string())?
-                .to_string()
-        }
-        SigningAlgorithm::EdDSA => {
-            use ed25519_dalek::pkcs8::{
-                EncodePrivateKey, KeypairBytes, spki::der::pem::LineEnding,
-            };
-            let sk = ed25519_dalek::SigningKey::generate(&mut OsRng);
-            KeypairBytes {
-                secret_key: sk.to_bytes(),
-                public_key: None,
-            }
-            .to_pkcs8_pem(LineEnding::LF)
-            .map_err(|e| e.to_string())?
-            .to_string()
-        }
-        SigningAlgorithm::RS256 => {
-            use rsa::pkcs8::{EncodePrivateKey, LineEnding};
-            rsa::RsaPrivateKey::new(&mut OsRng, 2048)
-                .map_err(|e| e.to_string())?
-                .to_pkcs8_pem(LineEnding::LF)
-                .map_err(|e| e.to_string())?
-                .to_string()
-        }
-    };
-    Ok(pem)
+    keygate_config::keygen::private_key_pem(alg, 2048)
 }
 
 /// Loads the development key for `alg` from `data_dir`, generating and persisting it (mode
