@@ -159,6 +159,7 @@ pub async fn serve(storage: StorageSettings, settings: ServeSettings) -> Result<
         );
     }
     let auth = auth.with_delivery(delivery);
+    auth.ensure_configured_tenants().await;
     if let Some(path) = storage.config.clone() {
         tokio::spawn(watch_config(auth.clone(), path, dev_keys));
     }
@@ -222,11 +223,18 @@ async fn shutdown_signal() {
     }
 }
 
+/// How often the configuration file is looked at: a change is in force within this (plus the
+/// parse), well under a second.
+pub const CONFIG_POLL: Duration = Duration::from_millis(250);
+
 /// Polls the configuration file and swaps in each valid new version; an invalid one is
-/// logged and the last good configuration stays in force.
+/// logged and the last good configuration stays in force. The path is read afresh every
+/// time, so the kubelet's atomic `..data` symlink swap of a mounted Secret is seen like any
+/// other change (and a half-written file never is: the swap is atomic).
 async fn watch_config(auth: AuthService, path: PathBuf, dev_keys: DevKeys) {
     let mut last = std::fs::read(&path).ok();
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut tick = tokio::time::interval(CONFIG_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let current = std::fs::read(&path).ok();
@@ -242,7 +250,10 @@ async fn watch_config(auth: AuthService, path: PathBuf, dev_keys: DevKeys) {
         };
         crate::metrics::record_config_reload(outcome.is_ok());
         match outcome {
-            Ok(()) => tracing::info!(path = %path.display(), "runtime configuration reloaded"),
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "runtime configuration reloaded");
+                auth.ensure_configured_tenants().await;
+            }
             Err(e) => {
                 auth.set_config_rejection(Some(auth.clock.unix()));
                 tracing::error!(error = %e, "runtime configuration rejected; keeping the last good one");

@@ -10,7 +10,9 @@ pub const FEDERATION_ALGORITHMS: &[&str] = &[
 ];
 
 /// What happens at the first sign-in of an external account that is not linked yet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Provisioning {
     /// Create a local account and link it.

@@ -16,7 +16,9 @@ pub fn private_key_pem(alg: SigningAlgorithm, rsa_bits: usize) -> Result<String,
                 .to_string()
         }
         SigningAlgorithm::EdDSA => {
-            use ed25519_dalek::pkcs8::{EncodePrivateKey, KeypairBytes, spki::der::pem::LineEnding};
+            use ed25519_dalek::pkcs8::{
+                EncodePrivateKey, KeypairBytes, spki::der::pem::LineEnding,
+            };
             let sk = ed25519_dalek::SigningKey::generate(&mut OsRng);
             KeypairBytes {
                 secret_key: sk.to_bytes(),

@@ -108,7 +108,19 @@ impl Default for TokenPolicy {
 }
 
 /// JWS algorithms the server signs with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 pub enum SigningAlgorithm {
     /// ECDSA over P-256 with SHA-256 (the default).
     ES256,

@@ -21,10 +21,28 @@ use std::borrow::Cow;
     shortname = "kgap",
     category = "keygate",
     doc = "The sign-in policy of one Keygate tenant (or the default policy when it names no tenant): accepted password transmissions and password rules, CAPTCHA, progressive delay and lockout, MFA, risk scoring and one-time codes. The tenant is created on every server when the configuration naming it is loaded.",
-    printcolumn(name = "Tenant", type_ = "string", json_path = ".spec.tenant", description = "The tenant (empty: the default policy)"),
-    printcolumn(name = "Accepted", type_ = "string", json_path = ".status.conditions[?(@.type==\"Accepted\")].status"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Accepted\")].reason", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Tenant",
+        type_ = "string",
+        json_path = ".spec.tenant",
+        description = "The tenant (empty: the default policy)"
+    ),
+    printcolumn(
+        name = "Accepted",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].reason",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AuthPolicySpec {

@@ -3,6 +3,9 @@
 //! operator renders into the runtime configuration; their schemas come from the configuration
 //! model itself (`schema`).
 
+// Several `printcolumn(...)` attributes of one resource repeat `type_ = "string"` by design.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod auth_policy;
 pub mod oidc_provider;
 pub mod rate_limit_policy;
@@ -15,11 +18,14 @@ pub use auth_policy::{AuthPolicy, AuthPolicySpec};
 pub use oidc_provider::{OidcProvider, OidcProviderSpec};
 pub use rate_limit_policy::{RateLimitPolicy, RateLimitPolicySpec};
 pub use server_policy::{ServerPolicy, ServerPolicySpec, ServerSettings};
-pub use signing_key::{KeyAlgorithm, KeyState, KeyUse, SigningKey, SigningKeySpec, SigningKeyStatus};
+pub use signing_key::{
+    KeyAlgorithm, KeyState, KeyUse, SigningKey, SigningKeySpec, SigningKeyStatus,
+};
 pub use status::Status;
 
 /// Every CustomResourceDefinition of Keygate, in a stable order.
-pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+pub fn crds()
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
     use kube::CustomResourceExt;
     vec![

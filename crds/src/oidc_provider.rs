@@ -22,9 +22,22 @@ use std::borrow::Cow;
     doc = "An external OpenID Connect issuer whose id_tokens sign users in (POST /auth/id-token/signin with provider set to the provider name: spec.providerName, else the resource's name).",
     printcolumn(name = "Issuer", type_ = "string", json_path = ".spec.issuer"),
     printcolumn(name = "Tenant", type_ = "string", json_path = ".spec.tenantId"),
-    printcolumn(name = "Accepted", type_ = "string", json_path = ".status.conditions[?(@.type==\"Accepted\")].status"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Accepted\")].reason", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Accepted",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].reason",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct OidcProviderSpec {
@@ -73,7 +86,10 @@ impl OidcProviderSpec {
         resource_name: &str,
     ) -> Result<keygate_config::OidcProviderConfig, String> {
         let mut v = self.provider.clone();
-        v.insert("name".into(), Value::String(self.name(resource_name).to_owned()));
+        v.insert(
+            "name".into(),
+            Value::String(self.name(resource_name).to_owned()),
+        );
         crate::schema::to_config(&Value::Object(v))
     }
 }

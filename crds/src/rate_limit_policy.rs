@@ -20,10 +20,28 @@ use std::borrow::Cow;
     shortname = "kgrl",
     category = "keygate",
     doc = "Named request limits of Keygate's endpoints. A rule with the name of a built-in default rule replaces it; other rules are added; replaceDefaults drops every default rule. Deleting the resource brings the defaults back.",
-    printcolumn(name = "Rules", type_ = "integer", json_path = ".spec.rules.length()", priority = 1),
-    printcolumn(name = "Accepted", type_ = "string", json_path = ".status.conditions[?(@.type==\"Accepted\")].status"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Accepted\")].reason", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Rules",
+        type_ = "integer",
+        json_path = ".spec.rules.length()",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Accepted",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].reason",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimitPolicySpec {

@@ -96,7 +96,10 @@ pub fn camel_schema<T: JsonSchema>(generator: &mut SchemaGenerator, drop: &[&str
             }
         }
         if let Some(Value::Array(req)) = o.get_mut("required") {
-            req.retain(|r| r.as_str().is_none_or(|r| !drop.contains(&snake(r).as_str())));
+            req.retain(|r| {
+                r.as_str()
+                    .is_none_or(|r| !drop.contains(&snake(r).as_str()))
+            });
         }
     }
     Schema::try_from(value).unwrap_or_default()
@@ -175,7 +178,11 @@ mod tests {
         assert_eq!(camel("ip_lock_after"), "ipLockAfter");
         assert_eq!(snake("ipLockAfter"), "ip_lock_after");
         assert_eq!(camel("mfa"), "mfa");
-        for n in ["turnstile_verify_url", "refresh_reuse_grace_seconds", "login_codes"] {
+        for n in [
+            "turnstile_verify_url",
+            "refresh_reuse_grace_seconds",
+            "login_codes",
+        ] {
             assert_eq!(snake(&camel(n)), n);
         }
     }

@@ -21,11 +21,32 @@ use std::borrow::Cow;
     shortname = "kgsp",
     category = "keygate",
     doc = "Server-wide Keygate settings: token lifetimes and audience, argon2id parameters, audit retention, and the trusted proxies in front of the servers. At most one per namespace; without one the built-in defaults apply.",
-    printcolumn(name = "Audience", type_ = "string", json_path = ".spec.tokens.audience"),
-    printcolumn(name = "Access TTL", type_ = "integer", json_path = ".spec.tokens.accessTokenTtlSeconds"),
-    printcolumn(name = "Accepted", type_ = "string", json_path = ".status.conditions[?(@.type==\"Accepted\")].status"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Accepted\")].reason", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Audience",
+        type_ = "string",
+        json_path = ".spec.tokens.audience"
+    ),
+    printcolumn(
+        name = "Access TTL",
+        type_ = "integer",
+        json_path = ".spec.tokens.accessTokenTtlSeconds"
+    ),
+    printcolumn(
+        name = "Accepted",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].reason",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 pub struct ServerPolicySpec {
     /// `tokens`, `passwordHashing`, `audit`, `trustedProxies`, `forwardedHeader`.

@@ -3,6 +3,10 @@
 //! material; `publish` writes the Secret when its content changes; `controller` watches,
 //! reconciles and reports status and events.
 
+pub mod controller;
+pub mod keys;
+pub mod metrics;
+pub mod publish;
 pub mod render;
 
 /// Every CRD as YAML documents, in `keygate_crds::crds()` order.

@@ -1,26 +1,170 @@
-//! The `auth-operator` command. It will reconcile Keygate custom resources into the server's
-//! runtime configuration; until that lands it explains its role and exits.
+//! The `auth-operator` command: flags and environment, the Kubernetes client (kubeconfig or
+//! in-cluster), the start-up checks, the health and metrics endpoints, and the controller
+//! loop until SIGTERM or Ctrl-C.
 
+use anyhow::Context as _;
 use clap::Parser;
+use operator::controller::{self, Context};
+use operator::metrics::Metrics;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-/// Keygate operator (not yet reconciling).
-///
-/// The operator will watch the Keygate custom resources (OidcProvider, SigningKey,
-/// RateLimitPolicy and the policy kinds), generate signing-key material into Secrets, rotate
-/// keys on schedule with a pre-publish window so that no verifier ever sees an unknown key,
-/// register external OIDC issuers, and render one Secret holding the runtime configuration
-/// that every auth-server replica mounts and hot-reloads. Until then, write that
-/// configuration by hand (see the README's configuration reference) and pass it to
-/// `auth-server --config`.
+/// Keygate operator: renders the Keygate custom resources of a namespace (AuthPolicy,
+/// RateLimitPolicy, OidcProvider, ServerPolicy, SigningKey) into one Secret holding the
+/// runtime configuration that every auth-server replica mounts and hot-reloads, generates the
+/// key material of SigningKeys into Secrets they own, and reports each resource's acceptance in
+/// its status and in Events.
 #[derive(Debug, Parser)]
 #[command(name = "auth-operator", version, about, long_about)]
-struct Cli {}
+struct Cli {
+    /// Namespace to watch (default: the pod's own, from POD_NAMESPACE or the service-account
+    /// mount; else the kubeconfig's).
+    #[arg(long, env = "KEYGATE_NAMESPACE")]
+    namespace: Option<String>,
+    /// Name of the Secret the rendered configuration is written to (key `config.json`).
+    #[arg(long, env = "KEYGATE_CONFIG_SECRET", default_value = "keygate-config")]
+    config_secret: String,
+    /// Kubeconfig file (default: in-cluster credentials, else $KUBECONFIG or ~/.kube/config).
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "KEYGATE_OPERATOR_LISTEN", default_value = "0.0.0.0:8081")]
+    listen: SocketAddr,
+    /// Log format: `text` or `json` (default: text on a terminal, json otherwise).
+    #[arg(long, env = "KEYGATE_LOG_FORMAT")]
+    log_format: Option<String>,
+}
 
-fn main() {
-    let _ = Cli::parse();
-    eprintln!(
-        "auth-operator does not reconcile yet: see `auth-operator --help` for what it will do, \
-         and write the runtime configuration by hand meanwhile"
+async fn client(cli: &Cli) -> anyhow::Result<(kube::Client, String)> {
+    let config = match &cli.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .context("kubeconfig unusable")?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no Kubernetes credentials: run in a pod or pass --kubeconfig")?,
+    };
+    let namespace = cli
+        .namespace
+        .clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .unwrap_or_else(|| config.default_namespace.clone());
+    Ok((kube::Client::try_from(config)?, namespace))
+}
+
+fn init_logs(format: Option<&str>) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let json = match format {
+        Some("json") => true,
+        Some(_) => false,
+        None => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = term => {},
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logs(cli.log_format.as_deref());
+    let (client, namespace) = client(&cli).await?;
+    let metrics = Arc::new(Metrics::default());
+    let instance = std::env::var("POD_NAME").unwrap_or_else(|_| "local".into());
+    let ctx = Arc::new(Context::new(
+        client,
+        namespace.clone(),
+        cli.config_secret.clone(),
+        instance,
+        metrics.clone(),
+    ));
+    if let Err(e) = controller::preflight(&ctx).await {
+        tracing::error!(error = %e, "cannot start");
+        anyhow::bail!(e);
+    }
+    let listener = tokio::net::TcpListener::bind(cli.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cli.listen))?;
+    let ready = ctx.ready.clone();
+    let app = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let ready = ready.load(Ordering::Relaxed);
+                async move {
+                    if ready {
+                        (axum::http::StatusCode::OK, "ready")
+                    } else {
+                        (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            "no reconcile has succeeded yet",
+                        )
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let text = metrics.encode();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        text,
+                    )
+                }
+            }),
+        );
+    tracing::info!(
+        namespace = %namespace,
+        secret = %cli.config_secret,
+        addr = %listener.local_addr()?,
+        "keygate operator started"
     );
-    std::process::exit(2);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let http = tokio::spawn(async move {
+        let mut rx = stop_rx.clone();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    controller::run(ctx, shutdown_signal()).await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = http.await;
+    Ok(())
 }

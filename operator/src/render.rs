@@ -97,10 +97,15 @@ impl Judge {
         holds: bool,
     ) -> bool {
         let (ok, reason, message) = match result {
-            Ok(()) => (true, reason::RENDERED, "in the published configuration".to_owned()),
+            Ok(()) => (
+                true,
+                reason::RENDERED,
+                "in the published configuration".to_owned(),
+            ),
             Err((reason, message)) => {
                 if holds {
-                    self.hold.push(format!("{kind}/{}: {message}", r.name_any()));
+                    self.hold
+                        .push(format!("{kind}/{}: {message}", r.name_any()));
                 }
                 (false, reason, message)
             }
@@ -122,7 +127,9 @@ fn invalid(e: impl std::fmt::Display) -> (&'static str, String) {
 }
 
 /// Names that occur in more than one resource: name → the resources claiming it.
-fn conflicts<'a>(claims: impl Iterator<Item = (String, &'a str)>) -> BTreeMap<String, Vec<&'a str>> {
+fn conflicts<'a>(
+    claims: impl Iterator<Item = (String, &'a str)>,
+) -> BTreeMap<String, Vec<&'a str>> {
     let mut by: BTreeMap<String, Vec<&str>> = BTreeMap::new();
     for (claim, resource) in claims {
         by.entry(claim).or_default().push(resource);
@@ -171,7 +178,11 @@ pub fn render(inputs: &Inputs) -> Rendered {
     for s in &servers {
         let result = if servers.len() > 1 {
             let names: Vec<&str> = server_names.iter().map(String::as_str).collect();
-            Err(conflict_message("the namespace's server settings", &names, &s.name_any()))
+            Err(conflict_message(
+                "the namespace's server settings",
+                &names,
+                &s.name_any(),
+            ))
         } else {
             s.spec.to_settings().map_err(invalid).and_then(|settings| {
                 let candidate = RuntimeConfig {
@@ -205,15 +216,16 @@ pub fn render(inputs: &Inputs) -> Rendered {
     );
     for (p, name) in policies.iter().zip(&names) {
         let tenant = tenant_of(p);
-        let result = if let Some(others) = clash.get(&tenant) {
-            let what = if tenant.is_empty() {
-                "the default policy".to_owned()
+        let result =
+            if let Some(others) = clash.get(&tenant) {
+                let what = if tenant.is_empty() {
+                    "the default policy".to_owned()
+                } else {
+                    format!("tenant {tenant:?}")
+                };
+                Err(conflict_message(&what, others, name))
             } else {
-                format!("tenant {tenant:?}")
-            };
-            Err(conflict_message(&what, others, name))
-        } else {
-            p.spec.to_policy().map_err(invalid).and_then(|policy: TenantPolicy| {
+                p.spec.to_policy().map_err(invalid).and_then(|policy: TenantPolicy| {
                 if !tenant.is_empty() && !valid_tenant(&tenant) {
                     return Err(invalid(format!(
                         "tenant {tenant:?}: 1-63 of a-z, 0-9 and '-', starting with a letter"
@@ -228,7 +240,7 @@ pub fn render(inputs: &Inputs) -> Rendered {
                 }
                 Ok(())
             })
-        };
+            };
         judge.verdict("AuthPolicy", p, result, true);
     }
 
@@ -297,11 +309,14 @@ pub fn render(inputs: &Inputs) -> Rendered {
                 name,
             ))
         } else {
-            p.spec.to_provider(name).map_err(invalid).and_then(|provider| {
-                provider.validate().map_err(invalid)?;
-                config.oidc_providers.push(provider);
-                Ok(())
-            })
+            p.spec
+                .to_provider(name)
+                .map_err(invalid)
+                .and_then(|provider| {
+                    provider.validate().map_err(invalid)?;
+                    config.oidc_providers.push(provider);
+                    Ok(())
+                })
         };
         judge.verdict("OidcProvider", p, result, false);
     }
@@ -313,10 +328,7 @@ pub fn render(inputs: &Inputs) -> Rendered {
     for (k, material) in keys {
         let result = match material {
             Err(e) => Err((reason::KEY_MATERIAL, e.clone())),
-            Ok(m) if m.is_empty() => Err((
-                reason::KEY_MATERIAL,
-                "no key material yet".to_owned(),
-            )),
+            Ok(m) if m.is_empty() => Err((reason::KEY_MATERIAL, "no key material yet".to_owned())),
             Ok(material) => {
                 for m in material {
                     match k.spec.use_ {
@@ -375,7 +387,9 @@ pub fn render(inputs: &Inputs) -> Rendered {
         .is_none()
         .then(|| serde_json::to_string_pretty(&config).unwrap_or_default());
     Rendered {
-        hash: json.as_deref().map(|j| hex::encode(Sha256::digest(j.as_bytes()))),
+        hash: json
+            .as_deref()
+            .map(|j| hex::encode(Sha256::digest(j.as_bytes()))),
         json,
         config: held_back.is_none().then_some(config),
         held_back,
@@ -410,8 +424,11 @@ mod tests {
             obj("SigningKey", name, json!({})),
             Ok(vec![KeyMaterial {
                 kid: format!("{name}-1"),
-                private_key_pem: keygate_config::keygen::private_key_pem(SigningAlgorithm::ES256, 2048)
-                    .unwrap(),
+                private_key_pem: keygate_config::keygen::private_key_pem(
+                    SigningAlgorithm::ES256,
+                    2048,
+                )
+                .unwrap(),
                 activates_at: None,
                 retires_at: None,
             }]),
@@ -450,17 +467,26 @@ mod tests {
     fn without_a_token_key_the_configuration_is_held_back() {
         let mut i = base();
         i.signing_keys.clear();
-        i.auth_policies
-            .push(obj("AuthPolicy", "p", json!({"captcha": {"mode": "always"}})));
+        i.auth_policies.push(obj(
+            "AuthPolicy",
+            "p",
+            json!({"captcha": {"mode": "always"}}),
+        ));
         let r = render(&i);
         assert!(r.config.is_none() && r.json.is_none());
         assert!(r.held_back.as_deref().unwrap().contains("SigningKey"));
-        assert_eq!(verdict(&r, "AuthPolicy", "p").reason, reason::NO_SIGNING_KEY);
+        assert_eq!(
+            verdict(&r, "AuthPolicy", "p").reason,
+            reason::NO_SIGNING_KEY
+        );
         // A key whose material is missing is reported as such.
         let mut i = base();
         i.signing_keys[0].1 = Err("secret unreadable".into());
         let r = render(&i);
-        assert_eq!(verdict(&r, "SigningKey", "main").reason, reason::KEY_MATERIAL);
+        assert_eq!(
+            verdict(&r, "SigningKey", "main").reason,
+            reason::KEY_MATERIAL
+        );
         assert!(r.config.is_none());
     }
 
@@ -472,13 +498,19 @@ mod tests {
             "acme",
             json!({"tenant": "acme", "displayName": "Acme", "captcha": {"mode": "always"}, "lockout": {"lockAfter": 5}}),
         ));
-        i.auth_policies
-            .push(obj("AuthPolicy", "default", json!({"mfa": {"mode": "risk"}})));
+        i.auth_policies.push(obj(
+            "AuthPolicy",
+            "default",
+            json!({"mfa": {"mode": "risk"}}),
+        ));
         let c = render(&i).config.unwrap();
         let acme = &c.tenants["acme"];
         assert_eq!(acme.captcha.mode, keygate_config::CaptchaMode::Always);
         assert_eq!(acme.lockout.lock_after, 5);
-        assert_eq!(acme.lockout.delay_after, 3, "unset fields keep their defaults");
+        assert_eq!(
+            acme.lockout.delay_after, 3,
+            "unset fields keep their defaults"
+        );
         assert_eq!(acme.display_name.as_deref(), Some("Acme"));
         assert_eq!(c.policy.mfa.mode, keygate_config::MfaMode::Risk);
         // Two policies for one tenant: both refused, naming each other, and held back.
@@ -489,8 +521,14 @@ mod tests {
         let a = verdict(&r, "AuthPolicy", "acme");
         let b = verdict(&r, "AuthPolicy", "acme-too");
         assert_eq!((a.reason, b.reason), (reason::CONFLICT, reason::CONFLICT));
-        assert!(a.message.contains("acme-too") && b.message.contains("\"acme\" is also claimed by acme"));
-        assert_eq!(verdict(&r, "AuthPolicy", "default").reason, reason::HELD_BACK);
+        assert!(
+            a.message.contains("acme-too")
+                && b.message.contains("\"acme\" is also claimed by acme")
+        );
+        assert_eq!(
+            verdict(&r, "AuthPolicy", "default").reason,
+            reason::HELD_BACK
+        );
     }
 
     #[test]
@@ -504,11 +542,18 @@ mod tests {
         let r = render(&i);
         let v = verdict(&r, "AuthPolicy", "bad");
         assert_eq!(v.reason, reason::INVALID_SPEC);
-        assert!(v.message.contains("lock_after must exceed delay_after"), "{}", v.message);
+        assert!(
+            v.message.contains("lock_after must exceed delay_after"),
+            "{}",
+            v.message
+        );
         assert!(r.config.is_none());
         let mut i = base();
-        i.auth_policies
-            .push(obj("AuthPolicy", "typo", json!({"lockout": {"lockAftr": 5}})));
+        i.auth_policies.push(obj(
+            "AuthPolicy",
+            "typo",
+            json!({"lockout": {"lockAftr": 5}}),
+        ));
         let v = verdict(&render(&i), "AuthPolicy", "typo").clone();
         assert!(v.message.contains("`lockAftr`"), "{}", v.message);
     }
@@ -528,7 +573,10 @@ mod tests {
         let rule = |n: &str| c.rate_limits.rules.iter().find(|r| r.name == n).cloned();
         assert_eq!(rule("login-per-ip").unwrap().limit, 5);
         assert!(rule("extra").is_some());
-        assert_eq!(c.rate_limits.rules.len(), RateLimits::default().rules.len() + 1);
+        assert_eq!(
+            c.rate_limits.rules.len(),
+            RateLimits::default().rules.len() + 1
+        );
         // replaceDefaults drops the defaults.
         i.rate_limit_policies[0].spec.replace_defaults = true;
         assert_eq!(render(&i).config.unwrap().rate_limits.rules.len(), 2);
@@ -539,8 +587,14 @@ mod tests {
             json!({"rules": [{"name": "extra", "endpoints": ["login"], "key": "global", "limit": 1, "windowSeconds": 1}]}),
         ));
         let r = render(&i);
-        assert_eq!(verdict(&r, "RateLimitPolicy", "again").reason, reason::CONFLICT);
-        assert_eq!(verdict(&r, "RateLimitPolicy", "tight").reason, reason::CONFLICT);
+        assert_eq!(
+            verdict(&r, "RateLimitPolicy", "again").reason,
+            reason::CONFLICT
+        );
+        assert_eq!(
+            verdict(&r, "RateLimitPolicy", "tight").reason,
+            reason::CONFLICT
+        );
         let mut i = base();
         i.rate_limit_policies.push(obj(
             "RateLimitPolicy",
@@ -548,7 +602,11 @@ mod tests {
             json!({"rules": [{"name": "x", "endpoints": ["nope"], "key": "global", "limit": 1, "windowSeconds": 1}]}),
         ));
         let r = render(&i);
-        assert!(verdict(&r, "RateLimitPolicy", "bad").message.contains("unknown endpoint"));
+        assert!(
+            verdict(&r, "RateLimitPolicy", "bad")
+                .message
+                .contains("unknown endpoint")
+        );
         assert!(r.config.is_none());
     }
 
@@ -569,8 +627,14 @@ mod tests {
         let c = r.config.clone().unwrap();
         assert_eq!(c.oidc_providers.len(), 1);
         assert_eq!(c.oidc_providers[0].name, "corp");
-        assert_eq!(c.oidc_providers[0].provisioning, keygate_config::Provisioning::Create);
-        assert_eq!(verdict(&r, "OidcProvider", "broken").reason, reason::INVALID_SPEC);
+        assert_eq!(
+            c.oidc_providers[0].provisioning,
+            keygate_config::Provisioning::Create
+        );
+        assert_eq!(
+            verdict(&r, "OidcProvider", "broken").reason,
+            reason::INVALID_SPEC
+        );
         // Two resources claiming one provider name.
         i.oidc_providers.push(obj(
             "OidcProvider",
@@ -579,7 +643,10 @@ mod tests {
         ));
         let r = render(&i);
         assert_eq!(verdict(&r, "OidcProvider", "corp").reason, reason::CONFLICT);
-        assert_eq!(verdict(&r, "OidcProvider", "corp-v2").reason, reason::CONFLICT);
+        assert_eq!(
+            verdict(&r, "OidcProvider", "corp-v2").reason,
+            reason::CONFLICT
+        );
         assert!(r.config.unwrap().oidc_providers.is_empty());
     }
 
@@ -599,10 +666,17 @@ mod tests {
         assert_eq!(c.password_hashing.memory_kib, 65536);
         assert_eq!(c.audit.retention_days, 30);
         assert_eq!(c.rate_limits.trusted_proxies, ["10.0.0.0/8"]);
-        assert_eq!(c.rate_limits.forwarded_header, keygate_config::ForwardedHeader::Forwarded);
-        i.server_policies.push(obj("ServerPolicy", "second", json!({})));
+        assert_eq!(
+            c.rate_limits.forwarded_header,
+            keygate_config::ForwardedHeader::Forwarded
+        );
+        i.server_policies
+            .push(obj("ServerPolicy", "second", json!({})));
         let r = render(&i);
-        assert_eq!(verdict(&r, "ServerPolicy", "second").reason, reason::CONFLICT);
+        assert_eq!(
+            verdict(&r, "ServerPolicy", "second").reason,
+            reason::CONFLICT
+        );
         assert!(r.config.is_none());
     }
 

@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod delivery;
 pub mod oidc;
+pub mod operator;
 
 use std::io::Write;
 use std::net::TcpListener;

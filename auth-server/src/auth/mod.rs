@@ -319,6 +319,40 @@ impl AuthService {
         Ok(tenant)
     }
 
+    /// Creates every tenant the runtime configuration names (a policy of its own, or an OIDC
+    /// provider's tenant) that does not exist yet, so that declaring a tenant is enough. Never
+    /// deletes one: tenants own users. Failures are logged and retried at the next reload.
+    pub async fn ensure_configured_tenants(&self) {
+        let rt = self.runtime();
+        let mut wanted: std::collections::BTreeMap<&str, Option<&str>> = rt
+            .config
+            .tenants
+            .iter()
+            .map(|(id, p)| (id.as_str(), p.display_name.as_deref()))
+            .collect();
+        for p in &rt.config.oidc_providers {
+            wanted.entry(p.tenant_id.as_str()).or_insert(None);
+        }
+        for (id, display) in wanted {
+            match self.store.tenant(id).await {
+                Ok(Some(_)) => continue,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(tenant = id, error = %e, "cannot look up a configured tenant");
+                    continue;
+                }
+            }
+            match self.create_tenant(id, display.unwrap_or(id)).await {
+                Ok(_) => tracing::info!(tenant = id, "created a tenant the configuration names"),
+                // Another replica was quicker.
+                Err(AuthError::Conflict(_)) => {}
+                Err(e) => {
+                    tracing::error!(tenant = id, error = %e, "cannot create a configured tenant")
+                }
+            }
+        }
+    }
+
     /// Creates a user in `tenant_id` after validation.
     pub async fn create_user(
         &self,

@@ -1,0 +1,467 @@
+//! Watching and reconciling: every Keygate resource of the namespace (and the key Secrets)
+//! is watched; any change, and a periodic resync, runs one reconcile of the whole namespace,
+//! since its output is one configuration. A reconcile reads every resource, makes missing key
+//! material, renders, publishes the Secret when its content changed, and writes each
+//! resource's status and an Event when its acceptance changes. Errors are retried with a
+//! growing backoff and never end the process.
+
+use crate::keys;
+use crate::metrics::Metrics;
+use crate::publish::{self, Published};
+use crate::render::{self, Inputs, Verdict};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use keygate_crds::status::{self, ACCEPTED};
+use keygate_crds::{AuthPolicy, OidcProvider, RateLimitPolicy, ServerPolicy, SigningKey};
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// How often the namespace is reconciled without a change.
+pub const RESYNC: Duration = Duration::from_secs(60);
+
+/// What the controller works with.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// The namespace watched.
+    pub namespace: String,
+    /// The name of the Secret the configuration is published in.
+    pub config_secret: String,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Set once a reconcile succeeded.
+    pub ready: Arc<AtomicBool>,
+    recorder: Recorder,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("namespace", &self.namespace)
+            .field("config_secret", &self.config_secret)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A reconcile that failed (retried with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The API server refused or could not be reached.
+    #[error("{what}: {source}")]
+    Api {
+        /// What was being done.
+        what: String,
+        /// The client error.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+fn api_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ReconcileError {
+    let what = what.into();
+    move |source| ReconcileError::Api { what, source }
+}
+
+impl Context {
+    /// A context for `namespace`, publishing to `config_secret`.
+    pub fn new(
+        client: Client,
+        namespace: String,
+        config_secret: String,
+        instance: String,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "keygate-operator".into(),
+                instance: Some(instance),
+            },
+        );
+        Self {
+            client,
+            namespace,
+            config_secret,
+            metrics,
+            ready: Arc::default(),
+            recorder,
+        }
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+}
+
+/// The kinds watched, with the name metrics use.
+pub const KINDS: [&str; 5] = [
+    "AuthPolicy",
+    "OidcProvider",
+    "RateLimitPolicy",
+    "ServerPolicy",
+    "SigningKey",
+];
+
+/// Checks at start that every CRD is installed and readable here, with a message saying what
+/// to do when not.
+pub async fn preflight(ctx: &Context) -> Result<(), String> {
+    async fn check<K>(ctx: &Context, kind: &str) -> Result<(), String>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug,
+    {
+        match ctx.api::<K>().list(&ListParams::default().limit(1)).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Err(format!(
+                "the {kind} CRD is not installed: apply crds/generated/keygate-crds.yaml (or install the chart's CRDs) first"
+            )),
+            Err(kube::Error::Api(e)) if e.code == 403 => Err(format!(
+                "RBAC forbids listing {kind} in namespace {}: {}",
+                ctx.namespace, e.message
+            )),
+            Err(e) => Err(format!("cannot list {kind}: {e}")),
+        }
+    }
+    check::<AuthPolicy>(ctx, "AuthPolicy").await?;
+    check::<OidcProvider>(ctx, "OidcProvider").await?;
+    check::<RateLimitPolicy>(ctx, "RateLimitPolicy").await?;
+    check::<ServerPolicy>(ctx, "ServerPolicy").await?;
+    check::<SigningKey>(ctx, "SigningKey").await?;
+    match ctx.api::<Secret>().get_opt(&ctx.config_secret).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 403 => Err(format!(
+            "RBAC forbids reading Secrets in namespace {}: {}",
+            ctx.namespace, e.message
+        )),
+        Err(e) => Err(format!("cannot read Secret {}: {e}", ctx.config_secret)),
+    }
+}
+
+fn watch_kind<K>(ctx: &Context, kind: &'static str, tx: mpsc::Sender<&'static str>)
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    let api = ctx.api::<K>();
+    let config = if kind == "Secret" {
+        watcher::Config::default().labels("app.kubernetes.io/managed-by=keygate-operator")
+    } else {
+        watcher::Config::default()
+    };
+    tokio::spawn(async move {
+        let mut events = watcher(api, config).default_backoff().boxed();
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(_) => {
+                    // A full channel already has a reconcile coming.
+                    let _ = tx.try_send(kind);
+                }
+                Err(e) => tracing::warn!(kind, error = %e, "watch failed; retrying"),
+            }
+        }
+    });
+}
+
+/// Runs until `stop` resolves: watches, reconciles on every change and every [`RESYNC`].
+pub async fn run(ctx: Arc<Context>, stop: impl std::future::Future<Output = ()>) {
+    let (tx, mut rx) = mpsc::channel::<&'static str>(1);
+    watch_kind::<AuthPolicy>(&ctx, "AuthPolicy", tx.clone());
+    watch_kind::<OidcProvider>(&ctx, "OidcProvider", tx.clone());
+    watch_kind::<RateLimitPolicy>(&ctx, "RateLimitPolicy", tx.clone());
+    watch_kind::<ServerPolicy>(&ctx, "ServerPolicy", tx.clone());
+    watch_kind::<SigningKey>(&ctx, "SigningKey", tx.clone());
+    watch_kind::<Secret>(&ctx, "Secret", tx.clone());
+    let mut backoff = Duration::from_millis(500);
+    let mut trigger: &'static str = "resync";
+    tokio::pin!(stop);
+    loop {
+        let started = Instant::now();
+        let result = reconcile(&ctx).await;
+        ctx.metrics
+            .reconciled(trigger, result.is_ok(), started.elapsed().as_secs_f64());
+        let wait = match result {
+            Ok(()) => {
+                ctx.ready.store(true, Ordering::Relaxed);
+                backoff = Duration::from_millis(500);
+                RESYNC
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "reconcile failed");
+                let wait = backoff;
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+                wait
+            }
+        };
+        tokio::select! {
+            () = &mut stop => return,
+            got = tokio::time::timeout(wait, rx.recv()) => {
+                trigger = match got {
+                    Ok(Some(kind)) => kind,
+                    Ok(None) => return,
+                    Err(_) => "resync",
+                };
+                // Let a burst of changes (kubectl apply -f dir/) settle into one reconcile.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                while rx.try_recv().is_ok() {}
+            }
+        }
+    }
+}
+
+async fn list<K>(ctx: &Context, kind: &str) -> Result<Vec<K>, ReconcileError>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    Ok(ctx
+        .api::<K>()
+        .list(&ListParams::default())
+        .await
+        .map_err(api_err(format!("list {kind}")))?
+        .items)
+}
+
+/// One reconcile of the namespace.
+pub async fn reconcile(ctx: &Context) -> Result<(), ReconcileError> {
+    let secrets = ctx.api::<Secret>();
+    let signing: Vec<SigningKey> = list(ctx, "SigningKey").await?;
+    let mut signing_keys = Vec::new();
+    for key in signing {
+        let material = keys::ensure(&secrets, &key).await;
+        signing_keys.push((key, material));
+    }
+    let inputs = Inputs {
+        auth_policies: list(ctx, "AuthPolicy").await?,
+        rate_limit_policies: list(ctx, "RateLimitPolicy").await?,
+        oidc_providers: list(ctx, "OidcProvider").await?,
+        server_policies: list(ctx, "ServerPolicy").await?,
+        signing_keys,
+    };
+    let rendered = render::render(&inputs);
+    match (&rendered.json, &rendered.hash) {
+        (Some(json), Some(hash)) => {
+            let outcome = publish::publish(&secrets, &ctx.config_secret, json, hash)
+                .await
+                .map_err(api_err(format!("write Secret {}", ctx.config_secret)))?;
+            if outcome == Published::Written {
+                ctx.metrics.wrote();
+                tracing::info!(secret = %ctx.config_secret, sha256 = %hash, "published the runtime configuration");
+            }
+        }
+        _ => {
+            tracing::warn!(
+                why = rendered.held_back.as_deref().unwrap_or_default(),
+                "configuration held back; the last published one stays"
+            );
+        }
+    }
+    for kind in KINDS {
+        let (ok, bad) =
+            rendered
+                .verdicts
+                .iter()
+                .filter(|v| v.kind == kind)
+                .fold(
+                    (0, 0),
+                    |(ok, bad), v| if v.ok { (ok + 1, bad) } else { (ok, bad + 1) },
+                );
+        ctx.metrics.resources(kind, ok, bad);
+    }
+    for v in &rendered.verdicts {
+        let result = match v.kind {
+            "AuthPolicy" => {
+                report(
+                    ctx,
+                    &inputs.auth_policies,
+                    v,
+                    |p| p.status.as_ref().map(|s| s.conditions.clone()),
+                    None,
+                )
+                .await
+            }
+            "RateLimitPolicy" => {
+                report(
+                    ctx,
+                    &inputs.rate_limit_policies,
+                    v,
+                    |p| p.status.as_ref().map(|s| s.conditions.clone()),
+                    None,
+                )
+                .await
+            }
+            "OidcProvider" => {
+                report(
+                    ctx,
+                    &inputs.oidc_providers,
+                    v,
+                    |p| p.status.as_ref().map(|s| s.conditions.clone()),
+                    None,
+                )
+                .await
+            }
+            "ServerPolicy" => {
+                report(
+                    ctx,
+                    &inputs.server_policies,
+                    v,
+                    |p| p.status.as_ref().map(|s| s.conditions.clone()),
+                    None,
+                )
+                .await
+            }
+            _ => {
+                let keys: Vec<SigningKey> =
+                    inputs.signing_keys.iter().map(|(k, _)| k.clone()).collect();
+                let extra = inputs
+                    .signing_keys
+                    .iter()
+                    .find(|(k, _)| k.name_any() == v.name)
+                    .map(|(k, m)| signing_key_status(k, m));
+                report(
+                    ctx,
+                    &keys,
+                    v,
+                    |k| k.status.as_ref().map(|s| s.conditions.clone()),
+                    extra,
+                )
+                .await
+            }
+        };
+        // A status that cannot be written is retried at the next reconcile; the configuration
+        // is published already.
+        if let Err(e) = result {
+            tracing::warn!(kind = v.kind, name = %v.name, error = %e, "status not written");
+        }
+    }
+    Ok(())
+}
+
+/// The `activeKid` and `keys` of a `SigningKey`'s status (names and ids only, never material).
+fn signing_key_status(
+    key: &SigningKey,
+    material: &Result<Vec<render::KeyMaterial>, String>,
+) -> serde_json::Value {
+    let keys: Vec<keygate_crds::KeyState> = material
+        .as_ref()
+        .map(|m| {
+            m.iter()
+                .map(|k| keygate_crds::KeyState {
+                    kid: k.kid.clone(),
+                    state: "active".into(),
+                    secret_name: format!("{}-1", key.name_any()),
+                    activates_at: None,
+                    retires_at: None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    serde_json::json!({
+        "activeKid": keys.first().map(|k| k.kid.clone()),
+        "keys": keys,
+    })
+}
+
+/// Writes a resource's `Accepted` condition (and `extra` status fields) when it changed, and
+/// an Event when its acceptance or reason changed.
+async fn report<K>(
+    ctx: &Context,
+    items: &[K],
+    v: &Verdict,
+    conditions_of: impl Fn(&K) -> Option<Vec<Condition>>,
+    extra: Option<serde_json::Value>,
+) -> Result<(), ReconcileError>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+{
+    let Some(obj) = items.iter().find(|o| o.name_any() == v.name) else {
+        return Ok(());
+    };
+    let previous = conditions_of(obj).unwrap_or_default();
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let condition = status::condition(
+        ACCEPTED,
+        v.ok,
+        v.reason,
+        &v.message,
+        v.generation,
+        &previous,
+        now,
+    );
+    let before = previous.iter().find(|c| c.type_ == ACCEPTED);
+    let unchanged = before.is_some_and(|b| {
+        b.status == condition.status
+            && b.reason == condition.reason
+            && b.message == condition.message
+            && b.observed_generation == condition.observed_generation
+    });
+    let mut status = serde_json::json!({
+        "conditions": [condition],
+        "observedGeneration": v.generation,
+    });
+    if let Some(serde_json::Value::Object(extra)) = extra {
+        let current = serde_json::to_value(obj)
+            .ok()
+            .and_then(|o| o.get("status").cloned())
+            .unwrap_or_default();
+        let same_extra = extra.iter().all(|(k, val)| current.get(k) == Some(val));
+        if unchanged && same_extra {
+            return Ok(());
+        }
+        for (k, val) in extra {
+            status[k] = val;
+        }
+    } else if unchanged {
+        return Ok(());
+    }
+    ctx.api::<K>()
+        .patch_status(
+            &v.name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "status": status })),
+        )
+        .await
+        .map_err(api_err(format!("status of {}/{}", v.kind, v.name)))?;
+    let changed =
+        before.is_none_or(|b| b.status != condition.status || b.reason != condition.reason);
+    if changed {
+        let event = Event {
+            type_: if v.ok {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            },
+            reason: v.reason.to_owned(),
+            note: Some(v.message.chars().take(1000).collect()),
+            action: "Render".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+            tracing::warn!(kind = v.kind, name = %v.name, error = %e, "event not recorded");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,390 @@
+//! The operator against the real API server: the generated CRDs are accepted and their
+//! schemas and CEL rules refuse bad specs; resources become one published Secret, statuses
+//! and Events; and, end to end, a running `auth-server` fed by that Secret through a
+//! kubelet-style mount follows every change (CAPTCHA policy, a lowered rate limit, an OIDC
+//! provider, a declared tenant) and loses each effect when its resource is deleted.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use keygate_tests::cluster::{ControlPlane, control_plane};
+use keygate_tests::oidc::OidcProvider;
+use keygate_tests::operator::{OperatorProcess, SecretMount, apply_crds};
+use keygate_tests::{ServerOptions, ServerProcess, get_json, post_json};
+use serde_json::{Value, json};
+use std::io::Write;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+fn kubectl(cp: &ControlPlane, ns: &str, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    let mut cmd = cp.kubectl();
+    cmd.args(["-n", ns])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("kubectl");
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn apply(cp: &ControlPlane, ns: &str, yaml: &str) -> (bool, String) {
+    kubectl(cp, ns, &["apply", "-f", "-"], Some(yaml))
+}
+
+fn get(cp: &ControlPlane, ns: &str, what: &str) -> Value {
+    let (ok, text) = kubectl(cp, ns, &["get", what, "-o", "json"], None);
+    assert!(ok, "{text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+fn accepted(obj: &Value) -> Option<(String, String, String)> {
+    obj["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Accepted")
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().to_owned(),
+                c["reason"].as_str().unwrap_or_default().to_owned(),
+                c["message"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+}
+
+/// Polls `probe` until it returns `Some`, for at most `limit`.
+async fn eventually<T>(
+    limit: Duration,
+    what: &str,
+    mut probe: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(started.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn generated_crds_are_accepted_and_refuse_bad_specs() {
+    let cp = control_plane();
+    apply_crds(cp);
+    let ns = cp.namespace("kg-crds").await;
+    for (yaml, expect) in [
+        (
+            "apiVersion: keygate.dev/v1alpha1\nkind: AuthPolicy\nmetadata: {name: a}\nspec: {captcha: {mode: sometimes}}\n",
+            "Unsupported value: \"sometimes\"",
+        ),
+        (
+            "apiVersion: keygate.dev/v1alpha1\nkind: AuthPolicy\nmetadata: {name: b}\nspec: {lockout: {delayAfter: 5, lockAfter: 5}}\n",
+            "lockout.lockAfter must exceed lockout.delayAfter",
+        ),
+        (
+            "apiVersion: keygate.dev/v1alpha1\nkind: AuthPolicy\nmetadata: {name: c}\nspec: {tenant: Not_A_Tenant}\n",
+            "spec.tenant",
+        ),
+        (
+            "apiVersion: keygate.dev/v1alpha1\nkind: AuthPolicy\nmetadata: {name: d}\nspec: {captcha: {powDifficulty: 12}}\n",
+            "spec.captcha.powDifficulty",
+        ),
+        (
+            "apiVersion: keygate.dev/v1alpha1\nkind: OidcProvider\nmetadata: {name: e}\nspec: {issuer: 'http://id.example', clientId: k}\n",
+            "issuer must be https:// unless allowHttp is true",
+        ),
+        (
+            "apiVersion: keygate.dev/v1alpha1\nkind: SigningKey\nmetadata: {name: f}\nspec: {algorithm: HS256}\n",
+            "Unsupported value: \"HS256\"",
+        ),
+        (
+            "apiVersion: keygate.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {name: g}\nspec: {rules: [{name: x, endpoints: [login], key: client_ip, limit: 0, windowSeconds: 60}]}\n",
+            "spec.rules[0].limit",
+        ),
+    ] {
+        let (ok, text) = apply(cp, &ns.name, yaml);
+        assert!(!ok, "accepted: {yaml}");
+        assert!(text.contains(expect), "{expect:?} not in {text}");
+    }
+    // Defaults are filled in by the API server, and `kubectl explain` has the descriptions.
+    let (ok, text) = apply(
+        cp,
+        &ns.name,
+        "apiVersion: keygate.dev/v1alpha1\nkind: AuthPolicy\nmetadata: {name: ok}\nspec: {captcha: {mode: always}}\n",
+    );
+    assert!(ok, "{text}");
+    let p = get(cp, &ns.name, "authpolicy/ok");
+    assert_eq!(p["spec"]["captcha"]["powDifficulty"], 4);
+    assert_eq!(p["spec"]["lockout"]["lockAfter"], 10);
+    let (ok, text) = kubectl(
+        cp,
+        &ns.name,
+        &["explain", "authpolicy.spec.lockout.lockAfter"],
+        None,
+    );
+    assert!(
+        ok && text.contains("Failures after which the account is locked"),
+        "{text}"
+    );
+    let (ok, text) = kubectl(cp, &ns.name, &["get", "kgap"], None);
+    assert!(
+        ok && text.contains("TENANT") && text.contains("ACCEPTED"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn the_operator_refuses_to_start_without_its_crds_readable() {
+    let cp = control_plane();
+    apply_crds(cp);
+    let ns = cp.namespace("kg-op-rbac").await;
+    // A ServiceAccount with no role at all: told what is missing, exit non-zero.
+    let (ok, text) = kubectl(cp, &ns.name, &["create", "serviceaccount", "nobody"], None);
+    assert!(ok, "{text}");
+    let (ok, token) = kubectl(cp, &ns.name, &["create", "token", "nobody"], None);
+    assert!(ok, "{token}");
+    let kubeconfig = cp.kubeconfig_for_token(token.trim());
+    let (status, log) = OperatorProcess::run_to_exit(kubeconfig.path(), &ns.name);
+    assert!(!status.success());
+    assert!(log.contains("RBAC forbids listing AuthPolicy"), "{log}");
+}
+
+#[tokio::test]
+async fn resources_reach_a_running_server_and_deleting_them_takes_the_effect_away() {
+    let cp = control_plane();
+    apply_crds(cp);
+    let ns = cp.namespace("kg-op").await;
+    let operator = OperatorProcess::start(&cp.kubeconfig, &ns.name, &[]);
+    let client = reqwest::Client::new();
+    // Nothing published without a SigningKey (every server would sign with its own key).
+    let (ok, text) = apply(
+        cp,
+        &ns.name,
+        "apiVersion: keygate.dev/v1alpha1\nkind: SigningKey\nmetadata: {name: main}\nspec: {}\n",
+    );
+    assert!(ok, "{text}");
+    let mount_dir = tempfile::tempdir().unwrap();
+    let _mount = SecretMount::start(&ns.name, "keygate-config", mount_dir.path()).await;
+    let config = mount_dir.path().join("config.json");
+    eventually(
+        Duration::from_secs(30),
+        "the published configuration",
+        async || config.exists().then_some(()),
+    )
+    .await;
+    let key = get(cp, &ns.name, "signingkey/main");
+    let kid = key["status"]["activeKid"].as_str().unwrap().to_owned();
+    assert_eq!(accepted(&key).unwrap().0, "True", "{key}");
+    // The key Secret is owned by the SigningKey; status names the key, never its material.
+    let secret = get(cp, &ns.name, "secret/main-1");
+    assert_eq!(
+        secret["metadata"]["ownerReferences"][0]["kind"],
+        "SigningKey"
+    );
+    assert!(!key["status"].to_string().contains("PRIVATE"));
+
+    let server = ServerProcess::start(ServerOptions {
+        args: vec!["--config".into(), config.display().to_string()],
+        ..Default::default()
+    });
+    let jwks = get_json(
+        &client,
+        &format!("{}/.well-known/jwks.json", server.base_url),
+        None,
+    )
+    .await
+    .1;
+    assert_eq!(jwks["keys"][0]["kid"], kid.as_str());
+
+    let login = |body: Value| {
+        let (client, base) = (client.clone(), server.base_url.clone());
+        async move { post_json(&client, &format!("{base}/api/v1/auth/login"), None, &body).await }
+    };
+    let nobody = json!({"identity": "nobody", "password": "wrong password"});
+    assert_eq!(login(nobody.clone()).await.1["code"], 40000101);
+
+    // An AuthPolicy (the default policy) that always wants a CAPTCHA.
+    let applied = Instant::now();
+    let (ok, text) = apply(
+        cp,
+        &ns.name,
+        "apiVersion: keygate.dev/v1alpha1\nkind: AuthPolicy\nmetadata: {name: default}\nspec: {captcha: {mode: always}}\n",
+    );
+    assert!(ok, "{text}");
+    eventually(Duration::from_secs(20), "CAPTCHA demanded", async || {
+        (login(nobody.clone()).await.1["code"] == 40000301).then_some(())
+    })
+    .await;
+    println!(
+        "AuthPolicy applied -> in force on the server: {:?}",
+        applied.elapsed()
+    );
+    let p = get(cp, &ns.name, "authpolicy/default");
+    assert_eq!(accepted(&p).unwrap().1, "Rendered", "{p}");
+    assert_eq!(p["status"]["observedGeneration"], 1);
+
+    // A RateLimitPolicy lowering the key-exchange budget to 2 a minute (and raising the login
+    // budget of this test's one address, which polls sign-ins below).
+    let (ok, text) = apply(
+        cp,
+        &ns.name,
+        "apiVersion: keygate.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {name: tight}\nspec:\n  rules:\n  - {name: bootstrap-per-ip, endpoints: [key_exchange], key: client_ip, limit: 2, windowSeconds: 60}\n  - {name: login-per-ip, endpoints: [login], key: client_ip, limit: 100000, windowSeconds: 60}\n  - {name: login-per-identity, endpoints: [login], key: identity, limit: 100000, windowSeconds: 60}\n",
+    );
+    assert!(ok, "{text}");
+    let kex = async || {
+        get_json(
+            &client,
+            &format!("{}/api/v1/public/key-exchange", server.base_url),
+            None,
+        )
+        .await
+        .0
+    };
+    eventually(Duration::from_secs(20), "the lowered limit", async || {
+        (kex().await == 429).then_some(())
+    })
+    .await;
+
+    // An OidcProvider at a real provider; its tenant is created by the server.
+    let idp = OidcProvider::start(&[("k1", "RS256")]);
+    let (ok, text) = apply(
+        cp,
+        &ns.name,
+        &format!(
+            "apiVersion: keygate.dev/v1alpha1\nkind: OidcProvider\nmetadata: {{name: corp}}\nspec: {{issuer: '{}', clientId: keygate, allowHttp: true, provisioning: create, tenantId: partners}}\n",
+            idp.issuer
+        ),
+    );
+    assert!(ok, "{text}");
+    let signin = async || {
+        post_json(
+            &client,
+            &format!("{}/api/v1/auth/id-token/signin", server.base_url),
+            None,
+            &json!({"provider": "corp", "id_token": idp.id_token("keygate", "alice")}),
+        )
+        .await
+    };
+    let (_, body) = eventually(Duration::from_secs(20), "federated sign-in", async || {
+        let r = signin().await;
+        (r.0 == 200).then_some(r)
+    })
+    .await;
+    assert!(body["access_token"].is_string());
+    let cfg = get_json(
+        &client,
+        &format!("{}/api/v1/public/auth-config/partners", server.base_url),
+        None,
+    )
+    .await;
+    assert_eq!(cfg.0, 200, "the declared tenant exists: {}", cfg.1);
+
+    // A spec only the configuration's validation refuses: Accepted=False with the reason, an
+    // Event, and the published Secret unchanged.
+    let before = get(cp, &ns.name, "secret/keygate-config")["metadata"]["annotations"]["keygate.dev/config-sha256"].clone();
+    let (ok, text) = apply(
+        cp,
+        &ns.name,
+        "apiVersion: keygate.dev/v1alpha1\nkind: AuthPolicy\nmetadata: {name: acme}\nspec: {tenant: acme, password: {acceptedTransmissions: [plain], preferredTransmission: hash}}\n",
+    );
+    assert!(ok, "{text}");
+    let (status, reason, message) =
+        eventually(Duration::from_secs(20), "Accepted=False", async || {
+            accepted(&get(cp, &ns.name, "authpolicy/acme")).filter(|c| c.0 == "False")
+        })
+        .await;
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "InvalidSpec"));
+    assert!(message.contains("preferred_transmission"), "{message}");
+    let (_, events) = kubectl(
+        cp,
+        &ns.name,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=acme",
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    assert!(events.contains("InvalidSpec"), "{events}");
+    let after = get(cp, &ns.name, "secret/keygate-config")["metadata"]["annotations"]["keygate.dev/config-sha256"].clone();
+    assert_eq!(
+        before, after,
+        "held back: the last good configuration stays"
+    );
+    assert_eq!(
+        login(nobody.clone()).await.1["code"],
+        40000301,
+        "still in force"
+    );
+    let (ok, text) = kubectl(cp, &ns.name, &["delete", "authpolicy", "acme"], None);
+    assert!(ok, "{text}");
+
+    // Deleting each resource takes its effect away.
+    let (ok, text) = kubectl(cp, &ns.name, &["delete", "authpolicy", "default"], None);
+    assert!(ok, "{text}");
+    eventually(Duration::from_secs(20), "no CAPTCHA", async || {
+        (login(nobody.clone()).await.1["code"] == 40000101).then_some(())
+    })
+    .await;
+    let (ok, text) = kubectl(cp, &ns.name, &["delete", "oidcprovider", "corp"], None);
+    assert!(ok, "{text}");
+    eventually(Duration::from_secs(20), "the provider gone", async || {
+        let r = signin().await;
+        (r.0 == 400 && r.1["errors"][0]["field"] == "provider").then_some(())
+    })
+    .await;
+    let (ok, text) = kubectl(cp, &ns.name, &["delete", "ratelimitpolicy", "tight"], None);
+    assert!(ok, "{text}");
+    let published = get(cp, &ns.name, "secret/keygate-config");
+    let json = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        published["data"]["config.json"].as_str().unwrap(),
+    );
+    assert!(json.is_ok());
+    eventually(
+        Duration::from_secs(20),
+        "the default limit back",
+        async || {
+            let text = std::fs::read_to_string(&config).ok()?;
+            let c: Value = serde_json::from_str(&text).ok()?;
+            let rule = c["rate_limits"]["rules"]
+                .as_array()?
+                .iter()
+                .find(|r| r["name"] == "bootstrap-per-ip")?
+                .clone();
+            (rule["limit"] == 120).then_some(())
+        },
+    )
+    .await;
+    let metrics = reqwest::get(format!("{}/metrics", operator.base_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .contains("keygate_operator_reconciles_total{kind=\"AuthPolicy\",outcome=\"success\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("keygate_operator_config_writes_total"),
+        "{metrics}"
+    );
+}
