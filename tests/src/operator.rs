@@ -142,7 +142,9 @@ impl SecretMount {
                 if let Ok(Some(secret)) = api.get_opt(&name).await {
                     let data = secret.data.unwrap_or_default();
                     if last.as_ref() != Some(&data) {
-                        project(&target, &data);
+                        let files: Vec<(String, Vec<u8>)> =
+                            data.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect();
+                        project(&target, &files);
                         last = Some(data);
                     }
                 }
@@ -162,21 +164,22 @@ impl Drop for SecretMount {
     }
 }
 
-/// One atomic update of a Secret volume.
-fn project(dir: &Path, data: &std::collections::BTreeMap<String, k8s_openapi::ByteString>) {
+/// One atomic update of a Secret volume in `dir` holding `files` (name, content), laid out
+/// and swapped as the kubelet does.
+pub fn project(dir: &Path, files: &[(String, Vec<u8>)]) {
     use std::os::unix::fs::symlink;
     let stamp = format!("..{}", crate::unique("v"));
     let version = dir.join(&stamp);
     std::fs::create_dir(&version).expect("version dir");
-    for (key, value) in data {
-        std::fs::write(version.join(key), &value.0).expect("write key");
+    for (key, value) in files {
+        std::fs::write(version.join(key), value).expect("write key");
     }
     let old = std::fs::read_link(dir.join("..data")).ok();
     let tmp = dir.join("..data_tmp");
     let _ = std::fs::remove_file(&tmp);
     symlink(&stamp, &tmp).expect("symlink ..data_tmp");
     std::fs::rename(&tmp, dir.join("..data")).expect("swap ..data");
-    for key in data.keys() {
+    for (key, _) in files {
         let link = dir.join(key);
         if std::fs::symlink_metadata(&link).is_err() {
             symlink(Path::new("..data").join(key), &link).expect("key symlink");
