@@ -17,9 +17,10 @@ use serde::{Deserialize, Serialize};
     status = "SigningKeyStatus",
     shortname = "kgsk",
     category = "keygate",
+    validation = kube::core::Rule::new("self.spec.use != 'transmission' || !has(self.spec.algorithm) || self.spec.algorithm == 'RS256'").message("a transmission key is RSA: leave algorithm unset or RS256"),
     doc = "A key Keygate signs access tokens with (use: token) or clients encrypt passwords to (use: transmission). The operator generates the private key into a Secret owned by this resource; it never appears in status, events or logs.",
     printcolumn(name = "Use", type_ = "string", json_path = ".spec.use"),
-    printcolumn(name = "Algorithm", type_ = "string", json_path = ".spec.algorithm"),
+    printcolumn(name = "Algorithm", type_ = "string", json_path = ".status.algorithm"),
     printcolumn(name = "Active Kid", type_ = "string", json_path = ".status.activeKid"),
     printcolumn(
         name = "Accepted",
@@ -43,9 +44,10 @@ pub struct SigningKeySpec {
     /// What the key is for.
     #[serde(default, rename = "use")]
     pub use_: KeyUse,
-    /// Signing algorithm of a token key (a transmission key is always RSA-OAEP).
-    #[serde(default)]
-    pub algorithm: KeyAlgorithm,
+    /// Signing algorithm of a token key (default ES256). A transmission key is always RSA
+    /// (RSA-OAEP with SHA-256): RS256 or unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<KeyAlgorithm>,
     /// RSA modulus size in bits (RS256 and transmission keys).
     #[serde(default = "default_rsa_bits")]
     #[schemars(range(min = 2048, max = 4096))]
@@ -108,12 +110,25 @@ pub struct SigningKeyStatus {
     /// The `metadata.generation` the conditions describe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The algorithm in use (the spec's, or the default for the key's use).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<KeyAlgorithm>,
     /// The key id that signs now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_kid: Option<String>,
     /// Every key of this resource, with its state and times.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub keys: Vec<KeyState>,
+}
+
+impl SigningKeySpec {
+    /// The algorithm keys of this spec are made for.
+    pub fn effective_algorithm(&self) -> KeyAlgorithm {
+        match self.use_ {
+            KeyUse::Transmission => KeyAlgorithm::RS256,
+            KeyUse::Token => self.algorithm.unwrap_or_default(),
+        }
+    }
 }
 
 impl From<&SigningKeyStatus> for Status {

@@ -376,6 +376,7 @@ fn signing_key_status(
         })
         .unwrap_or_default();
     serde_json::json!({
+        "algorithm": key.spec.effective_algorithm(),
         "activeKid": keys.first().map(|k| k.kid.clone()),
         "keys": keys,
     })

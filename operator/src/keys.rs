@@ -6,7 +6,7 @@ use crate::render::KeyMaterial;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use keygate_config::SigningAlgorithm;
-use keygate_crds::{KeyAlgorithm, KeyUse, SigningKey};
+use keygate_crds::SigningKey;
 use kube::api::{ListParams, ObjectMeta, PostParams};
 use kube::{Api, Resource, ResourceExt};
 use sha2::{Digest, Sha256};
@@ -21,11 +21,7 @@ pub const PEM_FIELD: &str = "private-key.pem";
 
 /// The algorithm a key of `spec` is generated with (transmission keys are RSA).
 pub fn algorithm_of(key: &SigningKey) -> SigningAlgorithm {
-    match (key.spec.use_, key.spec.algorithm) {
-        (KeyUse::Transmission, _) | (_, KeyAlgorithm::RS256) => SigningAlgorithm::RS256,
-        (KeyUse::Token, KeyAlgorithm::ES256) => SigningAlgorithm::ES256,
-        (KeyUse::Token, KeyAlgorithm::EdDSA) => SigningAlgorithm::EdDSA,
-    }
+    crate::render::algorithm(key.spec.effective_algorithm())
 }
 
 /// A key id: the resource's name and a digest of the key (stable, public, and different for

@@ -156,7 +156,8 @@ fn sorted<T: ResourceExt + Clone>(items: &[T]) -> Vec<T> {
     v
 }
 
-fn algorithm(a: keygate_crds::KeyAlgorithm) -> SigningAlgorithm {
+/// The configuration's name of a resource's algorithm.
+pub fn algorithm(a: keygate_crds::KeyAlgorithm) -> SigningAlgorithm {
     match a {
         keygate_crds::KeyAlgorithm::ES256 => SigningAlgorithm::ES256,
         keygate_crds::KeyAlgorithm::EdDSA => SigningAlgorithm::EdDSA,
@@ -334,7 +335,7 @@ pub fn render(inputs: &Inputs) -> Rendered {
                     match k.spec.use_ {
                         KeyUse::Token => config.signing_keys.push(SigningKeyConfig {
                             kid: m.kid.clone(),
-                            algorithm: algorithm(k.spec.algorithm),
+                            algorithm: algorithm(k.spec.effective_algorithm()),
                             private_key_pem: m.private_key_pem.clone(),
                             activates_at: m.activates_at,
                             retires_at: m.retires_at,

@@ -111,6 +111,10 @@ async fn generated_crds_are_accepted_and_refuse_bad_specs() {
             "Unsupported value: \"HS256\"",
         ),
         (
+            "apiVersion: keygate.dev/v1alpha1\nkind: SigningKey\nmetadata: {name: t}\nspec: {use: transmission, algorithm: ES256}\n",
+            "a transmission key is RSA",
+        ),
+        (
             "apiVersion: keygate.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {name: g}\nspec: {rules: [{name: x, endpoints: [login], key: client_ip, limit: 0, windowSeconds: 60}]}\n",
             "spec.rules[0].limit",
         ),
@@ -446,4 +450,37 @@ async fn applied_resources_reach_the_secret_quickly() {
         took[5], took[9]
     );
     assert!(took[5] < Duration::from_secs(2), "{took:?}");
+}
+
+#[tokio::test]
+async fn every_example_manifest_is_accepted() {
+    let cp = control_plane();
+    apply_crds(cp);
+    let ns = cp.namespace("kg-examples").await;
+    let _operator = OperatorProcess::start(&cp.kubeconfig, &ns.name, &[]);
+    let dir = keygate_tests::repo_root().join("examples");
+    let (ok, text) = kubectl(cp, &ns.name, &["apply", "-f", dir.to_str().unwrap()], None);
+    assert!(ok, "{text}");
+    let count = std::fs::read_dir(&dir).unwrap().count();
+    for kind in [
+        "authpolicies",
+        "ratelimitpolicies",
+        "oidcproviders",
+        "serverpolicies",
+        "signingkeys",
+    ] {
+        let items = eventually(Duration::from_secs(30), kind, async || {
+            let list = get(cp, &ns.name, kind);
+            let items = list["items"].as_array()?.clone();
+            items
+                .iter()
+                .all(|i| accepted(i).is_some_and(|c| c.0 == "True"))
+                .then_some(items)
+        })
+        .await;
+        assert!(!items.is_empty(), "no {kind} among the examples");
+    }
+    let (ok, text) = kubectl(cp, &ns.name, &["get", "keygate"], None);
+    assert!(ok, "{text}");
+    assert_eq!(text.matches("True").count(), count, "{text}");
 }
