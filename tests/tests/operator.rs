@@ -14,6 +14,8 @@ use std::io::Write;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+const PW: &str = "correct horse battery staple";
+
 fn kubectl(cp: &ControlPlane, ns: &str, args: &[&str], stdin: Option<&str>) -> (bool, String) {
     let mut cmd = cp.kubectl();
     cmd.args(["-n", ns])
@@ -200,7 +202,10 @@ async fn resources_reach_a_running_server_and_deleting_them_takes_the_effect_awa
     );
     assert!(!key["status"].to_string().contains("PRIVATE"));
 
+    let data = tempfile::tempdir().unwrap();
+    keygate_tests::add_user(data.path(), &[], &["--username", "alice"], PW);
     let server = ServerProcess::start(ServerOptions {
+        data_dir: Some(data.path().to_path_buf()),
         args: vec!["--config".into(), config.display().to_string()],
         ..Default::default()
     });
@@ -217,8 +222,9 @@ async fn resources_reach_a_running_server_and_deleting_them_takes_the_effect_awa
         let (client, base) = (client.clone(), server.base_url.clone());
         async move { post_json(&client, &format!("{base}/api/v1/auth/login"), None, &body).await }
     };
-    let nobody = json!({"identity": "nobody", "password": "wrong password"});
-    assert_eq!(login(nobody.clone()).await.1["code"], 40000101);
+    // Right passwords as the probe: failures would count and bring a CAPTCHA of their own.
+    let alice = json!({"identity": "alice", "password": PW});
+    assert_eq!(login(alice.clone()).await.0, 200);
 
     // An AuthPolicy (the default policy) that always wants a CAPTCHA.
     let applied = Instant::now();
@@ -229,7 +235,7 @@ async fn resources_reach_a_running_server_and_deleting_them_takes_the_effect_awa
     );
     assert!(ok, "{text}");
     eventually(Duration::from_secs(20), "CAPTCHA demanded", async || {
-        (login(nobody.clone()).await.1["code"] == 40000301).then_some(())
+        (login(alice.clone()).await.1["code"] == 40000301).then_some(())
     })
     .await;
     println!(
@@ -332,7 +338,7 @@ async fn resources_reach_a_running_server_and_deleting_them_takes_the_effect_awa
         "held back: the last good configuration stays"
     );
     assert_eq!(
-        login(nobody.clone()).await.1["code"],
+        login(alice.clone()).await.1["code"],
         40000301,
         "still in force"
     );
@@ -343,7 +349,7 @@ async fn resources_reach_a_running_server_and_deleting_them_takes_the_effect_awa
     let (ok, text) = kubectl(cp, &ns.name, &["delete", "authpolicy", "default"], None);
     assert!(ok, "{text}");
     eventually(Duration::from_secs(20), "no CAPTCHA", async || {
-        (login(nobody.clone()).await.1["code"] == 40000101).then_some(())
+        (login(alice.clone()).await.0 == 200).then_some(())
     })
     .await;
     let (ok, text) = kubectl(cp, &ns.name, &["delete", "oidcprovider", "corp"], None);
