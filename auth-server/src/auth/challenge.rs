@@ -51,28 +51,11 @@ pub struct MfaPending {
     pub risk: super::risk::RiskAssessment,
 }
 
-/// The first factor a second one follows: its `amr` and the attempt-gate counters it was
-/// counted on, which the second factor's answers count on too.
-#[derive(Debug, Clone)]
-pub struct SecondFactor {
-    /// `pwd`, `otp_email`, `otp_sms` or `fed`.
-    pub first_factor: &'static str,
-    /// The identifier's counters.
-    pub gate: GateKeys,
-    /// The identifier's failures when the challenge is issued.
-    pub failures_at_issue: u32,
-}
-
 /// What a challenge remembers (in the ephemeral store, under the hash of its token).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ChallengeState {
     user_id: String,
     amr: Vec<String>,
-    /// The attempt-gate key of the identifier signed in with.
-    gate_account: String,
-    /// Its failures when the challenge was issued (a CAPTCHA is asked for once wrong answers
-    /// have added to them past the policy's threshold).
-    failures_at_issue: u32,
     methods: Vec<String>,
     max_attempts: u32,
     /// Remembered in the risk profile once the challenge is answered.
@@ -172,11 +155,10 @@ impl AuthService {
         totp_active: bool,
         user: &User,
         policy: &MfaPolicy,
-        second: &SecondFactor,
+        first_factor: &str,
         risk: &super::risk::RiskAssessment,
         context: &super::risk::SignInContext,
     ) -> Result<Option<MfaPending>, AuthError> {
-        let first_factor = second.first_factor;
         let mut methods = offered_methods(policy, user, totp_active);
         if first_factor != "pwd" {
             methods.retain(|m| m == "totp" || m == "backup");
@@ -200,8 +182,6 @@ impl AuthService {
         let state = ChallengeState {
             user_id: user.id.clone(),
             amr: vec![first_factor.into()],
-            gate_account: second.gate.account.clone(),
-            failures_at_issue: second.failures_at_issue,
             methods: methods.clone(),
             max_attempts: policy.max_attempts,
             device: context.device.clone(),
@@ -228,13 +208,11 @@ impl AuthService {
 
     /// Ends a sign-in whose first factor was not the password (a sent code, a federated
     /// id_token): users with TOTP are asked for it when the policy says so; otherwise the
-    /// session opens. `identity` is the identifier the second factor's answers are counted
-    /// on (the code's target; the username after a federated sign-in).
+    /// session opens.
     pub(super) async fn finish_sign_in(
         &self,
         user: User,
-        first_factor: &'static str,
-        identity: &str,
+        first_factor: &str,
         totp_active: bool,
     ) -> Result<LoginOutcome, AuthError> {
         if user.status != crate::store::status::ACTIVE {
@@ -244,15 +222,8 @@ impl AuthService {
         let policy = &rt.config.policy_for(&user.tenant_id).mfa;
         let risk = super::risk::RiskAssessment::default();
         let context = super::risk::SignInContext::default();
-        let gate = GateKeys::new(&user.tenant_id, identity, None);
-        let (failures_at_issue, _) = self.ephemeral.gate_failures(&gate.account, &gate.ip).await;
-        let second = SecondFactor {
-            first_factor,
-            gate,
-            failures_at_issue,
-        };
         if let Some(pending) = self
-            .mfa_gate(totp_active, &user, policy, &second, &risk, &context)
+            .mfa_gate(totp_active, &user, policy, first_factor, &risk, &context)
             .await?
         {
             return Ok(LoginOutcome::MfaRequired(pending));
@@ -271,8 +242,9 @@ impl AuthService {
     /// Answers an MFA challenge. A wrong code is a 400 and uses up one attempt; an expired,
     /// used-up or already answered challenge is a 403. The right code spends the challenge
     /// (once, whatever the concurrency) and opens the session. Every answer is also an
-    /// attempt on the identifier the first factor was counted on, with the same progressive
-    /// delay, lock and CAPTCHA as passwords, so fresh challenges do not give fresh guesses.
+    /// attempt on the account's own counter, with the same progressive delay, lock and
+    /// CAPTCHA as passwords, so fresh challenges (by any identifier or first factor) give no
+    /// fresh guesses.
     pub async fn verify_challenge(
         &self,
         token: &str,
@@ -318,13 +290,10 @@ impl AuthService {
     ) -> Result<SignedIn, AuthError> {
         let rt = self.runtime();
         let policy = rt.config.policy_for(&user.tenant_id);
-        let gate = GateKeys {
-            account: state.gate_account.clone(),
-            ..GateKeys::new(&user.tenant_id, "", client_ip)
-        };
+        let gate = GateKeys::for_account(user, client_ip);
         if policy.captcha.mode == keygate_config::CaptchaMode::AfterFailures {
             let (failures, _) = self.ephemeral.gate_failures(&gate.account, &gate.ip).await;
-            if failures > state.failures_at_issue && failures >= policy.captcha.after_failures {
+            if failures >= policy.captcha.after_failures {
                 self.verify_captcha(&policy.captcha, captcha, client_ip)
                     .await?;
             }
@@ -492,7 +461,8 @@ impl AuthService {
         let tenant = self.tenant_cached(&user.tenant_id).await?;
         let rt = self.runtime();
         let policy = &rt.config.policy_for(&user.tenant_id).login_codes;
-        self.before_send(&tenant.id, &target, policy).await?;
+        self.before_send(&tenant.id, &target, policy, Purpose::Mfa)
+            .await?;
         let outgoing = Outgoing {
             key: mfa_code_key(token, channel),
             target: &target,

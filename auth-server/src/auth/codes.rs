@@ -202,10 +202,15 @@ fn login_code_key(tenant: &str, target: &CodeTarget) -> String {
     )
 }
 
-/// Key of the resend interval of a target in a tenant (sign-in and MFA codes share it).
-fn resend_key(tenant: &str, target: &CodeTarget) -> String {
+/// Key of the resend interval of a target in a tenant, per purpose (so that sign-in codes
+/// anyone can ask for never hold back a user's MFA code).
+fn resend_key(tenant: &str, target: &CodeTarget, purpose: Purpose) -> String {
+    let purpose = match purpose {
+        Purpose::Login => "login",
+        Purpose::Mfa => "mfa",
+    };
     format!(
-        "kg:code:resend:{tenant}:{}:{}",
+        "kg:code:resend:{purpose}:{tenant}:{}:{}",
         target.channel.as_str(),
         random::secret_hash(&target.value)
     )
@@ -244,7 +249,7 @@ impl AuthService {
             tenant, rt, user, ..
         } = self.code_gate("send_code", &req.request).await?;
         let policy = &rt.config.policy_for(&tenant.id).login_codes;
-        self.before_send(&tenant.id, &req.request.target, policy)
+        self.before_send(&tenant.id, &req.request.target, policy, Purpose::Login)
             .await?;
         let sent = CodeSent {
             channel: req.request.target.channel,
@@ -340,7 +345,7 @@ impl AuthService {
             Channel::Sms => "otp_sms",
         };
         let outcome = self
-            .finish_sign_in(user, amr, &req.request.target.value, totp_active && !is_new)
+            .finish_sign_in(user, amr, totp_active && !is_new)
             .await?;
         Ok((outcome, is_new))
     }
@@ -415,12 +420,15 @@ impl AuthService {
 
     /// What every code send passes first, for targets with and without an account alike: the
     /// tenant's SMS prefixes, the per-target resend interval (claimed atomically, so parallel
-    /// requests send one code) and the SMS budgets against toll fraud.
+    /// requests send one code) and, for sign-in codes (which anyone may ask for), the SMS
+    /// budgets against toll fraud. MFA codes follow a proven first factor and are bounded by
+    /// their own per-target rule, so exhausting the public budgets cannot block them.
     pub(super) async fn before_send(
         &self,
         tenant_id: &str,
         target: &CodeTarget,
         policy: &LoginCodePolicy,
+        purpose: Purpose,
     ) -> Result<(), AuthError> {
         if target.channel == Channel::Sms
             && !policy.sms_allowed_prefixes.is_empty()
@@ -439,7 +447,7 @@ impl AuthService {
             && let Some(wait_ms) = self
                 .ephemeral
                 .claim(
-                    &resend_key(tenant_id, target),
+                    &resend_key(tenant_id, target, purpose),
                     Duration::from_secs(policy.resend_interval_seconds),
                 )
                 .await?
@@ -450,6 +458,7 @@ impl AuthService {
             });
         }
         if target.channel == Channel::Sms
+            && purpose == Purpose::Login
             && let Err(e) = self
                 .check_rate(
                     "sms_delivery",
@@ -460,7 +469,9 @@ impl AuthService {
                 )
                 .await
         {
-            self.ephemeral.take(&resend_key(tenant_id, target)).await?;
+            self.ephemeral
+                .take(&resend_key(tenant_id, target, purpose))
+                .await?;
             return Err(e);
         }
         Ok(())
@@ -505,7 +516,7 @@ impl AuthService {
             self.ephemeral.take_if(&out.key, &stored.nonce).await?;
             // Nothing arrived: the client may ask again at once.
             self.ephemeral
-                .take(&resend_key(out.tenant_id, out.target))
+                .take(&resend_key(out.tenant_id, out.target, out.purpose))
                 .await?;
             return Err(AuthError::DeliveryFailed(out.target.channel.as_str()));
         }

@@ -397,10 +397,7 @@ impl AuthService {
             .totp(&user.id)
             .await?
             .is_some_and(|f| f.confirmed);
-        let username = user.username.clone();
-        let outcome = self
-            .finish_sign_in(user, "fed", &username, totp_active)
-            .await?;
+        let outcome = self.finish_sign_in(user, "fed", totp_active).await?;
         Ok(FederatedSignIn {
             outcome,
             created,
@@ -410,7 +407,7 @@ impl AuthService {
 
     /// Remembers a valid id_token until it expires (atomically across replicas): of any number
     /// of presentations, one signs in. Keyed by issuer and `jti`, or by the token's hash when
-    /// it has no `jti`.
+    /// it has no `jti` (of its signed part: signatures are malleable).
     async fn spend_id_token(
         &self,
         p: &OidcProviderConfig,
@@ -422,7 +419,13 @@ impl AuthService {
         let until = exp.saturating_add(super::secs(p.clock_skew_seconds));
         let id = match claims.get("jti").and_then(Value::as_str) {
             Some(jti) => random::secret_hash(&format!("{}|{jti}", p.issuer)),
-            None => random::secret_hash(id_token),
+            // The signed part only: an ECDSA signature can be rewritten into another valid
+            // one, so the whole token string is no identity.
+            None => random::secret_hash(
+                id_token
+                    .rsplit_once('.')
+                    .map_or(id_token, |(signed, _)| signed),
+            ),
         };
         let ttl = std::time::Duration::from_secs(u64::try_from(until - now).unwrap_or(0).max(1));
         match self

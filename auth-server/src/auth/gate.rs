@@ -1,6 +1,6 @@
 //! The sign-in attempt gate as every factor uses it: which counters an attempt is decided on
-//! (one per identifier as typed, so that known and unknown identities behave alike, and one
-//! per client network), admission with progressive delay and lock, the lockout's audit event,
+//! (one per identifier as typed, so that known and unknown identities behave alike; one per
+//! account for second-factor answers; and one per client network), admission with progressive delay and lock, the lockout's audit event,
 //! and what a right answer does to the counters (a finished sign-in resets them; a right first
 //! factor that leads to a second one only gives its own attempt back).
 
@@ -23,12 +23,30 @@ impl GateKeys {
     pub fn new(tenant_id: &str, identity: &str, client_ip: Option<&str>) -> Self {
         Self {
             account: identity_gate_key(tenant_id, identity),
-            ip: format!(
-                "kg:gate:ip:{}",
-                client_ip.map_or_else(|| "unknown".to_owned(), limits::address_key)
-            ),
+            ip: ip_gate_key(client_ip),
         }
     }
+
+    /// The counters of second-factor answers: the account's own (its first factor is proven,
+    /// so counting by account tells nothing new), tried from `client_ip`.
+    pub fn for_account(user: &crate::store::User, client_ip: Option<&str>) -> Self {
+        Self {
+            account: account_gate_key(user),
+            ip: ip_gate_key(client_ip),
+        }
+    }
+}
+
+fn ip_gate_key(client_ip: Option<&str>) -> String {
+    format!(
+        "kg:gate:ip:{}",
+        client_ip.map_or_else(|| "unknown".to_owned(), limits::address_key)
+    )
+}
+
+/// The counter of an account's second-factor answers, whatever identifier signed in.
+pub fn account_gate_key(user: &crate::store::User) -> String {
+    format!("kg:gate:acct:{}:{}", user.tenant_id, user.id)
 }
 
 /// The counter of one identifier. Every identifier has its own, whether or not it names an
@@ -37,7 +55,8 @@ pub fn identity_gate_key(tenant_id: &str, identity: &str) -> String {
     format!("kg:gate:id:{tenant_id}:{}", random::secret_hash(identity))
 }
 
-/// The counters of every identifier of an account (an administrator's unlock clears them).
+/// The counters of every identifier of an account and its second-factor counter (an
+/// administrator's unlock clears them all).
 pub fn account_gate_keys(user: &crate::store::User) -> Vec<String> {
     [
         Some(&user.username),
@@ -47,6 +66,7 @@ pub fn account_gate_keys(user: &crate::store::User) -> Vec<String> {
     .into_iter()
     .flatten()
     .map(|id| identity_gate_key(&user.tenant_id, &super::users::classify_identity(id).1))
+    .chain([account_gate_key(user)])
     .collect()
 }
 

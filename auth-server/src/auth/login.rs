@@ -103,14 +103,7 @@ impl AuthService {
             }
         };
         let outcome = self
-            .after_password(
-                user,
-                &req,
-                totp_active,
-                stored_profile,
-                &gate,
-                recent_failures,
-            )
+            .after_password(user, &req, totp_active, stored_profile, recent_failures)
             .await;
         // The failures are reset only when the whole sign-in is done: a right password that
         // leads to a second factor (or to a refusal) only gives its own attempt back.
@@ -127,7 +120,6 @@ impl AuthService {
         req: &PasswordLogin,
         totp_active: bool,
         stored_profile: Option<String>,
-        gate: &GateKeys,
         recent_failures: u32,
     ) -> Result<challenge::LoginOutcome, AuthError> {
         if user.status != status::ACTIVE {
@@ -149,17 +141,12 @@ impl AuthService {
             .await?;
         let mut profile = risk::RiskProfile::from_stored(stored_profile.as_deref());
         let assessment = risk::assess(&policy.risk, &profile, &context);
-        let second = challenge::SecondFactor {
-            first_factor: "pwd",
-            gate: gate.clone(),
-            failures_at_issue: recent_failures,
-        };
         if let Some(pending) = self
             .mfa_gate(
                 totp_active,
                 &user,
                 &policy.mfa,
-                &second,
+                "pwd",
                 &assessment,
                 &context,
             )

@@ -306,7 +306,7 @@ impl AuthService {
             self.store.add_refresh(&session.id, &next).await?;
         }
         // Every token of an impersonated session names its actor, not only the first.
-        let act = session_actor(&session);
+        let act = session_actor(&session)?;
         let access_token = self.sign_access(&rt, &session, now, act)?;
         Ok(SignedIn {
             password: self.password_status(&user),
@@ -403,15 +403,15 @@ impl AuthService {
     }
 }
 
-/// The actor chain stored with a session (none for the user's own sessions; an unreadable one
-/// is logged and treated as none rather than failing the refresh).
-pub(crate) fn session_actor(session: &Session) -> Option<Actor> {
-    let json = session.actor.as_deref()?;
-    match serde_json::from_str(json) {
-        Ok(act) => Some(act),
-        Err(e) => {
-            tracing::error!(session = %session.id, error = %e, "stored actor chain is unreadable");
-            None
-        }
-    }
+/// The actor chain stored with a session (none for the user's own sessions). An unreadable
+/// one fails the refresh: a token of an impersonated session must never look like the user's
+/// own.
+pub(crate) fn session_actor(session: &Session) -> Result<Option<Actor>, AuthError> {
+    let Some(json) = session.actor.as_deref() else {
+        return Ok(None);
+    };
+    serde_json::from_str(json).map(Some).map_err(|e| {
+        tracing::error!(session = %session.id, error = %e, "stored actor chain is unreadable");
+        AuthError::Internal("unreadable actor chain".into())
+    })
 }

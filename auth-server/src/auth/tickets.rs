@@ -78,6 +78,15 @@ impl AuthService {
         if !super::users::grants(&caller.roles, "tickets:create") {
             return Err(AuthError::Forbidden);
         }
+        // The chain a ticket would pass on must stay whole and bounded.
+        if claims
+            .act
+            .as_ref()
+            .is_some_and(|a| a.depth() + 1 > super::tokens::MAX_ACTOR_DEPTH)
+        {
+            tracing::warn!(caller = %caller.id, "ticket refused: the actor chain is at its limit");
+            return Err(AuthError::Forbidden);
+        }
         let reason = req
             .reason
             .map(|r| r.trim().to_owned())

@@ -20,25 +20,23 @@ pub struct Actor {
     pub act: Option<Box<Actor>>,
 }
 
-/// Longest actor chain kept (deeper chains keep their most recent actors).
+/// Longest actor chain: a session acted in by this many actors issues no further tickets (a
+/// chain is never shortened, since its oldest actor is the one an audit needs most).
 pub const MAX_ACTOR_DEPTH: usize = 8;
 
 impl Actor {
     /// `sub` acting (for `reason`) in a session whose own actor chain is `behind`.
     pub fn chain(sub: String, reason: Option<String>, behind: Option<Actor>) -> Self {
-        let mut act = behind.map(Box::new);
-        if let Some(a) = act.as_deref_mut() {
-            a.truncate(MAX_ACTOR_DEPTH - 1);
+        Self {
+            sub,
+            reason,
+            act: behind.map(Box::new),
         }
-        Self { sub, reason, act }
     }
 
-    fn truncate(&mut self, depth: usize) {
-        if depth <= 1 {
-            self.act = None;
-        } else if let Some(a) = self.act.as_deref_mut() {
-            a.truncate(depth - 1);
-        }
+    /// Actors in the chain, this one included.
+    pub fn depth(&self) -> usize {
+        1 + self.act.as_deref().map_or(0, Actor::depth)
     }
 }
 

@@ -90,7 +90,9 @@ fn admit(state: &mut GateState, rule: &GateRule, now: i64) {
 
 /// Gives back the attempt of a right first factor whose sign-in goes on to a second one: the
 /// count is not reset (that waits for the whole sign-in) but this attempt does not count, and
-/// the delay or lock it set (nothing else could have: it was admitted) is lifted.
+/// the delay it set is lifted, as is a lock unless the count still reaches it (an attempt
+/// admitted concurrently may have added a failure; `lock_after` > `delay_after` bounds that to
+/// the last guess before the lock).
 pub fn refund(state: &mut GateState, lock_after: u32) {
     state.failures = state.failures.saturating_sub(1);
     state.next_allowed_ms = 0;

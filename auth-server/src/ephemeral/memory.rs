@@ -106,7 +106,15 @@ impl<V> Expiring<V> {
     /// Drops the live entry closest to its expiry.
     fn evict_one(&mut self) {
         while let Some(Reverse((exp, key))) = self.queue.pop() {
-            if self.map.get(&key).is_some_and(|(_, e)| *e == exp) {
+            let current = self.map.get(&key).map(|(_, e)| *e);
+            if current.is_some_and(|e| e != exp) {
+                // Moved later: keep it queued at its new time (or it could never leave).
+                if let Some(e) = current {
+                    self.queue.push(Reverse((e, key)));
+                }
+                continue;
+            }
+            if current == Some(exp) {
                 self.map.remove(&key);
                 self.evicted += 1;
                 if self.evicted.is_power_of_two() {
@@ -339,6 +347,22 @@ mod tests {
         m.sweep(1000, 10);
         assert_eq!(m.get("a", 1000), None);
         assert_eq!(m.len(), 0);
+    }
+
+    #[test]
+    fn entries_moved_later_stay_evictable_and_the_cap_holds() {
+        let mut m = Expiring::new(4);
+        for k in ["a", "b", "c", "d"] {
+            m.insert(k, 0, 100, 0);
+        }
+        // Every entry moves later: their first queue positions are stale.
+        for k in ["a", "b", "c", "d"] {
+            m.insert(k, 1, 500, 0);
+        }
+        for i in 0..50 {
+            m.insert(&format!("new{i}"), 0, 1000 + i, 0);
+            assert!(m.len() <= 4, "the cap broke at {i}: {}", m.len());
+        }
     }
 
     #[test]

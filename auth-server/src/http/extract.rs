@@ -156,10 +156,14 @@ fn client_ip_of(
     let hops = if rt.trusted_proxies.is_empty() {
         Vec::new()
     } else {
-        crate::auth::limits::forwarded_hops(
-            header,
-            headers.get_all(name).iter().filter_map(|v| v.to_str().ok()),
-        )
+        // A line with bytes that are not text still has its other hops read (a proxy appends
+        // the real address to whatever the client sent).
+        let lines: Vec<String> = headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
+        crate::auth::limits::forwarded_hops(header, lines.iter().map(String::as_str))
     };
     crate::auth::limits::client_address(peer, &hops, &rt.trusted_proxies).map(|ip| ip.to_string())
 }

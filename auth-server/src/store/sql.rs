@@ -94,7 +94,8 @@ fn session_from(row: &AnyRow) -> Result<Session, sqlx::Error> {
 
 /// The file a `sqlite:` URL names.
 fn sqlite_path(url: &str) -> std::path::PathBuf {
-    let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let rest = url.trim_start_matches("sqlite:");
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
     std::path::PathBuf::from(rest.split('?').next().unwrap_or_default())
 }
 
