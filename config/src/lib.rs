@@ -92,6 +92,11 @@ pub struct TokenPolicy {
     /// Lifetime of a one-time sign-in ticket in seconds.
     #[schemars(range(min = 10, max = 3600))]
     pub ticket_ttl_seconds: u64,
+    /// How long verifiers may cache the JWKS (`Cache-Control: max-age`), in seconds. A
+    /// `SigningKey`'s `prePublish` must exceed the propagation bound plus this, so that every
+    /// verifier has a new key before it signs.
+    #[schemars(range(max = 3600))]
+    pub jwks_max_age_seconds: u64,
 }
 
 impl Default for TokenPolicy {
@@ -103,6 +108,7 @@ impl Default for TokenPolicy {
             session_max_lifetime_seconds: 90 * 24 * 3600,
             refresh_reuse_grace_seconds: 10,
             ticket_ttl_seconds: 300,
+            jwks_max_age_seconds: 60,
         }
     }
 }
@@ -281,6 +287,9 @@ impl RuntimeConfig {
         }
         if !(10..=3600).contains(&t.ticket_ttl_seconds) {
             return invalid("tokens.ticket_ttl_seconds must be within 10..=3600");
+        }
+        if t.jwks_max_age_seconds > 3600 {
+            return invalid("tokens.jwks_max_age_seconds must be at most 3600");
         }
         let h = &self.password_hashing;
         if !(8 * 1024..=1024 * 1024).contains(&h.memory_kib) {

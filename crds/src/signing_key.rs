@@ -4,6 +4,7 @@
 use crate::status::Status;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
+use kube::core::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +23,8 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Use", type_ = "string", json_path = ".spec.use"),
     printcolumn(name = "Algorithm", type_ = "string", json_path = ".status.algorithm"),
     printcolumn(name = "Active Kid", type_ = "string", json_path = ".status.activeKid"),
+    printcolumn(name = "Next Rotation", type_ = "string", json_path = ".status.nextRotation"),
+    printcolumn(name = "Keys", type_ = "integer", json_path = ".status.keys.length()", priority = 1),
     printcolumn(
         name = "Accepted",
         type_ = "string",
@@ -52,11 +55,36 @@ pub struct SigningKeySpec {
     #[serde(default = "default_rsa_bits")]
     #[schemars(range(min = 2048, max = 4096))]
     pub rsa_bits: u32,
+    /// How long a key signs before the next one takes over, as a Go duration (`720h`);
+    /// absent: the key is never rotated except by the `keygate.dev/rotate` annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_period: Option<Duration>,
+    /// How long a new key is published (in the JWKS, not signing) before it signs; must exceed
+    /// the operator's propagation bound, so that every server and every verifier's JWKS
+    /// cache has it before any token carries its `kid`.
+    #[serde(default = "default_pre_publish")]
+    pub pre_publish: Duration,
+    /// How long a superseded key stays published after it stopped signing; must cover the
+    /// longest access-token lifetime, so that no token outlives its key.
+    #[serde(default = "default_retire_after")]
+    pub retire_after: Duration,
 }
 
 fn default_rsa_bits() -> u32 {
     2048
 }
+
+fn default_pre_publish() -> Duration {
+    std::time::Duration::from_secs(600).into()
+}
+
+fn default_retire_after() -> Duration {
+    std::time::Duration::from_secs(7200).into()
+}
+
+/// The annotation that starts a rotation now (still with pre-publication): set it to a new
+/// value (a timestamp, say) for each rotation wanted.
+pub const ROTATE_ANNOTATION: &str = "keygate.dev/rotate";
 
 /// What a key is for.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
@@ -119,6 +147,12 @@ pub struct SigningKeyStatus {
     /// Every key of this resource, with its state and times.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub keys: Vec<KeyState>,
+    /// RFC 3339 time at which the next key starts signing (pending or planned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation: Option<String>,
+    /// The last `keygate.dev/rotate` value acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_request: Option<String>,
 }
 
 impl SigningKeySpec {

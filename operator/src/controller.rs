@@ -40,6 +40,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Set once a reconcile succeeded.
     pub ready: Arc<AtomicBool>,
+    /// How long a Secret change may take to reach every pod, in seconds.
+    pub propagation_bound: i64,
     recorder: Recorder,
 }
 
@@ -79,6 +81,7 @@ impl Context {
         config_secret: String,
         instance: String,
         metrics: Arc<Metrics>,
+        propagation_bound: i64,
     ) -> Self {
         let recorder = Recorder::new(
             client.clone(),
@@ -93,6 +96,7 @@ impl Context {
             config_secret,
             metrics,
             ready: Arc::default(),
+            propagation_bound,
             recorder,
         }
     }
@@ -198,10 +202,14 @@ pub async fn run(ctx: Arc<Context>, stop: impl std::future::Future<Output = ()>)
         ctx.metrics
             .reconciled(trigger, result.is_ok(), started.elapsed().as_secs_f64());
         let wait = match result {
-            Ok(()) => {
+            Ok(wake) => {
                 ctx.ready.store(true, Ordering::Relaxed);
                 backoff = Duration::from_millis(500);
-                RESYNC
+                // Wake for the key schedule (a second late at most, never early).
+                let now = k8s_openapi::jiff::Timestamp::now().as_second();
+                wake.map_or(RESYNC, |w| {
+                    Duration::from_secs(u64::try_from(w - now).unwrap_or(0) + 1).min(RESYNC)
+                })
             }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "reconcile failed");
@@ -241,20 +249,51 @@ where
         .items)
 }
 
-/// One reconcile of the namespace.
-pub async fn reconcile(ctx: &Context) -> Result<(), ReconcileError> {
+/// The token lifetimes the keys must outlive and be announced ahead of: the namespace's one
+/// readable `ServerPolicy`, else the defaults.
+fn token_policy(servers: &[ServerPolicy]) -> keygate_config::TokenPolicy {
+    match servers {
+        [one] => one.spec.to_settings().map(|s| s.tokens).unwrap_or_default(),
+        _ => keygate_config::TokenPolicy::default(),
+    }
+}
+
+/// One reconcile of the namespace; returns when the key schedules next want one.
+pub async fn reconcile(ctx: &Context) -> Result<Option<i64>, ReconcileError> {
     let secrets = ctx.api::<Secret>();
+    let server_policies: Vec<ServerPolicy> = list(ctx, "ServerPolicy").await?;
+    let tokens = token_policy(&server_policies);
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
     let signing: Vec<SigningKey> = list(ctx, "SigningKey").await?;
     let mut signing_keys = Vec::new();
+    let mut key_sets = Vec::new();
+    let mut wake: Option<i64> = None;
     for key in signing {
-        let material = keys::ensure(&secrets, &key).await;
-        signing_keys.push((key, material));
+        let timing = keys::timing(
+            &key,
+            ctx.propagation_bound,
+            i64::try_from(tokens.jwks_max_age_seconds).unwrap_or(i64::MAX),
+            i64::try_from(tokens.access_token_ttl_seconds).unwrap_or(i64::MAX),
+        );
+        let set = keys::ensure(&secrets, &key, timing.as_ref().ok(), now).await;
+        if let Ok(s) = &set {
+            wake = [wake, s.next_wake].into_iter().flatten().min();
+        }
+        signing_keys.push(render::KeyInput {
+            material: set
+                .as_ref()
+                .map(|s| s.material.clone())
+                .map_err(Clone::clone),
+            refused: timing.err(),
+            key: key.clone(),
+        });
+        key_sets.push((key, set.unwrap_or_default()));
     }
     let inputs = Inputs {
         auth_policies: list(ctx, "AuthPolicy").await?,
         rate_limit_policies: list(ctx, "RateLimitPolicy").await?,
         oidc_providers: list(ctx, "OidcProvider").await?,
-        server_policies: list(ctx, "ServerPolicy").await?,
+        server_policies,
         signing_keys,
     };
     let rendered = render::render(&inputs);
@@ -330,13 +369,11 @@ pub async fn reconcile(ctx: &Context) -> Result<(), ReconcileError> {
                 .await
             }
             _ => {
-                let keys: Vec<SigningKey> =
-                    inputs.signing_keys.iter().map(|(k, _)| k.clone()).collect();
-                let extra = inputs
-                    .signing_keys
+                let keys: Vec<SigningKey> = key_sets.iter().map(|(k, _)| k.clone()).collect();
+                let extra = key_sets
                     .iter()
                     .find(|(k, _)| k.name_any() == v.name)
-                    .map(|(k, m)| signing_key_status(k, m));
+                    .map(|(k, s)| signing_key_status(k, s, now));
                 report(
                     ctx,
                     &keys,
@@ -353,32 +390,36 @@ pub async fn reconcile(ctx: &Context) -> Result<(), ReconcileError> {
             tracing::warn!(kind = v.kind, name = %v.name, error = %e, "status not written");
         }
     }
-    Ok(())
+    Ok(wake)
 }
 
-/// The `activeKid` and `keys` of a `SigningKey`'s status (names and ids only, never material).
-fn signing_key_status(
-    key: &SigningKey,
-    material: &Result<Vec<render::KeyMaterial>, String>,
-) -> serde_json::Value {
-    let keys: Vec<keygate_crds::KeyState> = material
-        .as_ref()
-        .map(|m| {
-            m.iter()
-                .map(|k| keygate_crds::KeyState {
-                    kid: k.kid.clone(),
-                    state: "active".into(),
-                    secret_name: format!("{}-1", key.name_any()),
-                    activates_at: None,
-                    retires_at: None,
-                })
-                .collect()
+fn rfc3339(unix: i64) -> Option<String> {
+    k8s_openapi::jiff::Timestamp::from_second(unix)
+        .ok()
+        .map(|t| t.to_string())
+}
+
+/// The schedule part of a `SigningKey`'s status: each key's id, state and times, the active
+/// one and the next rotation (names and ids only, never material).
+fn signing_key_status(key: &SigningKey, set: &keys::KeySet, now: i64) -> serde_json::Value {
+    let states: Vec<keygate_crds::KeyState> = set
+        .records
+        .iter()
+        .zip(&set.material)
+        .map(|(r, m)| keygate_crds::KeyState {
+            kid: m.kid.clone(),
+            state: crate::rotation::state(&set.records, r, now).into(),
+            secret_name: format!("{}-{}", key.name_any(), r.ordinal),
+            activates_at: rfc3339(r.activates_at),
+            retires_at: r.retires_at.and_then(rfc3339),
         })
-        .unwrap_or_default();
+        .collect();
     serde_json::json!({
         "algorithm": key.spec.effective_algorithm(),
-        "activeKid": keys.first().map(|k| k.kid.clone()),
-        "keys": keys,
+        "activeKid": states.iter().find(|k| k.state == "active").map(|k| k.kid.clone()),
+        "keys": states,
+        "nextRotation": set.next_rotation.and_then(rfc3339),
+        "rotationRequest": set.request,
     })
 }
 

@@ -8,6 +8,7 @@ pub mod keys;
 pub mod metrics;
 pub mod publish;
 pub mod render;
+pub mod rotation;
 
 /// Every CRD as YAML documents, in `keygate_crds::crds()` order.
 pub fn crds_yaml() -> anyhow::Result<String> {

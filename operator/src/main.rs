@@ -32,9 +32,22 @@ struct Cli {
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "KEYGATE_OPERATOR_LISTEN", default_value = "0.0.0.0:8081")]
     listen: SocketAddr,
+    /// How long a change of the configuration Secret may take to reach every server pod (the
+    /// kubelet's sync period plus its cache TTL), as a Go duration. A SigningKey's prePublish
+    /// must exceed it plus the JWKS cache lifetime.
+    #[arg(long, env = "KEYGATE_PROPAGATION_BOUND", default_value = "90s", value_parser = parse_duration)]
+    propagation_bound: std::time::Duration,
     /// Log format: `text` or `json` (default: text on a terminal, json otherwise).
     #[arg(long, env = "KEYGATE_LOG_FORMAT")]
     log_format: Option<String>,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let d: kube::core::Duration = s.parse().map_err(|e| format!("{e}"))?;
+    if d.is_negative() {
+        return Err("must not be negative".into());
+    }
+    Ok(d.into())
 }
 
 async fn client(cli: &Cli) -> anyhow::Result<(kube::Client, String)> {
@@ -105,6 +118,7 @@ async fn main() -> anyhow::Result<()> {
         cli.config_secret.clone(),
         instance,
         metrics.clone(),
+        i64::try_from(cli.propagation_bound.as_secs()).unwrap_or(i64::MAX),
     ));
     if let Err(e) = controller::preflight(&ctx).await {
         tracing::error!(error = %e, "cannot start");

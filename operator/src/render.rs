@@ -47,8 +47,19 @@ pub struct Inputs {
     pub oidc_providers: Vec<OidcProvider>,
     /// Server-wide settings.
     pub server_policies: Vec<ServerPolicy>,
-    /// Keys with their material (`Err`: why there is none usable).
-    pub signing_keys: Vec<(SigningKey, Result<Vec<KeyMaterial>, String>)>,
+    /// Keys with their material.
+    pub signing_keys: Vec<KeyInput>,
+}
+
+/// A `SigningKey` with what the operator found for it.
+#[derive(Debug, Clone)]
+pub struct KeyInput {
+    /// The resource.
+    pub key: SigningKey,
+    /// Its keys' material (`Err`: why there is none usable).
+    pub material: Result<Vec<KeyMaterial>, String>,
+    /// Why its spec is refused (its existing keys stay published, unchanged).
+    pub refused: Option<String>,
 }
 
 /// What became of one resource.
@@ -323,13 +334,16 @@ pub fn render(inputs: &Inputs) -> Rendered {
     }
 
     // SigningKey: the material found for each; an unusable one is left out.
-    let mut keys: Vec<&(SigningKey, Result<Vec<KeyMaterial>, String>)> =
-        inputs.signing_keys.iter().collect();
-    keys.sort_by_key(|(k, _)| k.name_any());
-    for (k, material) in keys {
-        let result = match material {
+    let mut keys: Vec<&KeyInput> = inputs.signing_keys.iter().collect();
+    keys.sort_by_key(|i| i.key.name_any());
+    for input in keys {
+        let k = &input.key;
+        let result = match &input.material {
             Err(e) => Err((reason::KEY_MATERIAL, e.clone())),
-            Ok(m) if m.is_empty() => Err((reason::KEY_MATERIAL, "no key material yet".to_owned())),
+            Ok(m) if m.is_empty() => Err(match &input.refused {
+                Some(why) => invalid(why),
+                None => (reason::KEY_MATERIAL, "no key material yet".to_owned()),
+            }),
             Ok(material) => {
                 for m in material {
                     match k.spec.use_ {
@@ -348,7 +362,12 @@ pub fn render(inputs: &Inputs) -> Rendered {
                         }
                     }
                 }
-                Ok(())
+                match &input.refused {
+                    Some(why) => Err(invalid(format!(
+                        "{why}; its keys stay published as they are, and none is rotated"
+                    ))),
+                    None => Ok(()),
+                }
             }
         };
         judge.verdict("SigningKey", k, result, false);
@@ -420,10 +439,11 @@ mod tests {
         .unwrap()
     }
 
-    fn key(name: &str) -> (SigningKey, Result<Vec<KeyMaterial>, String>) {
-        (
-            obj("SigningKey", name, json!({})),
-            Ok(vec![KeyMaterial {
+    fn key(name: &str) -> KeyInput {
+        KeyInput {
+            key: obj("SigningKey", name, json!({})),
+            refused: None,
+            material: Ok(vec![KeyMaterial {
                 kid: format!("{name}-1"),
                 private_key_pem: keygate_config::keygen::private_key_pem(
                     SigningAlgorithm::ES256,
@@ -433,7 +453,7 @@ mod tests {
                 activates_at: None,
                 retires_at: None,
             }]),
-        )
+        }
     }
 
     fn base() -> Inputs {
@@ -482,7 +502,7 @@ mod tests {
         );
         // A key whose material is missing is reported as such.
         let mut i = base();
-        i.signing_keys[0].1 = Err("secret unreadable".into());
+        i.signing_keys[0].material = Err("secret unreadable".into());
         let r = render(&i);
         assert_eq!(
             verdict(&r, "SigningKey", "main").reason,
@@ -682,11 +702,27 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_timing_keeps_the_keys_published() {
+        let mut i = base();
+        i.signing_keys[0].refused = Some("prePublish 30s must exceed ...".into());
+        let r = render(&i);
+        assert_eq!(
+            verdict(&r, "SigningKey", "main").reason,
+            reason::INVALID_SPEC
+        );
+        assert_eq!(
+            r.config.unwrap().signing_keys.len(),
+            1,
+            "tokens in flight still verify"
+        );
+    }
+
+    #[test]
     fn transmission_keys_render_apart_from_token_keys() {
         let mut i = base();
-        let (mut k, m) = key("tx");
-        k.spec.use_ = KeyUse::Transmission;
-        i.signing_keys.push((k, m));
+        let mut tx = key("tx");
+        tx.key.spec.use_ = KeyUse::Transmission;
+        i.signing_keys.push(tx);
         let c = render(&i).config.unwrap();
         assert_eq!(c.signing_keys.len(), 1);
         assert_eq!(c.transmission_keys.len(), 1);

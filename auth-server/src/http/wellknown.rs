@@ -67,8 +67,10 @@ pub async fn discovery(State(state): State<AppState>) -> impl IntoResponse {
     responses((status = 200, description = "JSON Web Key Set", body = Object))
 )]
 pub async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
-    let set = state.auth.runtime().keys.jwks(state.auth.clock.unix());
-    // Short cache: pending keys are published ahead of use, so verifiers that refetch
-    // within the pre-publish window always know the next key.
-    ([(header::CACHE_CONTROL, "public, max-age=60")], Json(set))
+    let rt = state.auth.runtime();
+    let set = rt.keys.jwks(state.auth.clock.unix());
+    // A short cache (`tokens.jwks_max_age_seconds`): pending keys are published `prePublish`
+    // ahead of use, which exceeds this, so verifiers that honour it always know the next key.
+    let cache = format!("public, max-age={}", rt.config.tokens.jwks_max_age_seconds);
+    ([(header::CACHE_CONTROL, cache)], Json(set))
 }
