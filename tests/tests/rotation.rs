@@ -1,0 +1,204 @@
+//! Key rotation end to end: an operator rotating a `SigningKey` every few seconds, two
+//! `auth-server` replicas fed through a kubelet-style mount, and a verifier that refreshes its
+//! copy of the JWKS on a timer (never on an unknown `kid`) and checks every freshly issued
+//! token: over three rotations not one verification fails, old tokens keep verifying until
+//! they expire, and retired keys leave the JWKS.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{DecodingKey, Validation};
+use keygate_tests::cluster::control_plane;
+use keygate_tests::operator::{OperatorProcess, SecretMount, apply_crds};
+use keygate_tests::{ServerOptions, ServerProcess, add_user, get_json, post_json};
+use serde_json::{Value, json};
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+const PW: &str = "correct horse battery staple";
+
+fn apply(ns: &str, yaml: &str) {
+    let mut child = control_plane()
+        .kubectl()
+        .args(["-n", ns, "apply", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn verify(jwks: &JwkSet, token: &str) -> Result<(), String> {
+    let header = jsonwebtoken::decode_header(token).map_err(|e| e.to_string())?;
+    let kid = header.kid.ok_or("no kid")?;
+    let jwk = jwks
+        .find(&kid)
+        .ok_or_else(|| format!("unknown kid {kid}"))?;
+    let key = DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
+    let mut v = Validation::new(header.alg);
+    v.set_audience(&["keygate"]);
+    v.validate_exp = false;
+    jsonwebtoken::decode::<Value>(token, &key, &v)
+        .map(|_| ())
+        .map_err(|e| format!("{kid}: {e}"))
+}
+
+#[tokio::test]
+async fn three_rotations_without_a_failed_verification() {
+    let cp = control_plane();
+    apply_crds(cp);
+    let ns = cp.namespace("kg-rotation").await;
+    let _operator =
+        OperatorProcess::start(&cp.kubeconfig, &ns.name, &["--propagation-bound", "1s"]);
+    apply(
+        &ns.name,
+        "apiVersion: keygate.dev/v1alpha1\nkind: ServerPolicy\nmetadata: {name: server}\nspec: {tokens: {accessTokenTtlSeconds: 30, jwksMaxAgeSeconds: 1}}\n",
+    );
+    // The test signs in about ten times a second: no rate rules.
+    apply(
+        &ns.name,
+        "apiVersion: keygate.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {name: none}\nspec: {replaceDefaults: true}\n",
+    );
+    // A period of 8 s, announced 4 s ahead (the bound of 1 s plus the 1 s JWKS cache, with
+    // room), retired 61 s after it stops signing (30 s tokens plus 30 s leeway).
+    apply(
+        &ns.name,
+        "apiVersion: keygate.dev/v1alpha1\nkind: SigningKey\nmetadata: {name: rotating}\nspec: {rotationPeriod: 8s, prePublish: 4s, retireAfter: 61s}\n",
+    );
+    let mount_dir = tempfile::tempdir().unwrap();
+    let _mount = SecretMount::start(&ns.name, "keygate-config", mount_dir.path()).await;
+    let config = mount_dir.path().join("config.json");
+    let started = Instant::now();
+    while !config.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no configuration"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let replicas: Vec<ServerProcess> = (0..2)
+        .map(|_| {
+            let data = tempfile::tempdir().unwrap().keep();
+            add_user(&data, &[], &["--username", "alice"], PW);
+            ServerProcess::start(ServerOptions {
+                data_dir: Some(data),
+                args: vec!["--config".into(), config.display().to_string()],
+                ..Default::default()
+            })
+        })
+        .collect();
+    let client = reqwest::Client::new();
+    let jwks_of = async |base: &str| -> JwkSet {
+        let (_, body) = get_json(&client, &format!("{base}/.well-known/jwks.json"), None).await;
+        serde_json::from_value(body).unwrap()
+    };
+    // The verifier refreshes its copy every second (below prePublish), never on demand.
+    let mut cached = jwks_of(&replicas[0].base_url).await;
+    let mut refreshed = Instant::now();
+    let mut kids_seen: Vec<String> = Vec::new();
+    let mut old_tokens: Vec<(Instant, String)> = Vec::new();
+    let (mut checked, mut failures) = (0, Vec::new());
+    let began = Instant::now();
+    while kids_seen.len() < 4 && began.elapsed() < Duration::from_secs(60) {
+        if refreshed.elapsed() >= Duration::from_secs(1) {
+            cached = jwks_of(&replicas[0].base_url).await;
+            refreshed = Instant::now();
+        }
+        for r in &replicas {
+            let (status, body) = post_json(
+                &client,
+                &format!("{}/api/v1/auth/login", r.base_url),
+                None,
+                &json!({"identity": "alice", "password": PW}),
+            )
+            .await;
+            assert_eq!(status, 200, "{body}");
+            let token = body["access_token"].as_str().unwrap().to_owned();
+            let kid = jsonwebtoken::decode_header(&token).unwrap().kid.unwrap();
+            if !kids_seen.contains(&kid) {
+                kids_seen.push(kid);
+            }
+            checked += 1;
+            if let Err(e) = verify(&cached, &token) {
+                failures.push(e);
+            }
+            if old_tokens.len() < 200 {
+                old_tokens.push((Instant::now(), token));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    println!(
+        "rotation: {checked} fresh tokens from two replicas over {:?}, {} signing keys, {} failed verifications",
+        began.elapsed(),
+        kids_seen.len(),
+        failures.len()
+    );
+    assert!(
+        kids_seen.len() >= 4,
+        "three rotations happened: {kids_seen:?}"
+    );
+    assert!(failures.is_empty(), "{failures:?}");
+    // Tokens issued by the first keys still verify against the current JWKS (not expired yet).
+    let now_jwks = jwks_of(&replicas[1].base_url).await;
+    for (at, token) in old_tokens
+        .iter()
+        .filter(|(at, _)| at.elapsed() < Duration::from_secs(25))
+    {
+        verify(&now_jwks, token)
+            .unwrap_or_else(|e| panic!("token from {:?} ago: {e}", at.elapsed()));
+    }
+    // The status shows the schedule.
+    let out = cp
+        .kubectl()
+        .args([
+            "-n",
+            &ns.name,
+            "get",
+            "signingkey",
+            "rotating",
+            "-o",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    let key: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let states: Vec<&str> = key["status"]["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states.iter().filter(|s| **s == "active").count(),
+        1,
+        "{key}"
+    );
+    assert!(states.contains(&"retiring"), "{states:?}");
+    assert!(key["status"]["nextRotation"].is_string(), "{key}");
+    // The first key leaves the JWKS once retired (61 s after it stopped signing).
+    let first = kids_seen[0].clone();
+    let first_kid_gone = async || {
+        let set = jwks_of(&replicas[0].base_url).await;
+        set.find(&first).is_none()
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !first_kid_gone().await {
+        assert!(
+            Instant::now() < deadline,
+            "the retired key {first} is still published"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
