@@ -42,6 +42,8 @@ pub struct Context {
     pub ready: Arc<AtomicBool>,
     /// How long a Secret change may take to reach every pod, in seconds.
     pub propagation_bound: i64,
+    /// Whether this replica leads now.
+    pub leading: Arc<AtomicBool>,
     recorder: Recorder,
 }
 
@@ -97,6 +99,7 @@ impl Context {
             metrics,
             ready: Arc::default(),
             propagation_bound,
+            leading: Arc::default(),
             recorder,
         }
     }
@@ -184,8 +187,13 @@ where
     });
 }
 
-/// Runs until `stop` resolves: watches, reconciles on every change and every [`RESYNC`].
-pub async fn run(ctx: Arc<Context>, stop: impl std::future::Future<Output = ()>) {
+/// Runs until `stop` resolves: watches, and while `leader` says this replica leads,
+/// reconciles on every change, every [`RESYNC`] and whenever a key schedule wants it.
+pub async fn run(
+    ctx: Arc<Context>,
+    mut leader: tokio::sync::watch::Receiver<bool>,
+    stop: impl std::future::Future<Output = ()>,
+) {
     let (tx, mut rx) = mpsc::channel::<&'static str>(1);
     watch_kind::<AuthPolicy>(&ctx, "AuthPolicy", tx.clone());
     watch_kind::<OidcProvider>(&ctx, "OidcProvider", tx.clone());
@@ -197,6 +205,22 @@ pub async fn run(ctx: Arc<Context>, stop: impl std::future::Future<Output = ()>)
     let mut trigger: &'static str = "resync";
     tokio::pin!(stop);
     loop {
+        if !*leader.borrow_and_update() {
+            ctx.leading.store(false, Ordering::Relaxed);
+            tracing::info!("standing by: another replica leads");
+            tokio::select! {
+                () = &mut stop => return,
+                changed = leader.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
+        if !ctx.leading.swap(true, Ordering::Relaxed) {
+            tracing::info!("leading: reconciling the namespace");
+        }
         let started = Instant::now();
         let result = reconcile(&ctx).await;
         ctx.metrics
@@ -220,6 +244,7 @@ pub async fn run(ctx: Arc<Context>, stop: impl std::future::Future<Output = ()>)
         };
         tokio::select! {
             () = &mut stop => return,
+            _ = leader.changed() => continue,
             got = tokio::time::timeout(wait, rx.recv()) => {
                 trigger = match got {
                     Ok(Some(kind)) => kind,

@@ -5,6 +5,7 @@
 
 pub mod controller;
 pub mod keys;
+pub mod leader;
 pub mod metrics;
 pub mod publish;
 pub mod render;

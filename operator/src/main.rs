@@ -37,6 +37,17 @@ struct Cli {
     /// must exceed it plus the JWKS cache lifetime.
     #[arg(long, env = "KEYGATE_PROPAGATION_BOUND", default_value = "90s", value_parser = parse_duration)]
     propagation_bound: std::time::Duration,
+    /// Elect one leader among the operator replicas through a Lease; off: this replica always
+    /// reconciles (run exactly one).
+    #[arg(long, env = "KEYGATE_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// The Lease's name.
+    #[arg(long, env = "KEYGATE_LEASE_NAME", default_value = "keygate-operator")]
+    lease_name: String,
+    /// Seconds a leader holds the Lease without renewing it (a killed leader is replaced
+    /// within this).
+    #[arg(long, env = "KEYGATE_LEASE_DURATION", default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=300))]
+    lease_duration: u64,
     /// Log format: `text` or `json` (default: text on a terminal, json otherwise).
     #[arg(long, env = "KEYGATE_LOG_FORMAT")]
     log_format: Option<String>,
@@ -124,19 +135,30 @@ async fn main() -> anyhow::Result<()> {
         tracing::error!(error = %e, "cannot start");
         anyhow::bail!(e);
     }
+    let election = cli.leader_election.then(|| operator::leader::Election {
+        lease_name: cli.lease_name.clone(),
+        lease_duration: cli.lease_duration,
+        identity: std::env::var("POD_NAME")
+            .unwrap_or_else(|_| format!("auth-operator-{}", std::process::id())),
+    });
+    let leader = operator::leader::start(ctx.client.clone(), &namespace, election).await?;
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cli.listen))?;
     let ready = ctx.ready.clone();
+    let leading = ctx.leading.clone();
     let app = axum::Router::new()
         .route("/healthz", axum::routing::get(|| async { "ok" }))
         .route(
             "/readyz",
             axum::routing::get(move || {
                 let ready = ready.load(Ordering::Relaxed);
+                let leading = leading.load(Ordering::Relaxed);
                 async move {
-                    if ready {
-                        (axum::http::StatusCode::OK, "ready")
+                    if !leading {
+                        (axum::http::StatusCode::OK, "ready (standing by)")
+                    } else if ready {
+                        (axum::http::StatusCode::OK, "ready (leading)")
                     } else {
                         (
                             axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -176,7 +198,7 @@ async fn main() -> anyhow::Result<()> {
             })
             .await
     });
-    controller::run(ctx, shutdown_signal()).await;
+    controller::run(ctx, leader, shutdown_signal()).await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = http.await;

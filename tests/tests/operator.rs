@@ -490,3 +490,75 @@ async fn every_example_manifest_is_accepted() {
     assert!(ok, "{text}");
     assert_eq!(text.matches("True").count(), count, "{text}");
 }
+
+#[tokio::test]
+async fn two_operators_elect_one_leader_and_a_killed_leader_is_replaced() {
+    let cp = control_plane();
+    apply_crds(cp);
+    let ns = cp.namespace("kg-op-leader").await;
+    let args = ["--lease-duration", "4"];
+    let mut first = OperatorProcess::start(&cp.kubeconfig, &ns.name, &args);
+    // The first one leads before the second starts.
+    eventually(Duration::from_secs(20), "a leader", async || {
+        first.log().contains("leading: reconciling").then_some(())
+    })
+    .await;
+    let second = OperatorProcess::start(&cp.kubeconfig, &ns.name, &args);
+    let (ok, text) = apply(
+        cp,
+        &ns.name,
+        "apiVersion: keygate.dev/v1alpha1\nkind: SigningKey\nmetadata: {name: main}\nspec: {}\n",
+    );
+    assert!(ok, "{text}");
+    eventually(Duration::from_secs(20), "the key's Secret", async || {
+        kubectl(cp, &ns.name, &["get", "secret", "main-1"], None)
+            .0
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(second.log().contains("standing by"), "{}", second.log());
+    assert!(!second.log().contains("leading"), "{}", second.log());
+    assert!(
+        !second.log().contains("generated key material"),
+        "{}",
+        second.log()
+    );
+    // Kill the leader: the other takes over within the lease duration and carries on.
+    first.kill();
+    let killed = Instant::now();
+    eventually(Duration::from_secs(20), "the new leader", async || {
+        second.log().contains("leading: reconciling").then_some(())
+    })
+    .await;
+    println!("leader killed -> new leader: {:?}", killed.elapsed());
+    assert!(
+        killed.elapsed() < Duration::from_secs(12),
+        "{:?}",
+        killed.elapsed()
+    );
+    let (ok, text) = apply(
+        cp,
+        &ns.name,
+        "apiVersion: keygate.dev/v1alpha1\nkind: AuthPolicy\nmetadata: {name: default}\nspec: {captcha: {mode: always}}\n",
+    );
+    assert!(ok, "{text}");
+    eventually(
+        Duration::from_secs(20),
+        "the new leader's render",
+        async || {
+            let p = get(cp, &ns.name, "authpolicy/default");
+            accepted(&p).filter(|c| c.0 == "True").map(|_| ())
+        },
+    )
+    .await;
+    // One key, made once: the new leader read the one the first made.
+    let secrets = get(cp, &ns.name, "secrets");
+    let keys = secrets["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["metadata"]["labels"]["keygate.dev/signing-key"] == "main")
+        .count();
+    assert_eq!(keys, 1);
+}
