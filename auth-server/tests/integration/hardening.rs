@@ -21,6 +21,18 @@ async fn app_with(policy: TenantPolicy) -> TestApp {
     .await
 }
 
+/// A policy without CAPTCHA and with `lockout`, to follow the attempt counter alone.
+fn no_captcha(lockout: LockoutPolicy) -> TenantPolicy {
+    TenantPolicy {
+        captcha: CaptchaPolicy {
+            mode: CaptchaMode::Never,
+            ..Default::default()
+        },
+        lockout,
+        ..Default::default()
+    }
+}
+
 async fn solved_captcha(app: &TestApp) -> Value {
     let c = app
         .get("/api/v1/auth/captcha/challenge?provider=pow", None)
@@ -278,19 +290,12 @@ async fn turnstile_unreachable_fails_closed() {
 
 #[tokio::test]
 async fn captcha_never_and_a_custom_lockout() {
-    let app = app_with(TenantPolicy {
-        captcha: CaptchaPolicy {
-            mode: CaptchaMode::Never,
-            ..Default::default()
-        },
-        lockout: LockoutPolicy {
-            delay_after: 2,
-            lock_after: 4,
-            lock_seconds: 60,
-            ..Default::default()
-        },
+    let app = app_with(no_captcha(LockoutPolicy {
+        delay_after: 2,
+        lock_after: 4,
+        lock_seconds: 60,
         ..Default::default()
-    })
+    }))
     .await;
     app.add_user("alice", PW, &[]).await;
     let mut codes = Vec::new();
@@ -474,18 +479,11 @@ async fn identifiers_of_one_account_are_counted_apart_like_unknown_ones() {
 
 #[tokio::test]
 async fn wrong_current_passwords_are_gated_like_sign_ins() {
-    let app = app_with(TenantPolicy {
-        captcha: CaptchaPolicy {
-            mode: CaptchaMode::Never,
-            ..Default::default()
-        },
-        lockout: LockoutPolicy {
-            delay_after: 2,
-            lock_after: 4,
-            ..Default::default()
-        },
+    let app = app_with(no_captcha(LockoutPolicy {
+        delay_after: 2,
+        lock_after: 4,
         ..Default::default()
-    })
+    }))
     .await;
     app.add_user("alice", PW, &[]).await;
     let token = app.token("alice", PW).await;
