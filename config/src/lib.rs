@@ -178,6 +178,11 @@ pub struct SigningKeyConfig {
     /// Unix seconds after which the key is neither used nor published. Absent: never.
     #[serde(default)]
     pub retires_at: Option<i64>,
+    /// Unix seconds after which replicas no longer sign with this key (it still verifies
+    /// until `retires_at`): a key being retired early, its `SigningKey` deleted. Absent: it
+    /// signs until a newer key takes over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signs_until: Option<i64>,
 }
 
 /// argon2id parameters and the hashing concurrency cap.
@@ -388,6 +393,7 @@ mod tests {
             private_key_pem: String::new(),
             activates_at: a,
             retires_at: r,
+            signs_until: None,
         };
         let mut c = RuntimeConfig {
             signing_keys: vec![key("a", None, None), key("a", None, None)],

@@ -294,6 +294,12 @@ pub async fn reconcile(ctx: &Context) -> Result<Option<i64>, ReconcileError> {
     let mut key_sets = Vec::new();
     let mut wake: Option<i64> = None;
     for key in signing {
+        // Kept until its keys retire when deleted (see `keys::retire_all`).
+        if key.meta().deletion_timestamp.is_none()
+            && let Err(e) = keys::set_finalizer(&key, ctx.client.clone(), true).await
+        {
+            tracing::warn!(signing_key = %key.name_any(), error = %e, "finalizer not added; retried next reconcile");
+        }
         let timing = keys::timing(
             &key,
             ctx.propagation_bound,

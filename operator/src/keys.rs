@@ -40,6 +40,10 @@ pub fn kid_for(name: &str, pem: &str) -> String {
 pub const ACTIVATES_ANNOTATION: &str = "keygate.dev/activates-at";
 /// Annotation: Unix seconds after which a key is gone.
 pub const RETIRES_ANNOTATION: &str = "keygate.dev/retires-at";
+/// Annotation: Unix seconds after which a key no longer signs (its resource was deleted).
+pub const SIGNS_UNTIL_ANNOTATION: &str = "keygate.dev/signs-until";
+/// The finalizer that keeps a deleted `SigningKey` until its keys have retired.
+pub const FINALIZER: &str = "keygate.dev/retire-keys";
 /// Annotation: the `keygate.dev/rotate` request a key was made for.
 pub const REQUEST_ANNOTATION: &str = "keygate.dev/rotation-request";
 
@@ -168,6 +172,7 @@ pub fn material_of(secret: &Secret) -> Result<KeyMaterial, String> {
         private_key_pem: pem,
         activates_at: time_annotation(secret, ACTIVATES_ANNOTATION),
         retires_at: time_annotation(secret, RETIRES_ANNOTATION),
+        signs_until: time_annotation(secret, SIGNS_UNTIL_ANNOTATION),
     })
 }
 
@@ -214,7 +219,9 @@ pub async fn ensure(
         .filter(|s| ordinal_of(&name, s).is_some())
         .collect();
     let mut set = KeySet::default();
-    if let Some(t) = timing {
+    if key.meta().deletion_timestamp.is_some() {
+        retire_all(secrets, key, &mut owned, now).await?;
+    } else if let Some(t) = timing {
         let records: Vec<KeyRecord> = owned.iter().filter_map(|s| record_of(&name, s)).collect();
         let request = key.annotations().get(ROTATE_ANNOTATION).cloned();
         let handled = request.as_ref().is_some_and(|r| {
@@ -284,6 +291,13 @@ pub async fn ensure(
         set.next_wake = plan.next_wake;
         set.request = request;
     }
+    if key.meta().deletion_timestamp.is_some() {
+        set.next_wake = owned
+            .iter()
+            .filter_map(|s| time_annotation(s, RETIRES_ANNOTATION))
+            .filter(|r| *r > now)
+            .min();
+    }
     owned.sort_by_key(|s| ordinal_of(&name, s));
     for s in &owned {
         if let Some(r) = record_of(&name, s) {
@@ -292,4 +306,87 @@ pub async fn ensure(
         }
     }
     Ok(set)
+}
+
+/// A deleted `SigningKey`: its keys stop signing now and stay published `retireAfter` longer
+/// (so no token it signed loses its key), keys that never signed go at once, and once none is
+/// left the finalizer is removed and the resource goes.
+async fn retire_all(
+    secrets: &Api<Secret>,
+    key: &SigningKey,
+    owned: &mut Vec<Secret>,
+    now: i64,
+) -> Result<(), String> {
+    let name = key.name_any();
+    let retire_after = i64::try_from(std::time::Duration::from(key.spec.retire_after).as_secs())
+        .unwrap_or(i64::MAX / 4);
+    let mut kept = Vec::new();
+    for mut s in std::mem::take(owned) {
+        let activates = time_annotation(&s, ACTIVATES_ANNOTATION).unwrap_or(0);
+        let retires = time_annotation(&s, RETIRES_ANNOTATION);
+        let gone = activates > now || retires.is_some_and(|r| r <= now);
+        if gone {
+            let dp = DeleteParams {
+                preconditions: Some(Preconditions {
+                    resource_version: s.resource_version(),
+                    uid: s.uid(),
+                }),
+                ..Default::default()
+            };
+            secrets
+                .delete(&s.name_any(), &dp)
+                .await
+                .map_err(|e| format!("cannot remove key {}: {e}", s.name_any()))?;
+            tracing::info!(signing_key = %name, secret = %s.name_any(), "removed a key of a deleted SigningKey");
+            continue;
+        }
+        if time_annotation(&s, SIGNS_UNTIL_ANNOTATION).is_none() {
+            let until = retires.map_or(now.saturating_add(retire_after), |r| {
+                r.min(now.saturating_add(retire_after))
+            });
+            let a = s.annotations_mut();
+            a.insert(SIGNS_UNTIL_ANNOTATION.to_owned(), now.to_string());
+            a.insert(RETIRES_ANNOTATION.to_owned(), until.to_string());
+            s = secrets
+                .replace(&s.name_any(), &PostParams::default(), &s)
+                .await
+                .map_err(|e| format!("cannot retire key {}: {e}", s.name_any()))?;
+        }
+        kept.push(s);
+    }
+    *owned = kept;
+    if owned.is_empty() {
+        set_finalizer(key, secrets.clone().into_client(), false).await?;
+    }
+    Ok(())
+}
+
+/// Adds (or removes) the finalizer of `key`, conditional on the resource version read.
+pub async fn set_finalizer(
+    key: &SigningKey,
+    client: kube::Client,
+    present: bool,
+) -> Result<(), String> {
+    let mut finalizers: Vec<String> = key.finalizers().to_vec();
+    let has = finalizers.iter().any(|f| f == FINALIZER);
+    if has == present {
+        return Ok(());
+    }
+    if present {
+        finalizers.push(FINALIZER.to_owned());
+    } else {
+        finalizers.retain(|f| f != FINALIZER);
+    }
+    let api: Api<SigningKey> = Api::namespaced(client, &key.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "metadata": {"finalizers": finalizers, "resourceVersion": key.resource_version()}
+    });
+    api.patch(
+        &key.name_any(),
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| format!("cannot update the finalizer: {e}"))
 }

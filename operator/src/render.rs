@@ -34,6 +34,8 @@ pub struct KeyMaterial {
     pub activates_at: Option<i64>,
     /// Unix seconds after which it is gone (absent: never).
     pub retires_at: Option<i64>,
+    /// Unix seconds after which it no longer signs (its resource is being deleted).
+    pub signs_until: Option<i64>,
 }
 
 /// Everything `render` looks at.
@@ -353,6 +355,7 @@ pub fn render(inputs: &Inputs) -> Rendered {
                             private_key_pem: m.private_key_pem.clone(),
                             activates_at: m.activates_at,
                             retires_at: m.retires_at,
+                            signs_until: m.signs_until,
                         }),
                         KeyUse::Transmission => {
                             config.transmission_keys.push(TransmissionKeyConfig {
@@ -452,6 +455,7 @@ mod tests {
                 .unwrap(),
                 activates_at: None,
                 retires_at: None,
+                signs_until: None,
             }]),
         }
     }

@@ -202,3 +202,142 @@ async fn three_rotations_without_a_failed_verification() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+#[tokio::test]
+async fn a_deleted_signing_key_stops_signing_and_retires_before_it_goes() {
+    let cp = control_plane();
+    apply_crds(cp);
+    let ns = cp.namespace("kg-key-delete").await;
+    let _operator =
+        OperatorProcess::start(&cp.kubeconfig, &ns.name, &["--propagation-bound", "1s"]);
+    apply(
+        &ns.name,
+        "apiVersion: keygate.dev/v1alpha1\nkind: ServerPolicy\nmetadata: {name: server}\nspec: {tokens: {accessTokenTtlSeconds: 30, jwksMaxAgeSeconds: 1}}\n",
+    );
+    apply(
+        &ns.name,
+        "apiVersion: keygate.dev/v1alpha1\nkind: SigningKey\nmetadata: {name: stays}\nspec: {prePublish: 4s, retireAfter: 61s}\n---\napiVersion: keygate.dev/v1alpha1\nkind: SigningKey\nmetadata: {name: old}\nspec: {prePublish: 4s, retireAfter: 61s}\n",
+    );
+    let mount_dir = tempfile::tempdir().unwrap();
+    let _mount = SecretMount::start(&ns.name, "keygate-config", mount_dir.path()).await;
+    let config = mount_dir.path().join("config.json");
+    let data = tempfile::tempdir().unwrap();
+    add_user(data.path(), &[], &["--username", "alice"], PW);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let kids = loop {
+        let c: Value = std::fs::read_to_string(&config)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        let kids: Vec<String> = c["signing_keys"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|k| k["kid"].as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if kids.len() == 2 {
+            break kids;
+        }
+        assert!(Instant::now() < deadline, "two keys never published");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let old_kid = kids.iter().find(|k| k.starts_with("old-")).unwrap().clone();
+    let server = ServerProcess::start(ServerOptions {
+        data_dir: Some(data.path().to_path_buf()),
+        args: vec!["--config".into(), config.display().to_string()],
+        ..Default::default()
+    });
+    let client = reqwest::Client::new();
+    let signed_kid = async || {
+        let (status, body) = post_json(
+            &client,
+            &format!("{}/api/v1/auth/login", server.base_url),
+            None,
+            &json!({"identity": "alice", "password": PW}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        jsonwebtoken::decode_header(body["access_token"].as_str().unwrap())
+            .unwrap()
+            .kid
+            .unwrap()
+    };
+    let published = async || -> bool {
+        let (_, body) = get_json(
+            &client,
+            &format!("{}/.well-known/jwks.json", server.base_url),
+            None,
+        )
+        .await;
+        let set: JwkSet = serde_json::from_value(body).unwrap();
+        set.find(&old_kid).is_some()
+    };
+    let out = cp
+        .kubectl()
+        .args([
+            "-n",
+            &ns.name,
+            "delete",
+            "signingkey",
+            "old",
+            "--wait=false",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Within moments it no longer signs, yet stays published for the tokens it signed.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let kid = signed_kid().await;
+        if !kid.starts_with("old-") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the deleted key still signs");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for _ in 0..5 {
+        assert!(!signed_kid().await.starts_with("old-"));
+    }
+    assert!(published().await, "retiring, not gone");
+    // After retireAfter the key, its Secret and the resource are gone.
+    let deadline = Instant::now() + Duration::from_secs(100);
+    loop {
+        let (found, _) = {
+            let out = cp
+                .kubectl()
+                .args(["-n", &ns.name, "get", "signingkey", "old"])
+                .output()
+                .unwrap();
+            (out.status.success(), ())
+        };
+        if !found && !published().await {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the deleted SigningKey never went"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let out = cp
+        .kubectl()
+        .args([
+            "-n",
+            &ns.name,
+            "get",
+            "secrets",
+            "-l",
+            "keygate.dev/signing-key=old",
+            "-o",
+            "name",
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).trim().is_empty());
+}

@@ -98,6 +98,7 @@ pub struct SigningKey {
     jwk: Jwk,
     activates_at: Option<i64>,
     retires_at: Option<i64>,
+    signs_until: Option<i64>,
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -141,6 +142,7 @@ impl SigningKey {
             jwk,
             activates_at: c.activates_at,
             retires_at: c.retires_at,
+            signs_until: c.signs_until,
         };
         key.self_test().map_err(invalid)?;
         Ok(key)
@@ -182,7 +184,9 @@ impl SigningKey {
 
     /// The key signs at `now`.
     fn is_active(&self, now: i64) -> bool {
-        self.activates_at.is_none_or(|a| a <= now) && self.is_published(now)
+        self.activates_at.is_none_or(|a| a <= now)
+            && self.signs_until.is_none_or(|s| now < s)
+            && self.is_published(now)
     }
 
     /// The key is in the JWKS at `now` (pending, active or retiring).
@@ -290,6 +294,7 @@ pub fn load_or_generate_dev_key(
         private_key_pem: pem,
         activates_at: None,
         retires_at: None,
+        signs_until: None,
     })
 }
 
@@ -302,6 +307,7 @@ pub fn thumbprint_kid(pem: &str, alg: SigningAlgorithm) -> Result<String, KeyErr
         private_key_pem: pem.to_owned(),
         activates_at: None,
         retires_at: None,
+        signs_until: None,
     })?;
     key.jwk
         .thumbprint(ThumbprintHash::SHA256)
@@ -336,6 +342,7 @@ pub fn generate_config(
         private_key_pem: pem,
         activates_at,
         retires_at,
+        signs_until: None,
     })
 }
 
@@ -365,6 +372,7 @@ mod tests {
             private_key_pem: generate_pem(alg).unwrap(),
             activates_at: a,
             retires_at: r,
+            signs_until: None,
         })
         .unwrap()
     }
@@ -396,6 +404,7 @@ mod tests {
             private_key_pem: generate_pem(SigningAlgorithm::ES256).unwrap(),
             activates_at: None,
             retires_at: None,
+            signs_until: None,
         })
         .unwrap_err();
         assert!(err.to_string().contains("RS256"), "{err}");

@@ -147,6 +147,7 @@ mod tests {
                 private_key_pem: generate_pem(SigningAlgorithm::ES256).unwrap(),
                 activates_at: None,
                 retires_at: None,
+                signs_until: None,
             })
             .unwrap(),
         ])
