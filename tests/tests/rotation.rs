@@ -54,31 +54,59 @@ fn verify(jwks: &JwkSet, token: &str) -> Result<(), String> {
         .map_err(|e| format!("{kid}: {e}"))
 }
 
+/// A namespace with an operator (propagation bound 1 s), short-lived tokens (30 s, JWKS cached
+/// 1 s), no rate rules (the tests sign in about ten times a second), the `signing_keys`
+/// manifests applied and the configuration Secret projected into a directory.
+struct Cluster {
+    ns: keygate_tests::cluster::TestNamespace,
+    _operator: OperatorProcess,
+    _mount: SecretMount,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start(prefix: &str, signing_keys: &str) -> Self {
+        let cp = control_plane();
+        apply_crds(cp);
+        let ns = cp.namespace(prefix).await;
+        let operator =
+            OperatorProcess::start(&cp.kubeconfig, &ns.name, &["--propagation-bound", "1s"]);
+        apply(
+            &ns.name,
+            "apiVersion: keygate.dev/v1alpha1\nkind: ServerPolicy\nmetadata: {name: server}\nspec: {tokens: {accessTokenTtlSeconds: 30, jwksMaxAgeSeconds: 1}}\n",
+        );
+        apply(
+            &ns.name,
+            "apiVersion: keygate.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {name: none}\nspec: {replaceDefaults: true}\n",
+        );
+        apply(&ns.name, signing_keys);
+        let dir = tempfile::tempdir().unwrap();
+        let mount = SecretMount::start(&ns.name, "keygate-config", dir.path()).await;
+        Self {
+            ns,
+            _operator: operator,
+            _mount: mount,
+            dir,
+        }
+    }
+
+    fn config(&self) -> std::path::PathBuf {
+        self.dir.path().join("config.json")
+    }
+}
+
 #[tokio::test]
 async fn three_rotations_without_a_failed_verification() {
     let cp = control_plane();
-    apply_crds(cp);
-    let ns = cp.namespace("kg-rotation").await;
-    let _operator =
-        OperatorProcess::start(&cp.kubeconfig, &ns.name, &["--propagation-bound", "1s"]);
-    apply(
-        &ns.name,
-        "apiVersion: keygate.dev/v1alpha1\nkind: ServerPolicy\nmetadata: {name: server}\nspec: {tokens: {accessTokenTtlSeconds: 30, jwksMaxAgeSeconds: 1}}\n",
-    );
-    // The test signs in about ten times a second: no rate rules.
-    apply(
-        &ns.name,
-        "apiVersion: keygate.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {name: none}\nspec: {replaceDefaults: true}\n",
-    );
     // A period of 8 s, announced 4 s ahead (the bound of 1 s plus the 1 s JWKS cache, with
     // room), retired 61 s after it stops signing (30 s tokens plus 30 s leeway).
-    apply(
-        &ns.name,
+    let cluster = Cluster::start(
+        "kg-rotation",
         "apiVersion: keygate.dev/v1alpha1\nkind: SigningKey\nmetadata: {name: rotating}\nspec: {rotationPeriod: 8s, prePublish: 4s, retireAfter: 61s}\n",
-    );
-    let mount_dir = tempfile::tempdir().unwrap();
-    let _mount = SecretMount::start(&ns.name, "keygate-config", mount_dir.path()).await;
-    let config = mount_dir.path().join("config.json");
+    )
+    .await;
+    let ns = &cluster.ns;
+    let config = cluster.config();
     let started = Instant::now();
     while !config.exists() {
         assert!(
@@ -206,21 +234,13 @@ async fn three_rotations_without_a_failed_verification() {
 #[tokio::test]
 async fn a_deleted_signing_key_stops_signing_and_retires_before_it_goes() {
     let cp = control_plane();
-    apply_crds(cp);
-    let ns = cp.namespace("kg-key-delete").await;
-    let _operator =
-        OperatorProcess::start(&cp.kubeconfig, &ns.name, &["--propagation-bound", "1s"]);
-    apply(
-        &ns.name,
-        "apiVersion: keygate.dev/v1alpha1\nkind: ServerPolicy\nmetadata: {name: server}\nspec: {tokens: {accessTokenTtlSeconds: 30, jwksMaxAgeSeconds: 1}}\n",
-    );
-    apply(
-        &ns.name,
+    let cluster = Cluster::start(
+        "kg-key-delete",
         "apiVersion: keygate.dev/v1alpha1\nkind: SigningKey\nmetadata: {name: stays}\nspec: {prePublish: 4s, retireAfter: 61s}\n---\napiVersion: keygate.dev/v1alpha1\nkind: SigningKey\nmetadata: {name: old}\nspec: {prePublish: 4s, retireAfter: 61s}\n",
-    );
-    let mount_dir = tempfile::tempdir().unwrap();
-    let _mount = SecretMount::start(&ns.name, "keygate-config", mount_dir.path()).await;
-    let config = mount_dir.path().join("config.json");
+    )
+    .await;
+    let ns = &cluster.ns;
+    let config = cluster.config();
     let data = tempfile::tempdir().unwrap();
     add_user(data.path(), &[], &["--username", "alice"], PW);
     let deadline = Instant::now() + Duration::from_secs(30);
