@@ -82,7 +82,10 @@ fn expire_served_lock(state: &mut GateState, now: i64) {
 
 fn admit(state: &mut GateState, rule: &GateRule, now: i64) {
     state.failures += 1;
-    state.next_allowed_ms = now + delay_ms(rule, state.failures) as i64;
+    // No wait owed is 0, not `now`: concurrent attempts read their clocks before they reach
+    // the store, so an attempt stamped a millisecond earlier must not find itself "delayed".
+    let delay = delay_ms(rule, state.failures) as i64;
+    state.next_allowed_ms = if delay > 0 { now + delay } else { 0 };
     if state.failures >= rule.lock_after {
         state.locked_until_ms = now + rule.lock_ms as i64;
     }
@@ -252,6 +255,18 @@ mod tests {
         };
         refund(&mut earned, RULE.lock_after);
         assert_eq!(earned.locked_until_ms, 99);
+    }
+
+    #[test]
+    fn an_attempt_stamped_a_moment_earlier_is_not_delayed_when_no_wait_is_owed() {
+        let (mut a, mut i) = (GateState::default(), GateState::default());
+        decide(&mut a, &mut i, (&RULE, &LOOSE), 1000);
+        let mut other = GateState::default();
+        // Another account's attempt from the same address, whose clock read came 2 ms earlier.
+        assert!(matches!(
+            decide(&mut other, &mut i, (&RULE, &LOOSE), 998),
+            Gate::Admitted { .. }
+        ));
     }
 
     #[test]

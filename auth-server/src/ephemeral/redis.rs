@@ -51,7 +51,8 @@ local function admit(k, s, r)
     d = r[2] * (2 ^ math.min(s.f - r[1], 32))
     if d > r[3] then d = r[3] end
   end
-  s.n = now + d
+  -- No wait owed is 0, not now: an attempt stamped a moment earlier must pass.
+  if d > 0 then s.n = now + d else s.n = 0 end
   if s.f >= r[4] then s.l = now + r[5] end
   redis.call('HSET', k, 'f', s.f, 'n', string.format('%d', s.n), 'l', string.format('%d', s.l))
   local ttl = r[6]
