@@ -364,7 +364,7 @@ pub async fn reconcile(ctx: &Context) -> Result<Option<i64>, ReconcileError> {
                     ctx,
                     &inputs.auth_policies,
                     v,
-                    |p| p.status.as_ref().map(|s| s.conditions.clone()),
+                    |p| conditions(p.status.as_ref()),
                     None,
                 )
                 .await
@@ -374,7 +374,7 @@ pub async fn reconcile(ctx: &Context) -> Result<Option<i64>, ReconcileError> {
                     ctx,
                     &inputs.rate_limit_policies,
                     v,
-                    |p| p.status.as_ref().map(|s| s.conditions.clone()),
+                    |p| conditions(p.status.as_ref()),
                     None,
                 )
                 .await
@@ -384,7 +384,7 @@ pub async fn reconcile(ctx: &Context) -> Result<Option<i64>, ReconcileError> {
                     ctx,
                     &inputs.oidc_providers,
                     v,
-                    |p| p.status.as_ref().map(|s| s.conditions.clone()),
+                    |p| conditions(p.status.as_ref()),
                     None,
                 )
                 .await
@@ -394,7 +394,7 @@ pub async fn reconcile(ctx: &Context) -> Result<Option<i64>, ReconcileError> {
                     ctx,
                     &inputs.server_policies,
                     v,
-                    |p| p.status.as_ref().map(|s| s.conditions.clone()),
+                    |p| conditions(p.status.as_ref()),
                     None,
                 )
                 .await
@@ -409,7 +409,12 @@ pub async fn reconcile(ctx: &Context) -> Result<Option<i64>, ReconcileError> {
                     ctx,
                     &keys,
                     v,
-                    |k| k.status.as_ref().map(|s| s.conditions.clone()),
+                    |k| {
+                        k.status
+                            .as_ref()
+                            .map(|s| s.conditions.clone())
+                            .unwrap_or_default()
+                    },
                     extra,
                 )
                 .await
@@ -422,6 +427,11 @@ pub async fn reconcile(ctx: &Context) -> Result<Option<i64>, ReconcileError> {
         }
     }
     Ok(wake)
+}
+
+/// The conditions of a resource's status (none before its first status).
+fn conditions(status: Option<&keygate_crds::Status>) -> Vec<Condition> {
+    status.map(|s| s.conditions.clone()).unwrap_or_default()
 }
 
 fn rfc3339(unix: i64) -> Option<String> {
@@ -460,7 +470,7 @@ async fn report<K>(
     ctx: &Context,
     items: &[K],
     v: &Verdict,
-    conditions_of: impl Fn(&K) -> Option<Vec<Condition>>,
+    conditions_of: impl Fn(&K) -> Vec<Condition>,
     extra: Option<serde_json::Value>,
 ) -> Result<(), ReconcileError>
 where
@@ -473,7 +483,7 @@ where
     let Some(obj) = items.iter().find(|o| o.name_any() == v.name) else {
         return Ok(());
     };
-    let previous = conditions_of(obj).unwrap_or_default();
+    let previous = conditions_of(obj);
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let condition = status::condition(
         ACCEPTED,

@@ -235,18 +235,7 @@ pub async fn ensure(
                 .iter()
                 .find(|s| ordinal_of(&name, s) == Some(*ordinal))
             {
-                let dp = DeleteParams {
-                    preconditions: Some(Preconditions {
-                        resource_version: s.resource_version(),
-                        uid: s.uid(),
-                    }),
-                    ..Default::default()
-                };
-                secrets
-                    .delete(&s.name_any(), &dp)
-                    .await
-                    .map_err(|e| format!("cannot remove retired key {}: {e}", s.name_any()))?;
-                tracing::info!(signing_key = %name, secret = %s.name_any(), "removed a retired key");
+                remove_key(secrets, &name, s, "removed a retired key").await?;
             }
         }
         owned.retain(|s| ordinal_of(&name, s).is_none_or(|o| !plan.delete.contains(&o)));
@@ -326,18 +315,7 @@ async fn retire_all(
         let retires = time_annotation(&s, RETIRES_ANNOTATION);
         let gone = activates > now || retires.is_some_and(|r| r <= now);
         if gone {
-            let dp = DeleteParams {
-                preconditions: Some(Preconditions {
-                    resource_version: s.resource_version(),
-                    uid: s.uid(),
-                }),
-                ..Default::default()
-            };
-            secrets
-                .delete(&s.name_any(), &dp)
-                .await
-                .map_err(|e| format!("cannot remove key {}: {e}", s.name_any()))?;
-            tracing::info!(signing_key = %name, secret = %s.name_any(), "removed a key of a deleted SigningKey");
+            remove_key(secrets, &name, &s, "removed a key of a deleted SigningKey").await?;
             continue;
         }
         if time_annotation(&s, SIGNS_UNTIL_ANNOTATION).is_none() {
@@ -389,4 +367,27 @@ pub async fn set_finalizer(
     .await
     .map(|_| ())
     .map_err(|e| format!("cannot update the finalizer: {e}"))
+}
+
+/// Removes a key Secret exactly as read (its `resourceVersion` and uid as preconditions, so a
+/// concurrent change makes the removal fail rather than lose it).
+async fn remove_key(
+    secrets: &Api<Secret>,
+    signing_key: &str,
+    s: &Secret,
+    what: &str,
+) -> Result<(), String> {
+    let dp = DeleteParams {
+        preconditions: Some(Preconditions {
+            resource_version: s.resource_version(),
+            uid: s.uid(),
+        }),
+        ..Default::default()
+    };
+    secrets
+        .delete(&s.name_any(), &dp)
+        .await
+        .map_err(|e| format!("cannot remove key {}: {e}", s.name_any()))?;
+    tracing::info!(signing_key, secret = %s.name_any(), "{what}");
+    Ok(())
 }
