@@ -132,6 +132,31 @@ fn plain(e: &dyn std::error::Error) -> String {
     out
 }
 
+/// The crate's HTTP client for one discovery: the crate asks for the well-known document
+/// first (sent to the configured `discovery_url` when there is one) and the key set second.
+struct Client<'a> {
+    fetcher: &'a Fetcher,
+    p: &'a OidcProviderConfig,
+    requests: AtomicUsize,
+}
+
+type Pending<'c> =
+    std::pin::Pin<Box<dyn Future<Output = Result<HttpResponse, HttpError>> + Send + 'c>>;
+
+impl<'c> openidconnect::AsyncHttpClient<'c> for Client<'_> {
+    type Error = HttpError;
+    type Future = Pending<'c>;
+
+    fn call(&'c self, request: HttpRequest) -> Self::Future {
+        let first = self.requests.fetch_add(1, Ordering::SeqCst) == 0;
+        let url = match (&self.p.discovery_url, first) {
+            (Some(configured), true) => configured.clone(),
+            _ => request.uri().to_string(),
+        };
+        Box::pin(self.fetcher.call(self.p, request, url))
+    }
+}
+
 impl Fetcher {
     /// One request for the crate: the provider's URL rules, our bounds.
     async fn call(
@@ -166,20 +191,15 @@ impl Fetcher {
     pub async fn discover(&self, p: &OidcProviderConfig) -> Result<Keys, FetchError> {
         let issuer =
             IssuerUrl::new(p.issuer.clone()).map_err(|e| FetchError::Discovery(e.to_string()))?;
-        // The crate asks for the well-known document first and the key set second.
-        let requests = AtomicUsize::new(0);
-        let client = |request: HttpRequest| {
-            let first = requests.fetch_add(1, Ordering::SeqCst) == 0;
-            let url = match (&p.discovery_url, first) {
-                (Some(configured), true) => configured.clone(),
-                _ => request.uri().to_string(),
-            };
-            self.call(p, request, url)
+        let client = Client {
+            fetcher: self,
+            p,
+            requests: AtomicUsize::new(0),
         };
         let metadata = CoreProviderMetadata::discover_async(issuer, &client)
             .await
             .map_err(|e| {
-                let in_jwks = requests.load(Ordering::SeqCst) > 1;
+                let in_jwks = client.requests.load(Ordering::SeqCst) > 1;
                 let message = match &e {
                     DiscoveryError::Request(inner) => inner.to_string(),
                     DiscoveryError::Response(_, _, message) => message.clone(),

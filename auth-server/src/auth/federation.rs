@@ -1,32 +1,35 @@
-//! Sign-in with id_tokens of external OpenID Connect providers: discovery and JWKS fetched
-//! with a bounded HTTP client and cached (refetched on an unknown `kid`, at most once per
-//! floor), validation as OpenID Connect Core 3.1.3.7 asks, and the account found by its
-//! (issuer, subject) link or provisioned as the provider's configuration says.
+//! Sign-in with id_tokens of external OpenID Connect providers: their keys cached per
+//! provider (refetched on an unknown `kid`, at most once per floor; discovery, JWKS and
+//! validation by `keygate_oidc`), single use, and the account found by its (issuer, subject)
+//! link or provisioned as the provider's configuration says.
 
 use super::challenge::LoginOutcome;
 use super::error::{AuthError, FieldViolation};
 use super::{AuthService, random, users};
 use crate::store::{IdentityKind, User};
-use jsonwebtoken::jwk::Jwk;
-use jsonwebtoken::{DecodingKey, Validation};
 use keygate_config::{OidcProviderConfig, Provisioning};
+use keygate_oidc::{Fetcher, Invalid, Keys};
 use serde_json::Value;
 use std::collections::HashMap;
 
-/// Largest discovery document or JWKS read.
-const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
-
-/// Largest id_token accepted.
-const MAX_ID_TOKEN_BYTES: usize = 16 * 1024;
-
 /// Keys of one provider as last fetched.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct ProviderKeys {
-    keys: Vec<Jwk>,
+    keys: std::sync::Arc<Keys>,
     /// Injected-clock time of the last successful fetch (0: never).
     fetched_at: i64,
     /// Injected-clock time of the last attempt, successful or not (the refetch floor).
     attempted_at: i64,
+}
+
+impl Default for ProviderKeys {
+    fn default() -> Self {
+        Self {
+            keys: std::sync::Arc::new(Keys::new(Vec::new())),
+            fetched_at: 0,
+            attempted_at: 0,
+        }
+    }
 }
 
 /// One provider's slot: its own lock, held while its keys are fetched, so that a slow or
@@ -34,28 +37,10 @@ struct ProviderKeys {
 type Slot = std::sync::Arc<tokio::sync::Mutex<ProviderKeys>>;
 
 /// The provider key cache, keyed by discovery URL, and the client that fills it.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct KeyCache {
     entries: std::sync::Mutex<HashMap<String, Slot>>,
-    /// Bounded in time, no redirects (a document elsewhere is configured, not followed), no
-    /// idle connections: fetches are rare, and a
-    /// pooled connection to a provider that restarted since would fail the next one.
-    http: reqwest::Client,
-}
-
-impl Default for KeyCache {
-    fn default() -> Self {
-        Self {
-            entries: std::sync::Mutex::default(),
-            http: reqwest::Client::builder()
-                .connect_timeout(std::time::Duration::from_secs(3))
-                .timeout(std::time::Duration::from_secs(5))
-                .redirect(reqwest::redirect::Policy::none())
-                .pool_max_idle_per_host(0)
-                .build()
-                .unwrap_or_default(),
-        }
-    }
+    fetcher: Fetcher,
 }
 
 /// A successful federated sign-in.
@@ -73,95 +58,26 @@ fn invalid(why: &'static str) -> AuthError {
     AuthError::IdTokenInvalid(why)
 }
 
-/// Reads a response body of at most `MAX_DOCUMENT_BYTES`.
-async fn read_limited(mut res: reqwest::Response) -> Result<Vec<u8>, String> {
-    if !res.status().is_success() {
-        return Err(format!("HTTP {}", res.status()));
-    }
-    if res
-        .content_length()
-        .is_some_and(|n| n > MAX_DOCUMENT_BYTES as u64)
-    {
-        return Err("document too large".into());
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = res.chunk().await.map_err(|e| e.to_string())? {
-        body.extend_from_slice(&chunk);
-        if body.len() > MAX_DOCUMENT_BYTES {
-            return Err("document too large".into());
-        }
-    }
-    Ok(body)
+type Verdict = Result<serde_json::Map<String, Value>, Invalid>;
+
+fn decided(verdict: Verdict) -> Result<serde_json::Map<String, Value>, AuthError> {
+    verdict.map_err(|e| match e {
+        Invalid::UnknownKey => invalid("unknown_signing_key"),
+        Invalid::Refused(why) => invalid(why),
+    })
 }
 
 impl AuthService {
-    /// Fetches a provider's signing keys through its discovery document.
-    async fn fetch_keys(&self, p: &OidcProviderConfig) -> Result<Vec<Jwk>, AuthError> {
-        let unavailable = |what: &str, e: String| {
-            AuthError::Unavailable(format!("provider {}: {what}: {e}", p.name))
-        };
-        let http = &self.federation_keys.http;
-        let res = http
-            .get(p.discovery())
-            .send()
-            .await
-            .map_err(|e| unavailable("discovery", e.to_string()))?;
-        let doc: Value = serde_json::from_slice(
-            &read_limited(res)
-                .await
-                .map_err(|e| unavailable("discovery", e))?,
-        )
-        .map_err(|e| unavailable("discovery", e.to_string()))?;
-        // OpenID Connect Discovery 4.3: the document must name the configured issuer.
-        if doc["issuer"].as_str() != Some(p.issuer.as_str()) {
-            return Err(unavailable(
-                "discovery",
-                "the document names another issuer".into(),
-            ));
-        }
-        let jwks_uri = doc["jwks_uri"]
-            .as_str()
-            .filter(|u| p.url_allowed(u))
-            .ok_or_else(|| unavailable("discovery", "no usable jwks_uri".into()))?;
-        let res = http
-            .get(jwks_uri)
-            .send()
-            .await
-            .map_err(|e| unavailable("jwks", e.to_string()))?;
-        let set: Value = serde_json::from_slice(
-            &read_limited(res)
-                .await
-                .map_err(|e| unavailable("jwks", e))?,
-        )
-        .map_err(|e| unavailable("jwks", e.to_string()))?;
-        // Keys of unknown types, encryption keys and symmetric keys are skipped, not fatal.
-        let keys = set["keys"]
-            .as_array()
-            .ok_or_else(|| unavailable("jwks", "no keys".into()))?
-            .iter()
-            .filter(|k| k["use"].as_str().is_none_or(|u| u == "sig") && k["kty"] != "oct")
-            .filter_map(|k| serde_json::from_value::<Jwk>(k.clone()).ok())
-            .collect();
-        Ok(keys)
-    }
-
-    /// The key for `kid` (or the only key, when the token names none): from the cache, or
-    /// fetched when the cache is old, or refetched on an unknown `kid` at most once per floor.
-    async fn provider_key(
+    /// Validates an id_token of provider `p` (OpenID Connect Core 3.1.3.7, by
+    /// `keygate_oidc`) and returns its claims. The keys come from the cache while they are
+    /// younger than `jwks_max_age_seconds`; a token whose key is not among them, or keys past
+    /// their age, refetch them, at most once per `jwks_refetch_floor_seconds`; while the
+    /// provider cannot be reached, the cached keys still verify their own tokens.
+    async fn validate_id_token(
         &self,
         p: &OidcProviderConfig,
-        kid: Option<&str>,
-    ) -> Result<Jwk, AuthError> {
-        let pick = |keys: &[Jwk]| -> Option<Jwk> {
-            match kid {
-                Some(kid) => keys
-                    .iter()
-                    .find(|k| k.common.key_id.as_deref() == Some(kid))
-                    .cloned(),
-                None if keys.len() == 1 => keys.first().cloned(),
-                None => None,
-            }
-        };
+        token: &str,
+    ) -> Result<serde_json::Map<String, Value>, AuthError> {
         let slot: Slot = {
             let mut map = self
                 .federation_keys
@@ -173,121 +89,44 @@ impl AuthService {
             }
             map.entry(p.discovery()).or_default().clone()
         };
-        let mut entry = slot.lock().await;
         let now = self.clock.unix();
-        let fresh =
-            entry.fetched_at > 0 && now - entry.fetched_at < super::secs(p.jwks_max_age_seconds);
-        let cached = pick(&entry.keys);
-        if fresh && let Some(key) = cached {
-            return Ok(key);
+        let verdict = |keys: &Keys| keygate_oidc::validate(p, keys, token, now);
+        // Verified outside the lock: sign-ins of one provider do not queue behind each other.
+        let (keys, fetched_at) = {
+            let entry = slot.lock().await;
+            (entry.keys.clone(), entry.fetched_at)
+        };
+        let cached = verdict(&keys);
+        let fresh = fetched_at > 0 && now - fetched_at < super::secs(p.jwks_max_age_seconds);
+        if fresh && cached != Err(Invalid::UnknownKey) {
+            return decided(cached);
+        }
+        let mut entry = slot.lock().await;
+        if entry.fetched_at != fetched_at {
+            // Fetched by another sign-in while this one waited.
+            return decided(verdict(&entry.keys));
         }
         if entry.attempted_at > 0
             && now - entry.attempted_at < super::secs(p.jwks_refetch_floor_seconds)
         {
             // Fetched (or tried) a moment ago: no new request for this token.
-            return cached.ok_or(invalid("unknown_signing_key"));
+            return decided(cached);
         }
         entry.attempted_at = now;
-        match self.fetch_keys(p).await {
+        match self.federation_keys.fetcher.discover(p).await {
             Ok(keys) => {
-                entry.keys = keys;
+                entry.keys = std::sync::Arc::new(keys);
                 entry.fetched_at = now;
-                pick(&entry.keys).ok_or(invalid("unknown_signing_key"))
+                decided(verdict(&entry.keys))
             }
-            // Keys past their age still verify their own tokens while the provider is away.
-            Err(e) => match cached {
-                Some(key) => {
-                    tracing::warn!(provider = %p.name, error = %e, "provider keys could not be refreshed; using the cached ones");
-                    Ok(key)
-                }
-                None => Err(e),
-            },
+            Err(e) if cached == Err(Invalid::UnknownKey) => {
+                Err(AuthError::Unavailable(format!("provider {}: {e}", p.name)))
+            }
+            Err(e) => {
+                tracing::warn!(provider = %p.name, error = %e, "provider keys could not be refreshed; using the cached ones");
+                decided(cached)
+            }
         }
-    }
-
-    /// Validates an id_token of provider `p` (OpenID Connect Core 3.1.3.7) and returns its
-    /// claims.
-    async fn validate_id_token(
-        &self,
-        p: &OidcProviderConfig,
-        token: &str,
-    ) -> Result<serde_json::Map<String, Value>, AuthError> {
-        if token.len() > MAX_ID_TOKEN_BYTES {
-            return Err(invalid("too_large"));
-        }
-        // `alg: none` and unknown algorithms do not even parse.
-        let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("malformed"))?;
-        let alg_name = format!("{:?}", header.alg);
-        if !p.allowed_algorithms.contains(&alg_name) {
-            return Err(invalid("algorithm_not_accepted"));
-        }
-        // An access token of the provider is not an id_token (RFC 9068 `typ`).
-        if header.typ.as_deref().is_some_and(|t| {
-            t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt")
-        }) {
-            return Err(invalid("not_an_id_token"));
-        }
-        let jwk = self.provider_key(p, header.kid.as_deref()).await?;
-        if let Some(key_alg) = &jwk.common.key_algorithm
-            && format!("{key_alg:?}") != alg_name
-        {
-            return Err(invalid("algorithm_does_not_match_the_key"));
-        }
-        let key = DecodingKey::from_jwk(&jwk).map_err(|_| invalid("unusable_key"))?;
-        let mut v = Validation::new(header.alg);
-        v.algorithms = vec![header.alg];
-        v.set_issuer(&[&p.issuer]);
-        v.set_audience(&[&p.client_id]);
-        v.set_required_spec_claims(&["iss", "aud", "exp", "iat", "sub"]);
-        // Time is checked below against the injected clock.
-        v.validate_exp = false;
-        v.validate_nbf = false;
-        v.leeway = 0;
-        let claims = jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &key, &v)
-            .map_err(|e| {
-                use jsonwebtoken::errors::ErrorKind as K;
-                match e.kind() {
-                    K::InvalidIssuer => invalid("wrong_issuer"),
-                    K::InvalidAudience => invalid("wrong_audience"),
-                    K::InvalidSignature => invalid("bad_signature"),
-                    K::MissingRequiredClaim(_) => invalid("missing_claim"),
-                    _ => invalid("does_not_verify"),
-                }
-            })?
-            .claims;
-        // One issuer, as a string (a list of issuers would pass a set-membership check).
-        if claims.get("iss").and_then(Value::as_str) != Some(p.issuer.as_str()) {
-            return Err(invalid("wrong_issuer"));
-        }
-        let now = self.clock.unix();
-        let skew = super::secs(p.clock_skew_seconds);
-        let number = |name: &str| claims.get(name).and_then(Value::as_i64);
-        let exp = number("exp").ok_or(invalid("missing_claim"))?;
-        let iat = number("iat").ok_or(invalid("missing_claim"))?;
-        if exp + skew <= now {
-            return Err(invalid("expired"));
-        }
-        if iat - skew > now || number("nbf").is_some_and(|nbf| nbf - skew > now) {
-            return Err(invalid("not_yet_valid"));
-        }
-        // Several audiences: `azp` must be present and be us; `azp` present: it must be us.
-        let several = claims
-            .get("aud")
-            .and_then(Value::as_array)
-            .is_some_and(|a| a.len() > 1);
-        match claims.get("azp").and_then(Value::as_str) {
-            Some(azp) if azp != p.client_id => return Err(invalid("wrong_authorized_party")),
-            None if several => return Err(invalid("wrong_authorized_party")),
-            _ => {}
-        }
-        if claims
-            .get("sub")
-            .and_then(Value::as_str)
-            .is_none_or(|s| s.is_empty() || s.len() > 255)
-        {
-            return Err(invalid("missing_claim"));
-        }
-        Ok(claims)
     }
 
     /// Signs in with an id_token of the configured provider `provider`.
@@ -538,16 +377,5 @@ impl AuthService {
             }
         }
         Err(AuthError::Conflict("account"))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn algorithm_names_match_the_configuration_vocabulary() {
-        for name in keygate_config::FEDERATION_ALGORITHMS {
-            let alg: jsonwebtoken::Algorithm = name.parse().unwrap();
-            assert_eq!(format!("{alg:?}"), *name);
-        }
     }
 }
