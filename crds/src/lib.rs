@@ -15,7 +15,7 @@ pub mod signing_key;
 pub mod status;
 
 pub use auth_policy::{AuthPolicy, AuthPolicySpec};
-pub use oidc_provider::{OidcProvider, OidcProviderSpec};
+pub use oidc_provider::{OidcProvider, OidcProviderSpec, OidcProviderStatus};
 pub use rate_limit_policy::{RateLimitPolicy, RateLimitPolicySpec};
 pub use server_policy::{ServerPolicy, ServerPolicySpec, ServerSettings};
 pub use signing_key::{

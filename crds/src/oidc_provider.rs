@@ -1,8 +1,10 @@
 //! `OidcProvider`: an external OpenID Connect issuer whose id_tokens sign users in through
-//! `/auth/id-token/signin`, with the runtime configuration's own provider fields.
+//! `/auth/id-token/signin`, with the runtime configuration's own provider fields, and its
+//! status: `Accepted` (rendered) and `Ready` (the issuer's discovery document and keys, as the
+//! operator last checked them).
 
 use crate::schema::{camel_schema, extend, string};
-use crate::status::Status;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
@@ -16,7 +18,7 @@ use std::borrow::Cow;
     version = "v1alpha1",
     kind = "OidcProvider",
     namespaced,
-    status = "Status",
+    status = "OidcProviderStatus",
     shortname = "kgoidc",
     category = "keygate",
     doc = "An external OpenID Connect issuer whose id_tokens sign users in (POST /auth/id-token/signin with provider set to the provider name: spec.providerName, else the resource's name).",
@@ -28,9 +30,21 @@ use std::borrow::Cow;
         json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
     ),
     printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Keys", type_ = "integer", json_path = ".status.keyCount"),
+    printcolumn(
         name = "Reason",
         type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Accepted\")].reason",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Checked",
+        type_ = "date",
+        json_path = ".status.lastCheckTime",
         priority = 1
     ),
     printcolumn(
@@ -47,6 +61,32 @@ pub struct OidcProviderSpec {
     /// The provider's settings (`issuer`, `clientId`, `allowedAlgorithms`, ...).
     #[serde(flatten)]
     pub provider: Map<String, Value>,
+}
+
+/// The status of an `OidcProvider`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OidcProviderStatus {
+    /// `Accepted`: valid and in the published configuration. `Ready`: the issuer's discovery
+    /// document names the configured issuer and its `jwks_uri` serves at least one key of an
+    /// allowed algorithm (`Unknown` until the first check; `False` with the reason of the
+    /// failure, while the provider stays in the configuration and the servers keep verifying
+    /// with the keys they cached).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` the conditions describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Keys of the issuer's JWKS that an allowed algorithm can use, at the last successful
+    /// check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_count: Option<i64>,
+    /// RFC 3339 time of the last check, successful or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check_time: Option<String>,
+    /// RFC 3339 time of the last successful check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ready_time: Option<String>,
 }
 
 impl JsonSchema for OidcProviderSpec {

@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 /// Condition type: the resource is valid and in the rendered runtime configuration.
 pub const ACCEPTED: &str = "Accepted";
 
+/// Condition type of an `OidcProvider`: its issuer answered the last check.
+pub const READY: &str = "Ready";
+
 /// Reasons of the `Accepted` condition.
 pub mod reason {
     /// Valid and rendered.
@@ -22,6 +25,13 @@ pub mod reason {
     pub const NO_SIGNING_KEY: &str = "NoSigningKey";
     /// Key material could not be made or read.
     pub const KEY_MATERIAL: &str = "KeyMaterialError";
+    /// `Ready`: the issuer's discovery document and keys were read at the last check.
+    pub const KEYS_PUBLISHED: &str = "KeysPublished";
+    /// `Ready` is `Unknown`: the first check has not finished.
+    pub const CHECKING: &str = "Checking";
+    /// `Ready` is `False` without a check: the spec is not accepted. (A failed check's reason
+    /// says what failed: `DiscoveryFailed`, `IssuerMismatch`, `JwksFailed`, `NoUsableKey`.)
+    pub const NOT_ACCEPTED: &str = "NotAccepted";
 }
 
 /// The status of a Keygate resource.
@@ -37,18 +47,17 @@ pub struct Status {
     pub observed_generation: Option<i64>,
 }
 
-/// A condition of `kind`, keeping the transition time of `previous` when its status did not
-/// change.
+/// A condition of `kind` with `status` (`True`, `False`, `Unknown`), keeping the transition
+/// time of `previous` when its status did not change.
 pub fn condition(
     kind: &str,
-    ok: bool,
+    status: &str,
     reason: &str,
     message: &str,
     generation: Option<i64>,
     previous: &[Condition],
     now: Time,
 ) -> Condition {
-    let status = if ok { "True" } else { "False" };
     let since = previous
         .iter()
         .find(|c| c.type_ == kind && c.status == status)

@@ -5,6 +5,7 @@
 //! resource's status and an Event when its acceptance changes. Errors are retried with a
 //! growing backoff and never end the process.
 
+use crate::health::Health;
 use crate::keys;
 use crate::metrics::Metrics;
 use crate::publish::{self, Published};
@@ -12,7 +13,7 @@ use crate::render::{self, Inputs, Verdict};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use keygate_crds::status::{self, ACCEPTED};
+use keygate_crds::status::{self, ACCEPTED, READY};
 use keygate_crds::{AuthPolicy, OidcProvider, RateLimitPolicy, ServerPolicy, SigningKey};
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -44,6 +45,8 @@ pub struct Context {
     pub propagation_bound: i64,
     /// Whether this replica leads now.
     pub leading: Arc<AtomicBool>,
+    /// The issuer checks of `OidcProvider`s.
+    pub health: Arc<Health>,
     recorder: Recorder,
 }
 
@@ -84,6 +87,7 @@ impl Context {
         instance: String,
         metrics: Arc<Metrics>,
         propagation_bound: i64,
+        provider_check_interval: Duration,
     ) -> Self {
         let recorder = Recorder::new(
             client.clone(),
@@ -100,6 +104,7 @@ impl Context {
             ready: Arc::default(),
             propagation_bound,
             leading: Arc::default(),
+            health: Arc::new(Health::new(provider_check_interval)),
             recorder,
         }
     }
@@ -201,6 +206,7 @@ pub async fn run(
     watch_kind::<ServerPolicy>(&ctx, "ServerPolicy", tx.clone());
     watch_kind::<SigningKey>(&ctx, "SigningKey", tx.clone());
     watch_kind::<Secret>(&ctx, "Secret", tx.clone());
+    tokio::spawn(ctx.health.clone().run(ctx.leading.clone(), tx.clone()));
     let mut backoff = Duration::from_millis(500);
     let mut trigger: &'static str = "resync";
     tokio::pin!(stop);
@@ -328,6 +334,19 @@ pub async fn reconcile(ctx: &Context) -> Result<Option<i64>, ReconcileError> {
         signing_keys,
     };
     let rendered = render::render(&inputs);
+    // Providers whose spec is valid are checked, rendered or held back alike.
+    ctx.health.track(
+        inputs
+            .oidc_providers
+            .iter()
+            .filter_map(|p| {
+                let name = p.name_any();
+                let provider = p.spec.to_provider(&name).ok()?;
+                provider.validate().ok()?;
+                Some((name, provider))
+            })
+            .collect(),
+    );
     match (&rendered.json, &rendered.hash) {
         (Some(json), Some(hash)) => {
             let outcome = publish::publish(&secrets, &ctx.config_secret, json, hash)
@@ -365,6 +384,7 @@ pub async fn reconcile(ctx: &Context) -> Result<Option<i64>, ReconcileError> {
                     &inputs.auth_policies,
                     v,
                     |p| conditions(p.status.as_ref()),
+                    Vec::new(),
                     None,
                 )
                 .await
@@ -375,17 +395,25 @@ pub async fn reconcile(ctx: &Context) -> Result<Option<i64>, ReconcileError> {
                     &inputs.rate_limit_policies,
                     v,
                     |p| conditions(p.status.as_ref()),
+                    Vec::new(),
                     None,
                 )
                 .await
             }
             "OidcProvider" => {
+                let (ready, extra) = provider_health(ctx, v);
                 report(
                     ctx,
                     &inputs.oidc_providers,
                     v,
-                    |p| conditions(p.status.as_ref()),
-                    None,
+                    |p| {
+                        p.status
+                            .as_ref()
+                            .map(|s| s.conditions.clone())
+                            .unwrap_or_default()
+                    },
+                    vec![ready],
+                    Some(extra),
                 )
                 .await
             }
@@ -395,6 +423,7 @@ pub async fn reconcile(ctx: &Context) -> Result<Option<i64>, ReconcileError> {
                     &inputs.server_policies,
                     v,
                     |p| conditions(p.status.as_ref()),
+                    Vec::new(),
                     None,
                 )
                 .await
@@ -415,6 +444,7 @@ pub async fn reconcile(ctx: &Context) -> Result<Option<i64>, ReconcileError> {
                             .map(|s| s.conditions.clone())
                             .unwrap_or_default()
                     },
+                    Vec::new(),
                     extra,
                 )
                 .await
@@ -464,13 +494,62 @@ fn signing_key_status(key: &SigningKey, set: &keys::KeySet, now: i64) -> serde_j
     })
 }
 
-/// Writes a resource's `Accepted` condition (and `extra` status fields) when it changed, and
-/// an Event when its acceptance or reason changed.
+/// A condition besides `Accepted`, as the reconcile decided it.
+struct Cond {
+    type_: &'static str,
+    /// `True`, `False` or `Unknown`.
+    status: &'static str,
+    reason: &'static str,
+    message: String,
+    /// The Event's action when it changes.
+    action: &'static str,
+}
+
+/// The `Ready` condition and the check fields of an `OidcProvider`'s status, from the last
+/// check of its issuer.
+fn provider_health(ctx: &Context, v: &Verdict) -> (Cond, serde_json::Value) {
+    let outcome = ctx.health.outcome(&v.name);
+    let ready = match &outcome {
+        Some(o) => Cond {
+            type_: READY,
+            status: if o.ready { "True" } else { "False" },
+            reason: o.reason,
+            message: o.message.clone(),
+            action: "Check",
+        },
+        None if v.reason == status::reason::INVALID_SPEC => Cond {
+            type_: READY,
+            status: "False",
+            reason: status::reason::NOT_ACCEPTED,
+            message: "not checked: the spec is not accepted (see the Accepted condition)".into(),
+            action: "Check",
+        },
+        None => Cond {
+            type_: READY,
+            status: "Unknown",
+            reason: status::reason::CHECKING,
+            message: "the first check of the issuer has not finished".into(),
+            action: "Check",
+        },
+    };
+    let o = outcome.as_ref();
+    let extra = serde_json::json!({
+        "keyCount": o.and_then(|o| o.key_count),
+        "lastCheckTime": o.and_then(|o| rfc3339(o.checked_at)),
+        "lastReadyTime": o.and_then(|o| o.ready_at).and_then(rfc3339),
+    });
+    (ready, extra)
+}
+
+/// Writes a resource's conditions (`Accepted` from the verdict, and `more`) and `extra`
+/// status fields when any changed, and an Event for each condition whose status or reason
+/// changed.
 async fn report<K>(
     ctx: &Context,
     items: &[K],
     v: &Verdict,
     conditions_of: impl Fn(&K) -> Vec<Condition>,
+    more: Vec<Cond>,
     extra: Option<serde_json::Value>,
 ) -> Result<(), ReconcileError>
 where
@@ -485,24 +564,40 @@ where
     };
     let previous = conditions_of(obj);
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let condition = status::condition(
-        ACCEPTED,
-        v.ok,
-        v.reason,
-        &v.message,
-        v.generation,
-        &previous,
-        now,
-    );
-    let before = previous.iter().find(|c| c.type_ == ACCEPTED);
-    let unchanged = before.is_some_and(|b| {
-        b.status == condition.status
-            && b.reason == condition.reason
-            && b.message == condition.message
-            && b.observed_generation == condition.observed_generation
-    });
+    let accepted = Cond {
+        type_: ACCEPTED,
+        status: if v.ok { "True" } else { "False" },
+        reason: v.reason,
+        message: v.message.clone(),
+        action: "Render",
+    };
+    let wanted: Vec<Cond> = std::iter::once(accepted).chain(more).collect();
+    let conditions: Vec<Condition> = wanted
+        .iter()
+        .map(|c| {
+            status::condition(
+                c.type_,
+                c.status,
+                c.reason,
+                &c.message,
+                v.generation,
+                &previous,
+                now.clone(),
+            )
+        })
+        .collect();
+    let before = |type_: &str| previous.iter().find(|c| c.type_ == type_);
+    let unchanged = previous.len() == conditions.len()
+        && conditions.iter().all(|c| {
+            before(&c.type_).is_some_and(|b| {
+                b.status == c.status
+                    && b.reason == c.reason
+                    && b.message == c.message
+                    && b.observed_generation == c.observed_generation
+            })
+        });
     let mut status = serde_json::json!({
-        "conditions": [condition],
+        "conditions": conditions,
         "observedGeneration": v.generation,
     });
     if let Some(serde_json::Value::Object(extra)) = extra {
@@ -510,7 +605,9 @@ where
             .ok()
             .and_then(|o| o.get("status").cloned())
             .unwrap_or_default();
-        let same_extra = extra.iter().all(|(k, val)| current.get(k) == Some(val));
+        let same_extra = extra
+            .iter()
+            .all(|(k, val)| current.get(k).unwrap_or(&serde_json::Value::Null).eq(val));
         if unchanged && same_extra {
             return Ok(());
         }
@@ -528,18 +625,21 @@ where
         )
         .await
         .map_err(api_err(format!("status of {}/{}", v.kind, v.name)))?;
-    let changed =
-        before.is_none_or(|b| b.status != condition.status || b.reason != condition.reason);
-    if changed {
+    for (c, condition) in wanted.iter().zip(&conditions) {
+        let changed = before(c.type_)
+            .is_none_or(|b| b.status != condition.status || b.reason != condition.reason);
+        if !changed {
+            continue;
+        }
         let event = Event {
-            type_: if v.ok {
-                EventType::Normal
-            } else {
+            type_: if condition.status == "False" {
                 EventType::Warning
+            } else {
+                EventType::Normal
             },
-            reason: v.reason.to_owned(),
-            note: Some(v.message.chars().take(1000).collect()),
-            action: "Render".into(),
+            reason: c.reason.to_owned(),
+            note: Some(c.message.chars().take(1000).collect()),
+            action: c.action.into(),
             secondary: None,
         };
         if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {

@@ -1,9 +1,10 @@
 //! The Keygate operator: custom resources in, one Secret holding the rendered runtime
 //! configuration out. `render` is pure (resources to configuration); `keys` makes key
-//! material; `publish` writes the Secret when its content changes; `controller` watches,
-//! reconciles and reports status and events.
+//! material; `publish` writes the Secret when its content changes; `health` checks the
+//! issuers of `OidcProvider`s; `controller` watches, reconciles and reports status and events.
 
 pub mod controller;
+pub mod health;
 pub mod keys;
 pub mod leader;
 pub mod metrics;

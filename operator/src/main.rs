@@ -37,6 +37,10 @@ struct Cli {
     /// must exceed it plus the JWKS cache lifetime.
     #[arg(long, env = "KEYGATE_PROPAGATION_BOUND", default_value = "90s", value_parser = parse_duration)]
     propagation_bound: std::time::Duration,
+    /// How often the issuer of every OidcProvider is checked while it answers, as a Go
+    /// duration; after a failed check the next comes 5s later, doubling up to this interval.
+    #[arg(long, env = "KEYGATE_PROVIDER_CHECK_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    provider_check_interval: std::time::Duration,
     /// Elect one leader among the operator replicas through a Lease; off: this replica always
     /// reconciles (run exactly one).
     #[arg(long, env = "KEYGATE_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
@@ -130,6 +134,7 @@ async fn main() -> anyhow::Result<()> {
         instance,
         metrics.clone(),
         i64::try_from(cli.propagation_bound.as_secs()).unwrap_or(i64::MAX),
+        cli.provider_check_interval,
     ));
     if let Err(e) = controller::preflight(&ctx).await {
         tracing::error!(error = %e, "cannot start");

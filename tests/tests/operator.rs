@@ -53,10 +53,28 @@ fn get(cp: &ControlPlane, ns: &str, what: &str) -> Value {
 }
 
 fn accepted(obj: &Value) -> Option<(String, String, String)> {
+    condition(obj, "Accepted")
+}
+
+/// The Events that `selector` (a field selector) picks.
+fn events(cp: &ControlPlane, ns: &str, selector: &str) -> Vec<Value> {
+    let (ok, text) = kubectl(
+        cp,
+        ns,
+        &["get", "events", "--field-selector", selector, "-o", "json"],
+        None,
+    );
+    assert!(ok, "{text}");
+    let list: Value = serde_json::from_str(&text).unwrap();
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// A condition's (status, reason, message).
+fn condition(obj: &Value, type_: &str) -> Option<(String, String, String)> {
     obj["status"]["conditions"]
         .as_array()?
         .iter()
-        .find(|c| c["type"] == "Accepted")
+        .find(|c| c["type"] == type_)
         .map(|c| {
             (
                 c["status"].as_str().unwrap_or_default().to_owned(),
@@ -173,7 +191,11 @@ async fn resources_reach_a_running_server_and_deleting_them_takes_the_effect_awa
     let cp = control_plane();
     apply_crds(cp);
     let ns = cp.namespace("kg-op").await;
-    let operator = OperatorProcess::start(&cp.kubeconfig, &ns.name, &[]);
+    let operator = OperatorProcess::start(
+        &cp.kubeconfig,
+        &ns.name,
+        &["--provider-check-interval", "2s"],
+    );
     let client = reqwest::Client::new();
     // Nothing published without a SigningKey (every server would sign with its own key).
     let (ok, text) = apply(
@@ -269,7 +291,7 @@ async fn resources_reach_a_running_server_and_deleting_them_takes_the_effect_awa
     .await;
 
     // An OidcProvider at a real provider; its tenant is created by the server.
-    let idp = OidcProvider::start(&[("k1", "RS256")]);
+    let mut idp = OidcProvider::start(&[("k1", "RS256")]);
     let (ok, text) = apply(
         cp,
         &ns.name,
@@ -279,21 +301,110 @@ async fn resources_reach_a_running_server_and_deleting_them_takes_the_effect_awa
         ),
     );
     assert!(ok, "{text}");
-    let signin = async || {
+    let signin = async |provider: &str, id_token: String| {
         post_json(
             &client,
             &format!("{}/api/v1/auth/id-token/signin", server.base_url),
             None,
-            &json!({"provider": "corp", "id_token": idp.id_token("keygate", "alice")}),
+            &json!({"provider": provider, "id_token": id_token}),
         )
         .await
     };
     let (_, body) = eventually(Duration::from_secs(20), "federated sign-in", async || {
-        let r = signin().await;
+        let r = signin("corp", idp.id_token("keygate", "alice")).await;
         (r.0 == 200).then_some(r)
     })
     .await;
     assert!(body["access_token"].is_string());
+    // The issuer is checked: Ready, with the key count and the check time.
+    let corp = eventually(Duration::from_secs(20), "Ready=True", async || {
+        let p = get(cp, &ns.name, "oidcprovider/corp");
+        (condition(&p, "Ready")?.0 == "True").then_some(p)
+    })
+    .await;
+    assert_eq!(condition(&corp, "Ready").unwrap().1, "KeysPublished");
+    assert_eq!(corp["status"]["keyCount"], 1, "{corp}");
+    assert!(corp["status"]["lastCheckTime"].is_string(), "{corp}");
+    let (_, table) = kubectl(cp, &ns.name, &["get", "oidcproviders"], None);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME", "ISSUER", "TENANT", "ACCEPTED", "READY", "KEYS", "AGE"
+        ],
+        "{table}"
+    );
+    // The issuer goes down: not Ready with the reason, still in the configuration, and the
+    // server's cached keys keep signing in; back up, Ready again after the backoff.
+    let spare = idp.id_token("keygate", "alice");
+    idp.stop();
+    let (_, reason, message) = eventually(Duration::from_secs(20), "Ready=False", async || {
+        condition(&get(cp, &ns.name, "oidcprovider/corp"), "Ready").filter(|c| c.0 == "False")
+    })
+    .await;
+    assert_eq!(reason, "DiscoveryFailed", "{message}");
+    assert!(
+        message.contains("stays in the published configuration"),
+        "{message}"
+    );
+    assert_eq!(
+        accepted(&get(cp, &ns.name, "oidcprovider/corp")).unwrap().0,
+        "True"
+    );
+    assert!(
+        !events(
+            cp,
+            &ns.name,
+            "involvedObject.name=corp,reason=DiscoveryFailed"
+        )
+        .is_empty(),
+        "a Warning event for the failed check"
+    );
+    assert_eq!(signin("corp", spare).await.0, 200, "cached keys verify");
+    idp.restart_with_keys(&[("k1", "RS256")]);
+    eventually(Duration::from_secs(30), "Ready=True again", async || {
+        let c = condition(&get(cp, &ns.name, "oidcprovider/corp"), "Ready")?;
+        (c.0 == "True").then_some(())
+    })
+    .await;
+    // A provider at a dead port: not Ready, with the reason; Accepted and published all the
+    // same (the server judges tokens for it, rather than answering "no such provider").
+    let dead_port = keygate_tests::free_port();
+    let (ok, text) = apply(
+        cp,
+        &ns.name,
+        &format!(
+            "apiVersion: keygate.dev/v1alpha1\nkind: OidcProvider\nmetadata: {{name: dead}}\nspec: {{issuer: 'http://127.0.0.1:{dead_port}', clientId: keygate, allowHttp: true}}\n"
+        ),
+    );
+    assert!(ok, "{text}");
+    let (_, reason, message) =
+        eventually(Duration::from_secs(20), "dead: Ready=False", async || {
+            condition(&get(cp, &ns.name, "oidcprovider/dead"), "Ready").filter(|c| c.0 == "False")
+        })
+        .await;
+    assert_eq!(reason, "DiscoveryFailed");
+    assert!(message.contains("refused"), "{message}");
+    let dead = get(cp, &ns.name, "oidcprovider/dead");
+    assert_eq!(accepted(&dead).unwrap().0, "True", "{dead}");
+    assert!(dead["status"]["keyCount"].is_null(), "{dead}");
+    let token = idp.id_token("keygate", "alice");
+    eventually(
+        Duration::from_secs(20),
+        "dead provider published",
+        async || {
+            let r = signin("dead", token.clone()).await;
+            (r.1["code"] == 40000601).then_some(())
+        },
+    )
+    .await;
+    let (ok, text) = kubectl(cp, &ns.name, &["delete", "oidcprovider", "dead"], None);
+    assert!(ok, "{text}");
+    eventually(Duration::from_secs(20), "dead provider gone", async || {
+        let r = signin("dead", token.clone()).await;
+        (r.1["errors"][0]["field"] == "provider").then_some(())
+    })
+    .await;
     let cfg = get_json(
         &client,
         &format!("{}/api/v1/public/auth-config/partners", server.base_url),
@@ -318,20 +429,11 @@ async fn resources_reach_a_running_server_and_deleting_them_takes_the_effect_awa
         .await;
     assert_eq!((status.as_str(), reason.as_str()), ("False", "InvalidSpec"));
     assert!(message.contains("preferred_transmission"), "{message}");
-    let (_, events) = kubectl(
-        cp,
-        &ns.name,
-        &[
-            "get",
-            "events",
-            "--field-selector",
-            "involvedObject.name=acme",
-            "-o",
-            "json",
-        ],
-        None,
+    let events = events(cp, &ns.name, "involvedObject.name=acme");
+    assert!(
+        events.iter().any(|e| e["reason"] == "InvalidSpec"),
+        "{events:?}"
     );
-    assert!(events.contains("InvalidSpec"), "{events}");
     let after = get(cp, &ns.name, "secret/keygate-config")["metadata"]["annotations"]["keygate.dev/config-sha256"].clone();
     assert_eq!(
         before, after,
@@ -355,7 +457,7 @@ async fn resources_reach_a_running_server_and_deleting_them_takes_the_effect_awa
     let (ok, text) = kubectl(cp, &ns.name, &["delete", "oidcprovider", "corp"], None);
     assert!(ok, "{text}");
     eventually(Duration::from_secs(20), "the provider gone", async || {
-        let r = signin().await;
+        let r = signin("corp", idp.id_token("keygate", "alice")).await;
         (r.0 == 400 && r.1["errors"][0]["field"] == "provider").then_some(())
     })
     .await;
