@@ -116,20 +116,20 @@ async fn read_limited(mut res: reqwest::Response) -> Result<Vec<u8>, HttpError> 
     Ok(body)
 }
 
-/// An error with its causes, on one line (reqwest's own message omits the cause that says
-/// what went wrong, such as "connection refused").
+/// What went wrong below a request, on one line: the causes of reqwest's error (its own
+/// message only repeats the URL), or the message when it has none.
 fn plain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
+    let mut causes = Vec::new();
     let mut source = e.source();
     while let Some(cause) = source {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
+        causes.push(cause.to_string());
         source = cause.source();
     }
-    out
+    if causes.is_empty() {
+        e.to_string()
+    } else {
+        causes.join(": ")
+    }
 }
 
 /// The crate's HTTP client for one discovery: the crate asks for the well-known document

@@ -628,7 +628,8 @@ where
     for (c, condition) in wanted.iter().zip(&conditions) {
         let changed = before(c.type_)
             .is_none_or(|b| b.status != condition.status || b.reason != condition.reason);
-        if !changed {
+        // No Event for "not checked yet": the outcome follows within seconds.
+        if !changed || condition.status == "Unknown" {
             continue;
         }
         let event = Event {
