@@ -1,11 +1,12 @@
-//! The runtime configuration model (signing keys, token and password-hashing policy) and its
-//! validation, shared by the server (which loads and hot-swaps it) and the operator (which
-//! renders it from custom resources), and the generation of the private keys it holds. No
-//! kube, no axum, no I/O beyond parsing.
+//! The runtime configuration model (signing keys, token and password-hashing policy, tenants,
+//! rate limits, OIDC providers, ServiceAccount grants) and its validation, shared by the server
+//! (which loads and hot-swaps it) and the operator (which renders it from custom resources),
+//! and the generation of the private keys it holds. No kube, no axum, no I/O beyond parsing.
 
 mod federation;
 pub mod keygen;
 mod policy;
+mod service_accounts;
 
 pub use federation::{ClaimMapping, FEDERATION_ALGORITHMS, OidcProviderConfig, Provisioning};
 
@@ -16,6 +17,9 @@ pub use policy::{
     cidr_contains, parse_cidr,
 };
 use serde::{Deserialize, Serialize};
+pub use service_accounts::{
+    GrantPermission, GrantRateLimit, ServiceAccountGrantConfig, ServiceAccountRef,
+};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Everything the server may change without a restart.
@@ -43,6 +47,8 @@ pub struct RuntimeConfig {
     pub audit: AuditPolicy,
     /// External OpenID Connect providers for `/auth/id-token/signin`.
     pub oidc_providers: Vec<OidcProviderConfig>,
+    /// Kubernetes ServiceAccounts allowed to call Keygate with their own tokens.
+    pub service_account_grants: Vec<ServiceAccountGrantConfig>,
 }
 
 /// An RSA key that clients encrypt passwords to (RSA-OAEP, SHA-256).
@@ -318,6 +324,24 @@ impl RuntimeConfig {
                 return Err(ConfigError::Invalid(format!(
                     "oidc_providers: duplicate name {:?}",
                     p.name
+                )));
+            }
+        }
+        let mut grants = BTreeSet::new();
+        let mut granted = BTreeSet::new();
+        for g in &self.service_account_grants {
+            g.validate().map_err(ConfigError::Invalid)?;
+            if !grants.insert(g.name.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "service_account_grants: duplicate name {:?}",
+                    g.name
+                )));
+            }
+            if !granted.insert((g.service_account.username(), g.tenant_id.as_str())) {
+                return Err(ConfigError::Invalid(format!(
+                    "service_account_grants: {} has two grants for tenant {:?}",
+                    g.service_account.username(),
+                    g.tenant_id
                 )));
             }
         }
