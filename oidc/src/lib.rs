@@ -3,7 +3,8 @@
 //! provider's allowed algorithms can use, and id_token validation (OpenID Connect Core
 //! 3.1.3.7): the crate's verifier for signature, algorithm, key selection, `typ`, issuer,
 //! audience, `exp` and `iat`, and our own checks for what it leaves out (`azp`, `nbf`, the
-//! clock-skew leeway on `exp`, `sub` bounds).
+//! clock-skew leeway on `exp`, `sub` bounds). The same validation serves Kubernetes
+//! ServiceAccount tokens, whose issuer and keys come from the API server itself.
 
 use keygate_config::OidcProviderConfig;
 use openidconnect::core::{
@@ -157,7 +158,97 @@ impl<'c> openidconnect::AsyncHttpClient<'c> for Client<'_> {
     }
 }
 
+/// A Kubernetes API server, whose service-account issuer signs ServiceAccount tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// `https://HOST:PORT` of the API server.
+    pub api_url: String,
+    /// A bearer token for its discovery endpoints (the server's own ServiceAccount token),
+    /// read again at every fetch: the kubelet rotates projected tokens.
+    pub token_file: Option<std::path::PathBuf>,
+}
+
 impl Fetcher {
+    /// A fetcher that trusts only the CA certificates of `ca_pem` (a PEM bundle): the
+    /// cluster's CA, for its API server.
+    pub fn trusting(ca_pem: &[u8]) -> Result<Self, String> {
+        let certs = reqwest::Certificate::from_pem_bundle(ca_pem)
+            .map_err(|e| format!("unreadable CA bundle: {}", plain(&e)))?;
+        if certs.is_empty() {
+            return Err("the CA bundle holds no certificate".into());
+        }
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(3))
+            .timeout(std::time::Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(0)
+            .tls_built_in_root_certs(false);
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+        Ok(Self {
+            http: builder.build().map_err(|e| plain(&e))?,
+        })
+    }
+
+    async fn get(&self, url: &str, token: Option<&str>) -> Result<Vec<u8>, String> {
+        let mut request = self
+            .http
+            .get(url)
+            .header(http::header::ACCEPT, "application/json");
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let res = request
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {}", plain(&e)))?;
+        if !res.status().is_success() {
+            return Err(format!("{url}: HTTP {}", res.status()));
+        }
+        read_limited(res).await.map_err(|e| format!("{url}: {e}"))
+    }
+
+    /// The cluster's service-account issuer and its keys, from the API server's own
+    /// discovery document and key set (`/.well-known/openid-configuration` and
+    /// `/openid/v1/jwks`, which every API server serves, whatever `jwks_uri` says: the
+    /// token is sent to the API server and nowhere else). The crate's discovery is not used
+    /// here: its provider metadata requires an `authorization_endpoint`, which a
+    /// service-account issuer does not have.
+    pub async fn cluster_keys(&self, cluster: &Cluster) -> Result<(String, Keys), FetchError> {
+        let token = match &cluster.token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| {
+                        FetchError::Discovery(format!("token file {}: {e}", path.display()))
+                    })?
+                    .trim()
+                    .to_owned(),
+            ),
+            None => None,
+        };
+        let base = cluster.api_url.trim_end_matches('/');
+        let doc = self
+            .get(
+                &format!("{base}/.well-known/openid-configuration"),
+                token.as_deref(),
+            )
+            .await
+            .map_err(FetchError::Discovery)?;
+        let issuer = serde_json::from_slice::<Value>(&doc)
+            .ok()
+            .and_then(|d| d["issuer"].as_str().map(str::to_owned))
+            .filter(|i| !i.is_empty())
+            .ok_or_else(|| FetchError::Discovery("the document names no issuer".into()))?;
+        let set = self
+            .get(&format!("{base}/openid/v1/jwks"), token.as_deref())
+            .await
+            .map_err(FetchError::Jwks)?;
+        let keys: Keys = serde_json::from_slice(&set)
+            .map_err(|e| FetchError::Jwks(format!("unreadable key set: {e}")))?;
+        Ok((issuer, keys))
+    }
+
     /// One request for the crate: the provider's URL rules, our bounds.
     async fn call(
         &self,

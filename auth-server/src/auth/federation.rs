@@ -1,45 +1,21 @@
-//! Sign-in with id_tokens of external OpenID Connect providers: their keys cached per
-//! provider (refetched on an unknown `kid`, at most once per floor; discovery, JWKS and
-//! validation by `keygate_oidc`), single use, and the account found by its (issuer, subject)
-//! link or provisioned as the provider's configuration says.
+//! Sign-in with id_tokens of external OpenID Connect providers: validated by `keygate_oidc`
+//! with the provider's keys from the key cache, single use, and the account found by its
+//! (issuer, subject) link or provisioned as the provider's configuration says.
 
 use super::challenge::LoginOutcome;
 use super::error::{AuthError, FieldViolation};
+use super::key_cache::{Ages, KeyCache, SourceKeys};
 use super::{AuthService, random, users};
 use crate::store::{IdentityKind, User};
 use keygate_config::{OidcProviderConfig, Provisioning};
-use keygate_oidc::{Fetcher, Invalid, Keys};
+use keygate_oidc::{Fetcher, Invalid};
 use serde_json::Value;
-use std::collections::HashMap;
+use std::sync::Arc;
 
-/// Keys of one provider as last fetched.
-#[derive(Debug, Clone)]
-struct ProviderKeys {
-    keys: std::sync::Arc<Keys>,
-    /// Injected-clock time of the last successful fetch (0: never).
-    fetched_at: i64,
-    /// Injected-clock time of the last attempt, successful or not (the refetch floor).
-    attempted_at: i64,
-}
-
-impl Default for ProviderKeys {
-    fn default() -> Self {
-        Self {
-            keys: std::sync::Arc::new(Keys::new(Vec::new())),
-            fetched_at: 0,
-            attempted_at: 0,
-        }
-    }
-}
-
-/// One provider's slot: its own lock, held while its keys are fetched, so that a slow or
-/// unreachable provider delays only its own sign-ins.
-type Slot = std::sync::Arc<tokio::sync::Mutex<ProviderKeys>>;
-
-/// The provider key cache, keyed by discovery URL, and the client that fills it.
+/// The provider keys' cache and the client that fills it.
 #[derive(Debug, Default)]
-pub struct KeyCache {
-    entries: std::sync::Mutex<HashMap<String, Slot>>,
+pub struct ProviderKeys {
+    cache: KeyCache,
     fetcher: Fetcher,
 }
 
@@ -58,74 +34,37 @@ fn invalid(why: &'static str) -> AuthError {
     AuthError::IdTokenInvalid(why)
 }
 
-type Verdict = Result<serde_json::Map<String, Value>, Invalid>;
-
-fn decided(verdict: Verdict) -> Result<serde_json::Map<String, Value>, AuthError> {
-    verdict.map_err(|e| match e {
-        Invalid::UnknownKey => invalid("unknown_signing_key"),
-        Invalid::Refused(why) => invalid(why),
-    })
-}
-
 impl AuthService {
     /// Validates an id_token of provider `p` (OpenID Connect Core 3.1.3.7, by
-    /// `keygate_oidc`) and returns its claims. The keys come from the cache while they are
-    /// younger than `jwks_max_age_seconds`; a token whose key is not among them, or keys past
-    /// their age, refetch them, at most once per `jwks_refetch_floor_seconds`; while the
-    /// provider cannot be reached, the cached keys still verify their own tokens.
+    /// `keygate_oidc`) and returns its claims, with the provider's keys from the cache
+    /// (`jwks_max_age_seconds`, `jwks_refetch_floor_seconds`).
     async fn validate_id_token(
         &self,
         p: &OidcProviderConfig,
         token: &str,
     ) -> Result<serde_json::Map<String, Value>, AuthError> {
-        let slot: Slot = {
-            let mut map = self
-                .federation_keys
-                .entries
-                .lock()
-                .map_err(|_| AuthError::Internal("key cache poisoned".into()))?;
-            if map.len() > 1000 {
-                map.clear();
-            }
-            map.entry(p.discovery()).or_default().clone()
-        };
         let now = self.clock.unix();
-        let verdict = |keys: &Keys| keygate_oidc::validate(p, keys, token, now);
-        // Verified outside the lock: sign-ins of one provider do not queue behind each other.
-        let (keys, fetched_at) = {
-            let entry = slot.lock().await;
-            (entry.keys.clone(), entry.fetched_at)
+        let fed = &self.federation_keys;
+        let ages = Ages {
+            max_age: super::secs(p.jwks_max_age_seconds),
+            refetch_floor: super::secs(p.jwks_refetch_floor_seconds),
         };
-        let cached = verdict(&keys);
-        let fresh = fetched_at > 0 && now - fetched_at < super::secs(p.jwks_max_age_seconds);
-        if fresh && cached != Err(Invalid::UnknownKey) {
-            return decided(cached);
-        }
-        let mut entry = slot.lock().await;
-        if entry.fetched_at != fetched_at {
-            // Fetched by another sign-in while this one waited.
-            return decided(verdict(&entry.keys));
-        }
-        if entry.attempted_at > 0
-            && now - entry.attempted_at < super::secs(p.jwks_refetch_floor_seconds)
+        let fetch = async || {
+            fed.fetcher.discover(p).await.map(|keys| SourceKeys {
+                issuer: Arc::from(p.issuer.as_str()),
+                keys: Arc::new(keys),
+            })
+        };
+        let verdict = |k: &SourceKeys| keygate_oidc::validate(p, &k.keys, token, now);
+        match fed
+            .cache
+            .check(&p.discovery(), now, ages, fetch, verdict)
+            .await
         {
-            // Fetched (or tried) a moment ago: no new request for this token.
-            return decided(cached);
-        }
-        entry.attempted_at = now;
-        match self.federation_keys.fetcher.discover(p).await {
-            Ok(keys) => {
-                entry.keys = std::sync::Arc::new(keys);
-                entry.fetched_at = now;
-                decided(verdict(&entry.keys))
-            }
-            Err(e) if cached == Err(Invalid::UnknownKey) => {
-                Err(AuthError::Unavailable(format!("provider {}: {e}", p.name)))
-            }
-            Err(e) => {
-                tracing::warn!(provider = %p.name, error = %e, "provider keys could not be refreshed; using the cached ones");
-                decided(cached)
-            }
+            Ok(Ok(claims)) => Ok(claims),
+            Ok(Err(Invalid::UnknownKey)) => Err(invalid("unknown_signing_key")),
+            Ok(Err(Invalid::Refused(why))) => Err(invalid(why)),
+            Err(e) => Err(AuthError::Unavailable(format!("provider {}: {e}", p.name))),
         }
     }
 

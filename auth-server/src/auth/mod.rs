@@ -11,6 +11,7 @@ pub mod codes;
 pub mod error;
 pub mod federation;
 pub mod gate;
+pub mod key_cache;
 pub mod keys;
 pub mod limits;
 mod login;
@@ -170,7 +171,7 @@ pub struct AuthService {
     http: reqwest::Client,
     data_key: Arc<mfa::DataKey>,
     delivery: Arc<crate::delivery::Delivery>,
-    federation_keys: Arc<federation::KeyCache>,
+    federation_keys: Arc<federation::ProviderKeys>,
     tenants: Arc<std::sync::Mutex<std::collections::HashMap<String, (crate::store::Tenant, i64)>>>,
     config_rejected_at: Arc<std::sync::Mutex<Option<i64>>>,
 }
