@@ -1,7 +1,7 @@
 //! Keygate's custom resources (group `keygate.dev`, version `v1alpha1`): `AuthPolicy`,
-//! `RateLimitPolicy`, `OidcProvider`, `SigningKey` and `ServerPolicy`, the declarative API the
-//! operator renders into the runtime configuration; their schemas come from the configuration
-//! model itself (`schema`).
+//! `RateLimitPolicy`, `OidcProvider`, `SigningKey`, `ServerPolicy` and `ServiceAccountGrant`,
+//! the declarative API the operator renders into the runtime configuration; their schemas come
+//! from the configuration model itself (`schema`).
 
 // Several `printcolumn(...)` attributes of one resource repeat `type_ = "string"` by design.
 #![allow(clippy::duplicated_attributes)]
@@ -11,6 +11,7 @@ pub mod oidc_provider;
 pub mod rate_limit_policy;
 pub mod schema;
 pub mod server_policy;
+pub mod service_account_grant;
 pub mod signing_key;
 pub mod status;
 
@@ -18,6 +19,7 @@ pub use auth_policy::{AuthPolicy, AuthPolicySpec};
 pub use oidc_provider::{OidcProvider, OidcProviderSpec, OidcProviderStatus};
 pub use rate_limit_policy::{RateLimitPolicy, RateLimitPolicySpec};
 pub use server_policy::{ServerPolicy, ServerPolicySpec, ServerSettings};
+pub use service_account_grant::{ServiceAccountGrant, ServiceAccountGrantSpec};
 pub use signing_key::{
     KeyAlgorithm, KeyState, KeyUse, SigningKey, SigningKeySpec, SigningKeyStatus,
 };
@@ -35,6 +37,7 @@ pub fn crds()
         OidcProvider::crd(),
         RateLimitPolicy::crd(),
         ServerPolicy::crd(),
+        ServiceAccountGrant::crd(),
         SigningKey::crd(),
     ]
     .into_iter()

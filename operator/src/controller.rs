@@ -14,8 +14,11 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use keygate_crds::status::{self, ACCEPTED, READY};
-use keygate_crds::{AuthPolicy, OidcProvider, RateLimitPolicy, ServerPolicy, SigningKey};
+use keygate_crds::{
+    AuthPolicy, OidcProvider, RateLimitPolicy, ServerPolicy, ServiceAccountGrant, SigningKey,
+};
 use kube::api::{ListParams, Patch, PatchParams};
+use kube::core::object::HasStatus;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -118,11 +121,12 @@ impl Context {
 }
 
 /// The kinds watched, with the name metrics use.
-pub const KINDS: [&str; 5] = [
+pub const KINDS: [&str; 6] = [
     "AuthPolicy",
     "OidcProvider",
     "RateLimitPolicy",
     "ServerPolicy",
+    "ServiceAccountGrant",
     "SigningKey",
 ];
 
@@ -152,6 +156,7 @@ pub async fn preflight(ctx: &Context) -> Result<(), String> {
     check::<OidcProvider>(ctx, "OidcProvider").await?;
     check::<RateLimitPolicy>(ctx, "RateLimitPolicy").await?;
     check::<ServerPolicy>(ctx, "ServerPolicy").await?;
+    check::<ServiceAccountGrant>(ctx, "ServiceAccountGrant").await?;
     check::<SigningKey>(ctx, "SigningKey").await?;
     match ctx.api::<Secret>().get_opt(&ctx.config_secret).await {
         Ok(_) => Ok(()),
@@ -204,6 +209,7 @@ pub async fn run(
     watch_kind::<OidcProvider>(&ctx, "OidcProvider", tx.clone());
     watch_kind::<RateLimitPolicy>(&ctx, "RateLimitPolicy", tx.clone());
     watch_kind::<ServerPolicy>(&ctx, "ServerPolicy", tx.clone());
+    watch_kind::<ServiceAccountGrant>(&ctx, "ServiceAccountGrant", tx.clone());
     watch_kind::<SigningKey>(&ctx, "SigningKey", tx.clone());
     watch_kind::<Secret>(&ctx, "Secret", tx.clone());
     tokio::spawn(ctx.health.clone().run(ctx.leading.clone(), tx.clone()));
@@ -331,6 +337,7 @@ pub async fn reconcile(ctx: &Context) -> Result<Option<i64>, ReconcileError> {
         rate_limit_policies: list(ctx, "RateLimitPolicy").await?,
         oidc_providers: list(ctx, "OidcProvider").await?,
         server_policies,
+        service_account_grants: list(ctx, "ServiceAccountGrant").await?,
         signing_keys,
     };
     let rendered = render::render(&inputs);
@@ -378,28 +385,8 @@ pub async fn reconcile(ctx: &Context) -> Result<Option<i64>, ReconcileError> {
     }
     for v in &rendered.verdicts {
         let result = match v.kind {
-            "AuthPolicy" => {
-                report(
-                    ctx,
-                    &inputs.auth_policies,
-                    v,
-                    |p| conditions(p.status.as_ref()),
-                    Vec::new(),
-                    None,
-                )
-                .await
-            }
-            "RateLimitPolicy" => {
-                report(
-                    ctx,
-                    &inputs.rate_limit_policies,
-                    v,
-                    |p| conditions(p.status.as_ref()),
-                    Vec::new(),
-                    None,
-                )
-                .await
-            }
+            "AuthPolicy" => report_accepted(ctx, &inputs.auth_policies, v).await,
+            "RateLimitPolicy" => report_accepted(ctx, &inputs.rate_limit_policies, v).await,
             "OidcProvider" => {
                 let (ready, extra) = provider_health(ctx, v);
                 report(
@@ -417,17 +404,8 @@ pub async fn reconcile(ctx: &Context) -> Result<Option<i64>, ReconcileError> {
                 )
                 .await
             }
-            "ServerPolicy" => {
-                report(
-                    ctx,
-                    &inputs.server_policies,
-                    v,
-                    |p| conditions(p.status.as_ref()),
-                    Vec::new(),
-                    None,
-                )
-                .await
-            }
+            "ServerPolicy" => report_accepted(ctx, &inputs.server_policies, v).await,
+            "ServiceAccountGrant" => report_accepted(ctx, &inputs.service_account_grants, v).await,
             _ => {
                 let keys: Vec<SigningKey> = key_sets.iter().map(|(k, _)| k.clone()).collect();
                 let extra = key_sets
@@ -462,6 +440,19 @@ pub async fn reconcile(ctx: &Context) -> Result<Option<i64>, ReconcileError> {
 /// The conditions of a resource's status (none before its first status).
 fn conditions(status: Option<&keygate_crds::Status>) -> Vec<Condition> {
     status.map(|s| s.conditions.clone()).unwrap_or_default()
+}
+
+/// [`report`] for a kind whose status is the shared `Status`: the `Accepted` condition only.
+async fn report_accepted<K>(ctx: &Context, items: &[K], v: &Verdict) -> Result<(), ReconcileError>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + HasStatus<Status = keygate_crds::Status>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+{
+    report(ctx, items, v, |k| conditions(k.status()), Vec::new(), None).await
 }
 
 fn rfc3339(unix: i64) -> Option<String> {

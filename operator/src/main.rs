@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 /// Keygate operator: renders the Keygate custom resources of a namespace (AuthPolicy,
-/// RateLimitPolicy, OidcProvider, ServerPolicy, SigningKey) into one Secret holding the
-/// runtime configuration that every auth-server replica mounts and hot-reloads, generates the
-/// key material of SigningKeys into Secrets they own, and reports each resource's acceptance in
-/// its status and in Events.
+/// RateLimitPolicy, OidcProvider, ServerPolicy, ServiceAccountGrant, SigningKey) into one
+/// Secret holding the runtime configuration that every auth-server replica mounts and
+/// hot-reloads, generates the key material of SigningKeys into Secrets they own, and reports
+/// each resource's acceptance in its status and in Events.
 #[derive(Debug, Parser)]
 #[command(name = "auth-operator", version, about, long_about)]
 struct Cli {

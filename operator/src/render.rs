@@ -3,22 +3,27 @@
 //! same inputs give the same bytes, so the Secret is written only when something changed.
 //!
 //! What an invalid resource does, per kind (leaving it out must never weaken sign-in):
-//! - `OidcProvider`, `SigningKey`: left out; the rest is published (a missing provider only
-//!   refuses its own sign-ins; other keys keep signing). With no usable token key at all the
+//! - `OidcProvider`, `ServiceAccountGrant`, `SigningKey`: left out; the rest is published (a
+//!   missing provider only refuses its own sign-ins, a missing grant only its own
+//!   ServiceAccount's calls; other keys keep signing). With no usable token key at all the
 //!   whole configuration is held back (each replica would otherwise sign with a key of its own).
 //! - `AuthPolicy`, `RateLimitPolicy`, `ServerPolicy`: the whole configuration is held back and
 //!   the last published one stays, since leaving one out would fall back to looser defaults.
 //!
 //! Conflicts (two `AuthPolicy` for one tenant, two `OidcProvider` with one provider name, a
-//! rate rule name in two `RateLimitPolicy`, two `ServerPolicy`) are reported on each
-//! resource involved, naming the others, and count as invalid for both.
+//! rate rule name in two `RateLimitPolicy`, two `ServerPolicy`, two `ServiceAccountGrant` for
+//! one ServiceAccount and tenant) are reported on each resource involved, naming the others,
+//! and count as invalid for both.
 
 use keygate_config::{
-    RateLimitRule, RateLimits, RuntimeConfig, SigningAlgorithm, SigningKeyConfig, TenantPolicy,
-    TransmissionKeyConfig,
+    RateLimitRule, RateLimits, RuntimeConfig, ServiceAccountGrantConfig, SigningAlgorithm,
+    SigningKeyConfig, TenantPolicy, TransmissionKeyConfig,
 };
 use keygate_crds::status::reason;
-use keygate_crds::{AuthPolicy, KeyUse, OidcProvider, RateLimitPolicy, ServerPolicy, SigningKey};
+use keygate_crds::{
+    AuthPolicy, KeyUse, OidcProvider, RateLimitPolicy, ServerPolicy, ServiceAccountGrant,
+    SigningKey,
+};
 use kube::ResourceExt;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -49,6 +54,8 @@ pub struct Inputs {
     pub oidc_providers: Vec<OidcProvider>,
     /// Server-wide settings.
     pub server_policies: Vec<ServerPolicy>,
+    /// What ServiceAccounts may do.
+    pub service_account_grants: Vec<ServiceAccountGrant>,
     /// Keys with their material.
     pub signing_keys: Vec<KeyInput>,
 }
@@ -333,6 +340,39 @@ pub fn render(inputs: &Inputs) -> Rendered {
                 })
         };
         judge.verdict("OidcProvider", p, result, false);
+    }
+
+    // ServiceAccountGrant: one per ServiceAccount and tenant; an invalid one is left out.
+    let grants = sorted(&inputs.service_account_grants);
+    let parsed: Vec<(String, Result<ServiceAccountGrantConfig, String>)> = grants
+        .iter()
+        .map(|g| {
+            let name = g.name_any();
+            let grant = g.spec.to_grant(&name);
+            (name, grant)
+        })
+        .collect();
+    let granted = |g: &ServiceAccountGrantConfig| {
+        format!(
+            "ServiceAccount {}/{} on tenant {:?}",
+            g.service_account.namespace, g.service_account.name, g.tenant_id
+        )
+    };
+    let clash = conflicts(
+        parsed
+            .iter()
+            .filter_map(|(n, g)| Some((granted(g.as_ref().ok()?), n.as_str()))),
+    );
+    for (g, (name, parsed)) in grants.iter().zip(&parsed) {
+        let result = parsed.clone().map_err(invalid).and_then(|grant| {
+            if let Some(others) = clash.get(&granted(&grant)) {
+                return Err(conflict_message(&granted(&grant), others, name));
+            }
+            grant.validate().map_err(invalid)?;
+            config.service_account_grants.push(grant);
+            Ok(())
+        });
+        judge.verdict("ServiceAccountGrant", g, result, false);
     }
 
     // SigningKey: the material found for each; an unusable one is left out.
@@ -673,6 +713,120 @@ mod tests {
             reason::CONFLICT
         );
         assert!(r.config.unwrap().oidc_providers.is_empty());
+    }
+
+    /// The key of `base()` and grants (resource name, ServiceAccount of namespace `billing`,
+    /// the rest of the spec) for `tickets:create`.
+    fn grants(list: &[(&str, &str, serde_json::Value)]) -> Inputs {
+        let mut i = base();
+        for (name, sa, spec) in list {
+            let mut spec = spec.clone();
+            spec["serviceAccount"] = json!({"namespace": "billing", "name": sa});
+            spec["permissions"] = json!(["tickets:create"]);
+            i.service_account_grants
+                .push(obj("ServiceAccountGrant", name, spec));
+        }
+        i
+    }
+
+    /// The one grant `r` published: `name`'s, which is accepted.
+    fn the_only_grant(r: Rendered, name: &str) -> ServiceAccountGrantConfig {
+        assert!(verdict(&r, "ServiceAccountGrant", name).ok);
+        let mut published = r.config.unwrap().service_account_grants;
+        assert_eq!(published.len(), 1, "{published:?}");
+        assert_eq!(published[0].name, name);
+        published.remove(0)
+    }
+
+    #[test]
+    fn service_account_grants_are_rendered_in_name_order() {
+        let mut i = grants(&[
+            (
+                "reports",
+                "reports",
+                json!({"tenant": "acme", "allowedRoles": ["viewer"]}),
+            ),
+            (
+                "billing",
+                "billing-api",
+                json!({"rateLimit": {"limit": 100, "windowSeconds": 60}}),
+            ),
+        ]);
+        let r = render(&i);
+        assert!(verdict(&r, "ServiceAccountGrant", "billing").ok);
+        let c = r.config.unwrap();
+        let names: Vec<&str> = c
+            .service_account_grants
+            .iter()
+            .map(|g| g.name.as_str())
+            .collect();
+        assert_eq!(names, ["billing", "reports"]);
+        let billing = &c.service_account_grants[0];
+        assert_eq!(billing.tenant_id, "default");
+        assert_eq!(
+            billing.service_account.username(),
+            "system:serviceaccount:billing:billing-api"
+        );
+        assert_eq!(
+            billing.permissions,
+            [keygate_config::GrantPermission::TicketsCreate]
+        );
+        assert!(billing.allowed_roles.is_empty());
+        assert_eq!(billing.rate_limit.map(|l| l.limit), Some(100));
+        assert_eq!(c.service_account_grants[1].tenant_id, "acme");
+        assert_eq!(c.service_account_grants[1].allowed_roles, ["viewer"]);
+        // The order of the inputs does not change the bytes.
+        i.service_account_grants.reverse();
+        assert_eq!(render(&i).hash, r.hash);
+    }
+
+    #[test]
+    fn an_invalid_grant_is_left_out_and_the_rest_is_published() {
+        let r = render(&grants(&[
+            ("billing", "billing-api", json!({})),
+            ("blank-role", "other", json!({"allowedRoles": [" "]})),
+            (
+                "typo",
+                "third",
+                json!({"rateLimit": {"limit": 1, "windowSecs": 1}}),
+            ),
+        ]));
+        for (name, says) in [("blank-role", "allowed_roles"), ("typo", "`windowSecs`")] {
+            let v = verdict(&r, "ServiceAccountGrant", name);
+            assert_eq!(v.reason, reason::INVALID_SPEC);
+            assert!(v.message.contains(says), "{}", v.message);
+        }
+        assert_eq!(
+            the_only_grant(r, "billing").service_account.name,
+            "billing-api"
+        );
+    }
+
+    #[test]
+    fn two_grants_for_one_service_account_and_tenant_conflict() {
+        let r = render(&grants(&[
+            ("billing", "billing-api", json!({})),
+            (
+                "billing-too",
+                "billing-api",
+                json!({"tenant": "default", "allowedRoles": ["admin"]}),
+            ),
+            // The same ServiceAccount on another tenant is a grant of its own.
+            ("billing-acme", "billing-api", json!({"tenant": "acme"})),
+        ]));
+        let a = verdict(&r, "ServiceAccountGrant", "billing");
+        let b = verdict(&r, "ServiceAccountGrant", "billing-too");
+        assert_eq!((a.reason, b.reason), (reason::CONFLICT, reason::CONFLICT));
+        assert_eq!(
+            a.message,
+            "ServiceAccount billing/billing-api on tenant \"default\" is also claimed by billing-too"
+        );
+        assert!(
+            b.message.ends_with("is also claimed by billing"),
+            "{}",
+            b.message
+        );
+        assert_eq!(the_only_grant(r, "billing-acme").tenant_id, "acme");
     }
 
     #[test]

@@ -138,6 +138,10 @@ async fn generated_crds_are_accepted_and_refuse_bad_specs() {
             "apiVersion: keygate.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {name: g}\nspec: {rules: [{name: x, endpoints: [login], key: client_ip, limit: 0, windowSeconds: 60}]}\n",
             "spec.rules[0].limit",
         ),
+        (
+            "apiVersion: keygate.dev/v1alpha1\nkind: ServiceAccountGrant\nmetadata: {name: h}\nspec: {serviceAccount: {namespace: billing, name: billing-api}, permissions: ['users:delete']}\n",
+            "Unsupported value: \"users:delete\"",
+        ),
     ] {
         let (ok, text) = apply(cp, &ns.name, yaml);
         assert!(!ok, "accepted: {yaml}");
@@ -575,6 +579,7 @@ async fn every_example_manifest_is_accepted() {
         "ratelimitpolicies",
         "oidcproviders",
         "serverpolicies",
+        "serviceaccountgrants",
         "signingkeys",
     ] {
         let items = eventually(Duration::from_secs(30), kind, async || {
