@@ -126,6 +126,30 @@ pub async fn service(
     ))
 }
 
+/// The verifier of the cluster's ServiceAccount tokens; an unreadable CA file stops the
+/// start.
+pub fn cluster_verifier(
+    cluster: &crate::settings::ClusterSettings,
+) -> Result<crate::auth::service_accounts::ClusterVerifier, StartError> {
+    let fetcher = match &cluster.ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| StartError(format!("kubernetes CA file {}: {e}", path.display())))?;
+            keygate_oidc::Fetcher::trusting(&pem)
+                .map_err(|e| StartError(format!("kubernetes CA file {}: {e}", path.display())))?
+        }
+        None => keygate_oidc::Fetcher::default(),
+    };
+    Ok(crate::auth::service_accounts::ClusterVerifier::new(
+        keygate_oidc::Cluster {
+            api_url: cluster.api_url.clone(),
+            token_file: cluster.token_file.clone(),
+        },
+        fetcher,
+        cluster.audience.clone(),
+    ))
+}
+
 /// Runs the server until SIGTERM or SIGINT, then lets in-flight requests finish.
 pub async fn serve(storage: StorageSettings, settings: ServeSettings) -> Result<(), StartError> {
     let opened = open(&storage).await?;
@@ -158,7 +182,11 @@ pub async fn serve(storage: StorageSettings, settings: ServeSettings) -> Result<
              one-time codes are written to this log instead of being delivered"
         );
     }
-    let auth = auth.with_delivery(delivery);
+    let mut auth = auth.with_delivery(delivery);
+    if let Some(cluster) = settings.kubernetes.cluster() {
+        auth = auth.with_cluster(cluster_verifier(&cluster)?);
+        tracing::info!(api = %cluster.api_url, audience = %cluster.audience, "ServiceAccount tokens of the cluster are accepted where a ServiceAccountGrant allows");
+    }
     auth.ensure_configured_tenants().await;
     if let Some(path) = storage.config.clone() {
         tokio::spawn(watch_config(auth.clone(), path, dev_keys));

@@ -34,7 +34,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the HTTP API (the default).
-    Serve(ServeSettings),
+    Serve(Box<ServeSettings>),
     /// Apply pending database migrations and exit.
     Migrate,
     /// Manage users.
@@ -151,7 +151,7 @@ fn parse_cli() -> (StorageSettings, Command) {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or_else(|| {
         // No subcommand: serve, with every setting from the environment or its default.
-        Command::Serve(ServeOnly::parse_from(["auth-server"]).settings)
+        Command::Serve(Box::new(ServeOnly::parse_from(["auth-server"]).settings))
     });
     (cli.storage, command)
 }
@@ -174,7 +174,7 @@ async fn run(storage: StorageSettings, command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(settings) => {
             init_logging(settings.log_format == "json");
-            app::serve(storage, settings).await?;
+            app::serve(storage, *settings).await?;
         }
         Command::Migrate => {
             init_logging(false);

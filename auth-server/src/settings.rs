@@ -108,6 +108,100 @@ pub struct ServeSettings {
     /// Delivery of one-time codes.
     #[command(flatten)]
     pub delivery: DeliverySettings,
+
+    /// The cluster whose ServiceAccount tokens are accepted.
+    #[command(flatten)]
+    pub kubernetes: KubernetesSettings,
+}
+
+/// Where a pod finds its cluster.
+const IN_CLUSTER_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// The Kubernetes API server whose ServiceAccount tokens may call `POST
+/// /auth/generate-ticket` (with a `ServiceAccountGrant`). In a pod every setting defaults to
+/// the pod's own environment; outside a pod, without `--kubernetes-api-url`, ServiceAccount
+/// tokens are refused.
+#[derive(Debug, Clone, Args)]
+pub struct KubernetesSettings {
+    /// `https://HOST:PORT` of the API server. Default in a pod:
+    /// `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`.
+    #[arg(long, env = "KEYGATE_KUBERNETES_API_URL")]
+    pub kubernetes_api_url: Option<String>,
+
+    /// PEM bundle of the CA that signed the API server's certificate (only it is trusted for
+    /// the API server). Default in a pod: the ServiceAccount's `ca.crt`.
+    #[arg(long, env = "KEYGATE_KUBERNETES_CA_FILE")]
+    pub kubernetes_ca_file: Option<PathBuf>,
+
+    /// Bearer token for the API server's service-account discovery endpoints (the server's
+    /// own ServiceAccount token; read again at every key fetch). Default in a pod: the
+    /// ServiceAccount's `token`.
+    #[arg(long, env = "KEYGATE_KUBERNETES_TOKEN_FILE")]
+    pub kubernetes_token_file: Option<PathBuf>,
+
+    /// The audience a ServiceAccount token must carry (the `audience` of the caller's
+    /// projected token volume).
+    #[arg(long, env = "KEYGATE_KUBERNETES_AUDIENCE", default_value = "keygate")]
+    pub kubernetes_audience: String,
+}
+
+/// The cluster as configured: its API server, the CA file, the token file, the audience.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// `https://HOST:PORT`.
+    pub api_url: String,
+    /// CA bundle (none: the system's roots).
+    pub ca_file: Option<PathBuf>,
+    /// The server's own token (none: the discovery endpoints are called without one).
+    pub token_file: Option<PathBuf>,
+    /// The audience tokens must carry.
+    pub audience: String,
+}
+
+impl KubernetesSettings {
+    /// The cluster in force: the settings, else the pod's environment (`env` looks a
+    /// variable up; `in_cluster` is the ServiceAccount directory).
+    pub fn resolve(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+        in_cluster: &std::path::Path,
+    ) -> Option<ClusterSettings> {
+        let from_pod = || {
+            let host = env("KUBERNETES_SERVICE_HOST").filter(|h| !h.is_empty())?;
+            let port = env("KUBERNETES_SERVICE_PORT").unwrap_or_else(|| "443".into());
+            let host = if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host
+            };
+            Some(format!("https://{host}:{port}"))
+        };
+        let api_url = self.kubernetes_api_url.clone().or_else(from_pod)?;
+        let default = |name: &str| {
+            let path = in_cluster.join(name);
+            path.exists().then_some(path)
+        };
+        Some(ClusterSettings {
+            api_url: api_url.trim_end_matches('/').to_owned(),
+            ca_file: self
+                .kubernetes_ca_file
+                .clone()
+                .or_else(|| default("ca.crt")),
+            token_file: self
+                .kubernetes_token_file
+                .clone()
+                .or_else(|| default("token")),
+            audience: self.kubernetes_audience.clone(),
+        })
+    }
+
+    /// [`resolve`](Self::resolve) in this process's environment.
+    pub fn cluster(&self) -> Option<ClusterSettings> {
+        self.resolve(
+            |k| std::env::var(k).ok(),
+            std::path::Path::new(IN_CLUSTER_DIR),
+        )
+    }
 }
 
 /// Where one-time codes are sent. With neither SMTP nor the SMS webhook set, the server is in
@@ -192,6 +286,41 @@ pub fn normalize_base_path(raw: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cluster_comes_from_flags_or_the_pod() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "t").unwrap();
+        let none = KubernetesSettings {
+            kubernetes_api_url: None,
+            kubernetes_ca_file: None,
+            kubernetes_token_file: None,
+            kubernetes_audience: "keygate".into(),
+        };
+        assert_eq!(none.resolve(|_| None, dir.path()), None);
+        let pod = none
+            .resolve(
+                |k| match k {
+                    "KUBERNETES_SERVICE_HOST" => Some("fd00::1".into()),
+                    "KUBERNETES_SERVICE_PORT" => Some("6443".into()),
+                    _ => None,
+                },
+                dir.path(),
+            )
+            .unwrap();
+        assert_eq!(pod.api_url, "https://[fd00::1]:6443");
+        assert_eq!(pod.token_file, Some(dir.path().join("token")));
+        assert_eq!(pod.ca_file, None, "no ca.crt in the directory");
+        let flags = KubernetesSettings {
+            kubernetes_api_url: Some("https://api.example:443/".into()),
+            kubernetes_ca_file: Some("/ca.pem".into()),
+            ..none
+        }
+        .resolve(|_| None, dir.path())
+        .unwrap();
+        assert_eq!(flags.api_url, "https://api.example:443");
+        assert_eq!(flags.ca_file, Some(PathBuf::from("/ca.pem")));
+    }
 
     #[test]
     fn base_paths_normalise() {

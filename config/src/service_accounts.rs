@@ -69,7 +69,8 @@ pub struct ServiceAccountGrantConfig {
     /// The tenant whose users it acts on.
     #[serde(default = "default_tenant")]
     pub tenant_id: String,
-    /// What it may do.
+    /// The operations the ServiceAccount may call with its token: `tickets:create` (`POST
+    /// /auth/generate-ticket` for the tenant's users).
     #[schemars(length(min = 1))]
     pub permissions: Vec<GrantPermission>,
     /// Roles a user it acts on may hold: a user holding any role not listed is refused.

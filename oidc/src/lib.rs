@@ -195,7 +195,11 @@ impl Fetcher {
         let mut request = self
             .http
             .get(url)
-            .header(http::header::ACCEPT, "application/json");
+            // The API server answers its key set only to a client that accepts its type.
+            .header(
+                http::header::ACCEPT,
+                "application/json, application/jwk-set+json",
+            );
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }

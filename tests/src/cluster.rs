@@ -123,6 +123,45 @@ impl ControlPlane {
         &self.server
     }
 
+    /// The CA bundle that signed the API server's certificate.
+    pub fn ca_file(&self) -> &Path {
+        &self.ca_file
+    }
+
+    /// A token of ServiceAccount `ns/name` (created when missing) through the TokenRequest
+    /// API: for `audience` (none: the API server's own), valid `seconds` (600 at least).
+    pub fn service_account_token(
+        &self,
+        ns: &str,
+        name: &str,
+        audience: Option<&str>,
+        seconds: u32,
+    ) -> String {
+        let created = self
+            .kubectl()
+            .args(["-n", ns, "create", "serviceaccount", name])
+            .output()
+            .expect("run kubectl");
+        let err = String::from_utf8_lossy(&created.stderr);
+        assert!(
+            created.status.success() || err.contains("already exists"),
+            "create serviceaccount {ns}/{name}: {err}"
+        );
+        let mut cmd = self.kubectl();
+        cmd.args(["-n", ns, "create", "token", name])
+            .arg(format!("--duration={seconds}s"));
+        if let Some(audience) = audience {
+            cmd.arg(format!("--audience={audience}"));
+        }
+        let out = cmd.output().expect("run kubectl");
+        assert!(
+            out.status.success(),
+            "create token {ns}/{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
     /// `kubectl` against this cluster as the administrator.
     pub fn kubectl(&self) -> Command {
         let mut cmd = Command::new(self.bin_dir.join("kubectl"));

@@ -15,7 +15,7 @@ use std::sync::Arc;
 /// The provider keys' cache and the client that fills it.
 #[derive(Debug, Default)]
 pub struct ProviderKeys {
-    cache: KeyCache,
+    pub(super) cache: KeyCache,
     fetcher: Fetcher,
 }
 

@@ -148,24 +148,41 @@ impl AuthService {
                 RateKey::Global => Some("all"),
             };
             let Some(value) = value else { continue };
-            let key = format!("kg:rl:{}:{}", rule.name, super::random::secret_hash(value));
-            if let Err(wait_ms) = self
-                .ephemeral
-                .rate_check(
-                    &key,
-                    rule.limit,
-                    rule.window_seconds.saturating_mul(1000),
-                    now_ms,
-                )
-                .await
-            {
-                return Err(AuthError::RateLimited {
-                    retry_after: wait_ms.div_ceil(1000).max(1),
-                    rule: rule.name.clone(),
-                });
-            }
+            self.rate_window_at(&rule.name, value, rule.limit, rule.window_seconds, now_ms)
+                .await?;
         }
         Ok(())
+    }
+
+    /// Counts one call of `value` against the rule `rule` (`limit` per `window_seconds`).
+    pub async fn rate_window(
+        &self,
+        rule: &str,
+        value: &str,
+        limit: u32,
+        window_seconds: u64,
+    ) -> Result<(), AuthError> {
+        let now_ms = (self.clock.now().unix_timestamp_nanos() / 1_000_000) as i64;
+        self.rate_window_at(rule, value, limit, window_seconds, now_ms)
+            .await
+    }
+
+    async fn rate_window_at(
+        &self,
+        rule: &str,
+        value: &str,
+        limit: u32,
+        window_seconds: u64,
+        now_ms: i64,
+    ) -> Result<(), AuthError> {
+        let key = format!("kg:rl:{rule}:{}", super::random::secret_hash(value));
+        self.ephemeral
+            .rate_check(&key, limit, window_seconds.saturating_mul(1000), now_ms)
+            .await
+            .map_err(|wait_ms| AuthError::RateLimited {
+                retry_after: wait_ms.div_ceil(1000).max(1),
+                rule: rule.to_owned(),
+            })
     }
 }
 

@@ -19,6 +19,7 @@ pub mod mfa;
 pub mod password;
 pub mod random;
 pub mod risk;
+pub mod service_accounts;
 mod sessions;
 pub mod tickets;
 pub mod tokens;
@@ -172,6 +173,7 @@ pub struct AuthService {
     data_key: Arc<mfa::DataKey>,
     delivery: Arc<crate::delivery::Delivery>,
     federation_keys: Arc<federation::ProviderKeys>,
+    cluster: Option<Arc<service_accounts::ClusterVerifier>>,
     tenants: Arc<std::sync::Mutex<std::collections::HashMap<String, (crate::store::Tenant, i64)>>>,
     config_rejected_at: Arc<std::sync::Mutex<Option<i64>>>,
 }
@@ -191,6 +193,7 @@ impl AuthService {
             data_key: Arc::new(data_key),
             delivery: Arc::new(crate::delivery::Delivery::development()),
             federation_keys: Arc::default(),
+            cluster: None,
             tenants: Arc::default(),
             config_rejected_at: Arc::default(),
             store,
@@ -210,6 +213,12 @@ impl AuthService {
     /// Sends codes through `delivery` (instead of the development mode's log).
     pub fn with_delivery(mut self, delivery: crate::delivery::Delivery) -> Self {
         self.delivery = Arc::new(delivery);
+        self
+    }
+
+    /// Accepts the ServiceAccount tokens of `cluster` (for `POST /auth/generate-ticket`).
+    pub fn with_cluster(mut self, cluster: service_accounts::ClusterVerifier) -> Self {
+        self.cluster = Some(Arc::new(cluster));
         self
     }
 

@@ -1,11 +1,13 @@
 //! One-time sign-in tickets (SSO hand-over and impersonation): issued to holders of the
-//! `tickets:create` permission for a user of their tenant, kept only as a hash in the
+//! `tickets:create` permission for a user of their tenant, or to granted ServiceAccounts, kept only as a hash in the
 //! ephemeral store, and redeemed atomically (of any number of concurrent redemptions, across
 //! replicas sharing Redis, exactly one succeeds).
 
 use super::error::{AuthError, FieldViolation};
+use super::service_accounts::ServiceAccountCaller;
 use super::tokens::{AccessClaims, Actor};
 use super::{AuthService, SignedIn, random, secs, status};
+use keygate_config::GrantPermission;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -67,26 +69,102 @@ pub struct TicketSignIn {
     pub reason: Option<String>,
 }
 
+/// Who asks for a ticket.
+#[derive(Debug, Clone, Copy)]
+pub enum TicketCaller<'a> {
+    /// A user with a Keygate access token (needs `tickets:create`).
+    User(&'a AccessClaims),
+    /// A ServiceAccount with its own token (needs a grant with `tickets:create`).
+    ServiceAccount(&'a ServiceAccountCaller),
+}
+
+/// What a caller may issue tickets for.
+struct Authority {
+    tenant_id: String,
+    /// `act.sub` of the ticket's sessions: a user id, or `system:serviceaccount:NS:NAME`.
+    issued_by: String,
+    issuer_act: Option<Actor>,
+    /// Roles the ticket's user may hold (`None`: any, for administrators).
+    allowed_roles: Option<Vec<String>>,
+    /// The grant it comes from, for ServiceAccounts.
+    grant: Option<String>,
+}
+
 impl AuthService {
-    /// Issues a ticket for a user of the caller's tenant; the caller needs `tickets:create`.
+    /// What `caller` may issue tickets for: a user's own tenant and, unless an administrator,
+    /// no user with a role the caller lacks; a ServiceAccount's grant for the tenant named
+    /// (or its only one), its allowed roles and its rate limit.
+    async fn ticket_authority(
+        &self,
+        caller: TicketCaller<'_>,
+        tenant: Option<&str>,
+    ) -> Result<Authority, AuthError> {
+        let tenant = tenant.map(str::trim).filter(|t| !t.is_empty());
+        match caller {
+            TicketCaller::User(claims) => {
+                let user = self.current_user(claims).await?;
+                if !super::users::grants(&user.roles, "tickets:create") {
+                    return Err(AuthError::Forbidden);
+                }
+                // The chain a ticket would pass on must stay whole and bounded.
+                if claims
+                    .act
+                    .as_ref()
+                    .is_some_and(|a| a.depth() + 1 > super::tokens::MAX_ACTOR_DEPTH)
+                {
+                    tracing::warn!(caller = %user.id, "ticket refused: the actor chain is at its limit");
+                    return Err(AuthError::Forbidden);
+                }
+                if tenant.is_some_and(|t| t != user.tenant_id) {
+                    return Err(AuthError::Forbidden);
+                }
+                // No way up: only an administrator may sign in as someone holding a role the
+                // caller lacks (a `ticket-issuer` cannot become an `admin`).
+                let allowed_roles = (!user.has_role("admin")).then(|| user.roles.clone());
+                Ok(Authority {
+                    tenant_id: user.tenant_id,
+                    issued_by: user.id,
+                    issuer_act: claims.act.clone(),
+                    allowed_roles,
+                    grant: None,
+                })
+            }
+            TicketCaller::ServiceAccount(sa) => {
+                let rt = self.runtime();
+                let grant = sa.grant(
+                    &rt.config.service_account_grants,
+                    GrantPermission::TicketsCreate,
+                    tenant,
+                )?;
+                if let Some(limit) = grant.rate_limit {
+                    self.rate_window(
+                        &format!("grant:{}", grant.name),
+                        &sa.username(),
+                        limit.limit,
+                        u64::from(limit.window_seconds),
+                    )
+                    .await?;
+                }
+                Ok(Authority {
+                    tenant_id: grant.tenant_id.clone(),
+                    issued_by: sa.username(),
+                    issuer_act: None,
+                    allowed_roles: Some(grant.allowed_roles.clone()),
+                    grant: Some(grant.name.clone()),
+                })
+            }
+        }
+    }
+
+    /// Issues a ticket for a user of the tenant `caller` may act on.
     pub async fn generate_ticket(
         &self,
-        claims: &AccessClaims,
+        caller: TicketCaller<'_>,
         req: TicketRequest,
     ) -> Result<IssuedTicket, AuthError> {
-        let caller = self.current_user(claims).await?;
-        if !super::users::grants(&caller.roles, "tickets:create") {
-            return Err(AuthError::Forbidden);
-        }
-        // The chain a ticket would pass on must stay whole and bounded.
-        if claims
-            .act
-            .as_ref()
-            .is_some_and(|a| a.depth() + 1 > super::tokens::MAX_ACTOR_DEPTH)
-        {
-            tracing::warn!(caller = %caller.id, "ticket refused: the actor chain is at its limit");
-            return Err(AuthError::Forbidden);
-        }
+        let authority = self
+            .ticket_authority(caller, req.tenant_id.as_deref())
+            .await?;
         let reason = req
             .reason
             .map(|r| r.trim().to_owned())
@@ -112,22 +190,15 @@ impl AuthService {
         if !errors.is_empty() {
             return Err(AuthError::Validation(errors));
         }
-        if req
-            .tenant_id
-            .as_deref()
-            .is_some_and(|t| !t.is_empty() && t != caller.tenant_id)
-        {
-            return Err(AuthError::Forbidden);
-        }
         let user = self
             .store
             .user(req.user_id.trim())
             .await?
-            .filter(|u| u.tenant_id == caller.tenant_id && u.status == status::ACTIVE)
+            .filter(|u| u.tenant_id == authority.tenant_id && u.status == status::ACTIVE)
             .ok_or(AuthError::NotFound("user"))?;
-        // No way up: only an administrator may sign in as someone holding a role the caller
-        // lacks (a `ticket-issuer` cannot become an `admin`).
-        if !caller.has_role("admin") && user.roles.iter().any(|r| !caller.has_role(r)) {
+        if let Some(allowed) = &authority.allowed_roles
+            && user.roles.iter().any(|r| !allowed.contains(r))
+        {
             return Err(AuthError::Forbidden);
         }
         let ttl = self.runtime().config.tokens.ticket_ttl_seconds;
@@ -135,25 +206,27 @@ impl AuthService {
         let stored = StoredTicket {
             user_id: user.id.clone(),
             tenant_id: user.tenant_id.clone(),
-            issued_by: caller.id.clone(),
+            issued_by: authority.issued_by.clone(),
             reason,
             expires_at: self.clock.unix() + secs(ttl),
-            issuer_act: claims.act.clone(),
+            issuer_act: authority.issuer_act.clone(),
         };
         let json =
             serde_json::to_string(&stored).map_err(|e| AuthError::Internal(e.to_string()))?;
         self.ephemeral
             .set(&ticket_key(&ticket), &json, Duration::from_secs(ttl))
             .await?;
-        tracing::info!(issuer = %caller.id, user = %user.id, "sign-in ticket issued");
+        tracing::info!(issuer = %authority.issued_by, user = %user.id, "sign-in ticket issued");
         self.audit(super::audit::Event {
             kind: super::audit::kind::TICKET_ISSUED,
             tenant_id: &user.tenant_id,
             outcome: "success",
             user_id: Some(&user.id),
-            actor_id: Some(&caller.id),
+            actor_id: Some(&authority.issued_by),
             reason: stored.reason.as_deref(),
-            details: Some(serde_json::json!({ "expires_in": ttl, "issuer_act": claims.act })),
+            details: Some(serde_json::json!({
+                "expires_in": ttl, "issuer_act": authority.issuer_act, "grant": authority.grant,
+            })),
             ..Default::default()
         })
         .await;
@@ -161,7 +234,7 @@ impl AuthService {
             ticket,
             expires_in: ttl,
             user_id: user.id,
-            issued_by: caller.id,
+            issued_by: authority.issued_by,
         })
     }
 

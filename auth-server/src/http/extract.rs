@@ -4,6 +4,7 @@
 use super::AppState;
 use super::error::{ApiError, ProblemKind};
 use crate::auth::error::FieldViolation;
+use crate::auth::service_accounts::BearerCaller;
 use crate::auth::tokens::AccessClaims;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -188,6 +189,20 @@ pub async fn with_origin(
         .await
 }
 
+/// The bearer token of a request, or 401.
+fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
+    parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::new(ProblemKind::Unauthenticated, "a bearer token is required"))
+}
+
 /// Verified claims of the bearer token (and not revoked).
 #[derive(Debug, Clone)]
 pub struct Bearer(pub AccessClaims);
@@ -199,20 +214,25 @@ impl FromRequestParts<AppState> for Bearer {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                let (scheme, token) = v.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-            })
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                ApiError::new(ProblemKind::Unauthenticated, "a bearer token is required")
-            })?;
-        let claims = state.auth.authenticate(token).await?;
+        let claims = state.auth.authenticate(bearer_token(parts)?).await?;
         Ok(Bearer(claims))
+    }
+}
+
+/// The verified caller of the bearer token: a Keygate access token, or a ServiceAccount
+/// token of the cluster.
+#[derive(Debug, Clone)]
+pub struct Caller(pub BearerCaller);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let caller = state.auth.authenticate_caller(bearer_token(parts)?).await?;
+        Ok(Caller(caller))
     }
 }
 

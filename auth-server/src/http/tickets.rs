@@ -4,8 +4,9 @@
 use super::AppState;
 use super::dto::{DataResponse, LoginResponse};
 use super::error::{ApiError, Problem};
-use super::extract::{ApiJson, Bearer, ClientIp};
-use crate::auth::tickets::TicketRequest;
+use super::extract::{ApiJson, Caller, ClientIp};
+use crate::auth::service_accounts::BearerCaller;
+use crate::auth::tickets::{TicketCaller, TicketRequest};
 use axum::Json;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
@@ -16,7 +17,8 @@ use utoipa::ToSchema;
 pub struct GenerateTicketRequest {
     /// The user who will be signed in.
     pub user_id: String,
-    /// The user's tenant; must be the caller's (the default).
+    /// The user's tenant: a user caller's own (the default); for a ServiceAccount, one of its
+    /// granted tenants (the default when it has only one).
     #[serde(default)]
     pub tenant_id: Option<String>,
     /// Why (up to 200 characters; in the token's `act.reason` and the audit trail).
@@ -33,27 +35,34 @@ pub struct GenerateTicketResponse {
     pub expires_in: u64,
 }
 
-/// Issue a one-time sign-in ticket for a user (needs the `tickets:create` permission: roles
-/// `admin` or `ticket-issuer`).
+/// Issue a one-time sign-in ticket for a user. The bearer is a Keygate access token with the
+/// `tickets:create` permission (roles `admin` or `ticket-issuer`), or an in-cluster caller's
+/// own Kubernetes ServiceAccount token (audience `keygate` by default) that a
+/// `ServiceAccountGrant` allows `tickets:create` on the tenant.
 #[utoipa::path(post, path = "/auth/generate-ticket", tag = "auth", request_body = GenerateTicketRequest,
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Issued", body = DataResponse<GenerateTicketResponse>),
         (status = 400, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No tickets:create permission, or another tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token (a ServiceAccount token of another audience, issuer or key, or expired, included)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No tickets:create permission, another tenant, a verified ServiceAccount without a grant, or a user with a role the caller may not act on", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such active user in the caller's tenant", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The ephemeral store is down", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The grant's rate limit; retry_after and Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The ephemeral store is down, or the cluster's keys cannot be fetched", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn generate_ticket(
     State(state): State<AppState>,
-    Bearer(claims): Bearer,
+    Caller(caller): Caller,
     ApiJson(req): ApiJson<GenerateTicketRequest>,
 ) -> Result<Json<DataResponse<GenerateTicketResponse>>, ApiError> {
+    let caller = match &caller {
+        BearerCaller::User(claims) => TicketCaller::User(claims),
+        BearerCaller::ServiceAccount(sa) => TicketCaller::ServiceAccount(sa),
+    };
     let issued = state
         .auth
         .generate_ticket(
-            &claims,
+            caller,
             TicketRequest {
                 user_id: req.user_id,
                 tenant_id: req.tenant_id,

@@ -115,6 +115,16 @@ impl TestApp {
         statuses
     }
 
+    /// The application accepting ServiceAccount tokens of `cluster`.
+    pub fn with_cluster(
+        mut self,
+        cluster: auth_server::auth::service_accounts::ClusterVerifier,
+    ) -> Self {
+        self.auth = self.auth.with_cluster(cluster);
+        self.router = router(AppState::new(self.auth.clone(), "/api/v1"));
+        self
+    }
+
     /// Swaps in a new runtime configuration, as a hot reload does.
     pub fn reload(&self, config: RuntimeConfig) {
         self.auth
