@@ -2,7 +2,8 @@
 //! schemas and CEL rules refuse bad specs; resources become one published Secret, statuses
 //! and Events; and, end to end, a running `auth-server` fed by that Secret through a
 //! kubelet-style mount follows every change (CAPTCHA policy, a lowered rate limit, an OIDC
-//! provider, a declared tenant) and loses each effect when its resource is deleted.
+//! provider, a declared tenant) and loses each effect when its resource is deleted; a
+//! ServiceAccountGrant lets a ServiceAccount's own token issue tickets until it is deleted.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use keygate_tests::cluster::{ControlPlane, control_plane};
@@ -668,4 +669,114 @@ async fn two_operators_elect_one_leader_and_a_killed_leader_is_replaced() {
         .filter(|s| s["metadata"]["labels"]["keygate.dev/signing-key"] == "main")
         .count();
     assert_eq!(keys, 1);
+}
+
+#[tokio::test]
+async fn a_service_account_grant_lets_its_caller_issue_tickets_until_it_is_deleted() {
+    let cp = control_plane();
+    apply_crds(cp);
+    let ns = cp.namespace("kg-grant").await;
+    let _operator = OperatorProcess::start(&cp.kubeconfig, &ns.name, &[]);
+    let client = reqwest::Client::new();
+    let (ok, text) = apply(
+        cp,
+        &ns.name,
+        "apiVersion: keygate.dev/v1alpha1\nkind: SigningKey\nmetadata: {name: main}\nspec: {}\n",
+    );
+    assert!(ok, "{text}");
+    let mount_dir = tempfile::tempdir().unwrap();
+    let _mount = SecretMount::start(&ns.name, "keygate-config", mount_dir.path()).await;
+    let config = mount_dir.path().join("config.json");
+    eventually(
+        Duration::from_secs(30),
+        "the published configuration",
+        async || config.exists().then_some(()),
+    )
+    .await;
+    // The server runs as its own ServiceAccount, as the chart's pod would, with the cluster
+    // given by flags (outside a pod).
+    let data = tempfile::tempdir().unwrap();
+    let token_file = data.path().join("sa-token");
+    std::fs::write(
+        &token_file,
+        cp.service_account_token(&ns.name, "keygate-server", None, 3600),
+    )
+    .unwrap();
+    let alice = keygate_tests::add_user(data.path(), &[], &["--username", "alice"], PW);
+    let server = ServerProcess::start(ServerOptions {
+        data_dir: Some(data.path().to_path_buf()),
+        args: vec![
+            "--config".into(),
+            config.display().to_string(),
+            "--kubernetes-api-url".into(),
+            cp.server().to_owned(),
+            "--kubernetes-ca-file".into(),
+            cp.ca_file().display().to_string(),
+            "--kubernetes-token-file".into(),
+            token_file.display().to_string(),
+        ],
+        ..Default::default()
+    });
+    let caller = cp.service_account_token(&ns.name, "billing-api", Some("keygate"), 600);
+    let ticket = async || {
+        post_json(
+            &client,
+            &format!("{}/api/v1/auth/generate-ticket", server.base_url),
+            Some(&caller),
+            &json!({"user_id": alice, "reason": "billing portal"}),
+        )
+        .await
+    };
+    assert_eq!(ticket().await.0, 403, "verified, not granted yet");
+    let (ok, text) = apply(
+        cp,
+        &ns.name,
+        &format!(
+            "apiVersion: keygate.dev/v1alpha1\nkind: ServiceAccountGrant\nmetadata: {{name: billing}}\nspec: {{serviceAccount: {{namespace: {}, name: billing-api}}, permissions: ['tickets:create']}}\n",
+            ns.name
+        ),
+    );
+    assert!(ok, "{text}");
+    let (_, body) = eventually(Duration::from_secs(20), "the grant in force", async || {
+        let r = ticket().await;
+        (r.0 == 200).then_some(r)
+    })
+    .await;
+    let signed_in = post_json(
+        &client,
+        &format!("{}/api/v1/auth/ticket/signin", server.base_url),
+        None,
+        &json!({"ticket": body["data"]["ticket"]}),
+    )
+    .await;
+    assert_eq!(signed_in.0, 200, "{}", signed_in.1);
+    let me = get_json(
+        &client,
+        &format!("{}/api/v1/auth/me", server.base_url),
+        signed_in.1["access_token"].as_str(),
+    )
+    .await;
+    assert_eq!(
+        me.1["data"]["act"]["sub"],
+        format!("system:serviceaccount:{}:billing-api", ns.name)
+    );
+    let grant = get(cp, &ns.name, "serviceaccountgrant/billing");
+    assert_eq!(accepted(&grant).unwrap().0, "True", "{grant}");
+    // Deleting the grant revokes the access within the reload time.
+    let deleted = Instant::now();
+    let (ok, text) = kubectl(
+        cp,
+        &ns.name,
+        &["delete", "serviceaccountgrant", "billing"],
+        None,
+    );
+    assert!(ok, "{text}");
+    eventually(Duration::from_secs(20), "the grant revoked", async || {
+        (ticket().await.0 == 403).then_some(())
+    })
+    .await;
+    println!(
+        "ServiceAccountGrant deleted -> refused by the server: {:?}",
+        deleted.elapsed()
+    );
 }
