@@ -123,6 +123,16 @@ const IN_CLUSTER_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// tokens are refused.
 #[derive(Debug, Clone, Args)]
 pub struct KubernetesSettings {
+    /// Accept ServiceAccount tokens of the cluster at all (`false`: refused, even in a pod,
+    /// and the API server is never called).
+    #[arg(
+        long,
+        env = "KEYGATE_KUBERNETES_SERVICE_ACCOUNTS",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub kubernetes_service_accounts: bool,
+
     /// `https://HOST:PORT` of the API server. Default in a pod:
     /// `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`.
     #[arg(long, env = "KEYGATE_KUBERNETES_API_URL")]
@@ -166,6 +176,9 @@ impl KubernetesSettings {
         env: impl Fn(&str) -> Option<String>,
         in_cluster: &std::path::Path,
     ) -> Option<ClusterSettings> {
+        if !self.kubernetes_service_accounts {
+            return None;
+        }
         let from_pod = || {
             let host = env("KUBERNETES_SERVICE_HOST").filter(|h| !h.is_empty())?;
             let port = env("KUBERNETES_SERVICE_PORT").unwrap_or_else(|| "443".into());
@@ -292,6 +305,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("token"), "t").unwrap();
         let none = KubernetesSettings {
+            kubernetes_service_accounts: true,
             kubernetes_api_url: None,
             kubernetes_ca_file: None,
             kubernetes_token_file: None,
@@ -320,6 +334,14 @@ mod tests {
         .unwrap();
         assert_eq!(flags.api_url, "https://api.example:443");
         assert_eq!(flags.ca_file, Some(PathBuf::from("/ca.pem")));
+        let off = KubernetesSettings {
+            kubernetes_service_accounts: false,
+            kubernetes_api_url: Some("https://api.example:443".into()),
+            kubernetes_ca_file: None,
+            kubernetes_token_file: None,
+            kubernetes_audience: "keygate".into(),
+        };
+        assert_eq!(off.resolve(|_| Some("10.0.0.1".into()), dir.path()), None);
     }
 
     #[test]

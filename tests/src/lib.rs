@@ -447,6 +447,22 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Polls `probe` until it returns `Some`, for at most `limit`.
+pub async fn eventually<T>(
+    limit: std::time::Duration,
+    what: &str,
+    mut probe: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(started.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

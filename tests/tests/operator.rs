@@ -9,7 +9,7 @@
 use keygate_tests::cluster::{ControlPlane, control_plane};
 use keygate_tests::oidc::OidcProvider;
 use keygate_tests::operator::{OperatorProcess, SecretMount, apply_crds};
-use keygate_tests::{ServerOptions, ServerProcess, get_json, post_json};
+use keygate_tests::{ServerOptions, ServerProcess, eventually, get_json, post_json};
 use serde_json::{Value, json};
 use std::io::Write;
 use std::process::Stdio;
@@ -83,22 +83,6 @@ fn condition(obj: &Value, type_: &str) -> Option<(String, String, String)> {
                 c["message"].as_str().unwrap_or_default().to_owned(),
             )
         })
-}
-
-/// Polls `probe` until it returns `Some`, for at most `limit`.
-async fn eventually<T>(
-    limit: Duration,
-    what: &str,
-    mut probe: impl AsyncFnMut() -> Option<T>,
-) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(started.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test]
