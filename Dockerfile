@@ -8,6 +8,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends musl-tools \
     && rustup target add x86_64-unknown-linux-musl
 WORKDIR /src
 COPY . .
+ENV CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=symbols
 RUN cargo build --release --locked --target x86_64-unknown-linux-musl \
         --bin auth-server --bin auth-operator \
     && mkdir -p /out/tmp \
