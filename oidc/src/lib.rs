@@ -84,16 +84,19 @@ pub struct Fetcher {
     http: reqwest::Client,
 }
 
+/// The bounds of every fetch.
+fn bounded_client() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .timeout(std::time::Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(0)
+}
+
 impl Default for Fetcher {
     fn default() -> Self {
         Self {
-            http: reqwest::Client::builder()
-                .connect_timeout(std::time::Duration::from_secs(3))
-                .timeout(std::time::Duration::from_secs(5))
-                .redirect(reqwest::redirect::Policy::none())
-                .pool_max_idle_per_host(0)
-                .build()
-                .unwrap_or_default(),
+            http: bounded_client().build().unwrap_or_default(),
         }
     }
 }
@@ -177,12 +180,7 @@ impl Fetcher {
         if certs.is_empty() {
             return Err("the CA bundle holds no certificate".into());
         }
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(std::time::Duration::from_secs(3))
-            .timeout(std::time::Duration::from_secs(5))
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_max_idle_per_host(0)
-            .tls_built_in_root_certs(false);
+        let mut builder = bounded_client().tls_built_in_root_certs(false);
         for cert in certs {
             builder = builder.add_root_certificate(cert);
         }

@@ -341,19 +341,7 @@ pub async fn reconcile(ctx: &Context) -> Result<Option<i64>, ReconcileError> {
         signing_keys,
     };
     let rendered = render::render(&inputs);
-    // Providers whose spec is valid are checked, rendered or held back alike.
-    ctx.health.track(
-        inputs
-            .oidc_providers
-            .iter()
-            .filter_map(|p| {
-                let name = p.name_any();
-                let provider = p.spec.to_provider(&name).ok()?;
-                provider.validate().ok()?;
-                Some((name, provider))
-            })
-            .collect(),
-    );
+    ctx.health.track(rendered.valid_providers.clone());
     match (&rendered.json, &rendered.hash) {
         (Some(json), Some(hash)) => {
             let outcome = publish::publish(&secrets, &ctx.config_secret, json, hash)
@@ -503,7 +491,7 @@ fn provider_health(ctx: &Context, v: &Verdict) -> (Cond, serde_json::Value) {
     let ready = match &outcome {
         Some(o) => Cond {
             type_: READY,
-            status: if o.ready { "True" } else { "False" },
+            status: if o.ready() { "True" } else { "False" },
             reason: o.reason,
             message: o.message.clone(),
             action: "Check",

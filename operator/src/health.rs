@@ -19,8 +19,6 @@ pub const FIRST_RETRY: Duration = Duration::from_secs(5);
 /// What the last check of a provider found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
-    /// The issuer answered as it should.
-    pub ready: bool,
     /// `KeysPublished`, or what failed (`DiscoveryFailed`, `IssuerMismatch`, `JwksFailed`,
     /// `NoUsableKey`).
     pub reason: &'static str,
@@ -34,6 +32,13 @@ pub struct Outcome {
     pub ready_at: Option<i64>,
     /// Failed checks in a row.
     pub failures: u32,
+}
+
+impl Outcome {
+    /// The issuer answered as it should.
+    pub fn ready(&self) -> bool {
+        self.failures == 0
+    }
 }
 
 #[derive(Debug)]
@@ -172,11 +177,15 @@ impl Health {
         };
         let previous = entry.outcome.take();
         let now = unix_now();
+        let failures = match &result {
+            Ok(_) => 0,
+            Err(_) => previous.as_ref().map_or(0, |p| p.failures) + 1,
+        };
+        let wait = next_check(failures, self.interval);
         let outcome = match result {
             Ok(keys) => {
                 let count = keygate_oidc::usable_keys(provider, &keys);
                 Outcome {
-                    ready: true,
                     reason: keygate_crds::status::reason::KEYS_PUBLISHED,
                     message: format!(
                         "{} names {} and its JWKS has {count} usable key{}",
@@ -191,11 +200,9 @@ impl Health {
                 }
             }
             Err(e) => {
-                let failures = previous.as_ref().map_or(0, |p| p.failures) + 1;
-                let retry = next_check(failures, self.interval).as_secs();
+                let retry = wait.as_secs();
                 let since = previous.as_ref().and_then(|p| p.ready_at);
                 Outcome {
-                    ready: false,
                     reason: e.reason(),
                     message: format!(
                         "{e} ({failures} failed check{} in a row, next in {retry}s). The provider stays in the published configuration: servers keep verifying with the keys they have cached, and fetch them again when the issuer is back.",
@@ -208,7 +215,7 @@ impl Health {
                 }
             }
         };
-        entry.due = Instant::now() + next_check(outcome.failures, self.interval);
+        entry.due = Instant::now() + wait;
         entry.outcome = Some(outcome);
         entry.running = false;
     }
@@ -244,7 +251,7 @@ mod tests {
         let o = health
             .outcome("corp")
             .unwrap_or_else(|| panic!("no outcome"));
-        assert!(!o.ready);
+        assert!(!o.ready());
         assert_eq!(o.reason, "DiscoveryFailed");
         assert!(o.message.contains("next in 5s"), "{}", o.message);
         assert_eq!(o.failures, 1);

@@ -16,8 +16,8 @@
 //! and count as invalid for both.
 
 use keygate_config::{
-    RateLimitRule, RateLimits, RuntimeConfig, ServiceAccountGrantConfig, SigningAlgorithm,
-    SigningKeyConfig, TenantPolicy, TransmissionKeyConfig,
+    OidcProviderConfig, RateLimitRule, RateLimits, RuntimeConfig, ServiceAccountGrantConfig,
+    SigningAlgorithm, SigningKeyConfig, TenantPolicy, TransmissionKeyConfig,
 };
 use keygate_crds::status::reason;
 use keygate_crds::{
@@ -101,6 +101,9 @@ pub struct Rendered {
     pub held_back: Option<String>,
     /// One per resource, sorted by kind and name.
     pub verdicts: Vec<Verdict>,
+    /// Every `OidcProvider` whose spec is valid (rendered, conflicting or held back alike),
+    /// by resource name: what the issuer checks look at.
+    pub valid_providers: Vec<(String, OidcProviderConfig)>,
 }
 
 struct Judge {
@@ -321,23 +324,27 @@ pub fn render(inputs: &Inputs) -> Rendered {
             .zip(&names)
             .map(|(p, n)| (p.spec.name(n).to_owned(), n.as_str())),
     );
+    let mut valid_providers = Vec::new();
     for (p, name) in providers.iter().zip(&names) {
         let provider_name = p.spec.name(name).to_owned();
-        let result = if let Some(others) = clash.get(&provider_name) {
-            Err(conflict_message(
+        let parsed = p
+            .spec
+            .to_provider(name)
+            .map_err(invalid)
+            .and_then(|provider| {
+                provider.validate().map_err(invalid)?;
+                Ok(provider)
+            });
+        if let Ok(provider) = &parsed {
+            valid_providers.push((name.clone(), provider.clone()));
+        }
+        let result = match (clash.get(&provider_name), parsed) {
+            (Some(others), _) => Err(conflict_message(
                 &format!("provider name {provider_name:?}"),
                 others,
                 name,
-            ))
-        } else {
-            p.spec
-                .to_provider(name)
-                .map_err(invalid)
-                .and_then(|provider| {
-                    provider.validate().map_err(invalid)?;
-                    config.oidc_providers.push(provider);
-                    Ok(())
-                })
+            )),
+            (None, parsed) => parsed.map(|provider| config.oidc_providers.push(provider)),
         };
         judge.verdict("OidcProvider", p, result, false);
     }
@@ -457,6 +464,7 @@ pub fn render(inputs: &Inputs) -> Rendered {
         config: held_back.is_none().then_some(config),
         held_back,
         verdicts: judge.verdicts,
+        valid_providers,
     }
 }
 

@@ -35,12 +35,18 @@ fn run(mut cmd: Command) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// `helm template` of `values` (extra `--set`s after it); the objects, or helm's message.
-fn render(cp: &ControlPlane, values: &Path, sets: &[&str]) -> Result<Vec<Value>, String> {
+/// `helm template` of release `kg` in `namespace` with `values` (extra `--set`s after
+/// it); the objects, or helm's message.
+fn render(
+    cp: &ControlPlane,
+    namespace: &str,
+    values: &Path,
+    sets: &[&str],
+) -> Result<Vec<Value>, String> {
     let mut cmd = cp.helm();
     cmd.args(["template", "kg"])
         .arg(chart())
-        .args(["--namespace", "keygate", "--kube-version", KUBE_VERSION])
+        .args(["--namespace", namespace, "--kube-version", KUBE_VERSION])
         .arg("-f")
         .arg(values);
     for s in sets {
@@ -203,7 +209,7 @@ fn the_chart_lints_and_renders_what_each_values_file_asks_for() {
             .arg(values_file(file));
         let (ok, text) = run(lint);
         assert!(ok, "helm lint --strict with {file}: {text}");
-        let objects = render(cp, &values_file(file), &[]).unwrap();
+        let objects = render(cp, "keygate", &values_file(file), &[]).unwrap();
         check_common(file, &objects);
         let server = find(&objects, "Deployment", "kg-keygate-server").unwrap();
         let spec = &server["spec"];
@@ -303,7 +309,7 @@ fn the_chart_lints_and_renders_what_each_values_file_asks_for() {
         ),
         (vec!["server.issuer=auth.example.com"], "/server/issuer"),
     ] {
-        let err = render(cp, &default, &sets).unwrap_err();
+        let err = render(cp, "keygate", &default, &sets).unwrap_err();
         assert!(err.contains(expect), "{sets:?}: {err}");
     }
     // The chart carries the generated CRDs.
@@ -450,21 +456,8 @@ async fn the_chart_installs_upgrades_and_uninstalls_and_its_service_accounts_suf
     // The operator as its ServiceAccount: its whole job in this namespace, nothing else.
     let op_token = cp.service_account_token(&ns.name, "kg-keygate-operator", None, 3600);
     let op_kubeconfig = cp.kubeconfig_for_token(&op_token);
-    let mut template = cp.helm();
-    template.args(["template", "kg"]).arg(chart()).args([
-        "--namespace",
-        &ns.name,
-        "--kube-version",
-        KUBE_VERSION,
-    ]);
-    let out = template.output().unwrap();
-    assert!(out.status.success());
-    let objects: Vec<Value> =
-        serde_saphyr::from_multiple::<Value>(&String::from_utf8_lossy(&out.stdout))
-            .unwrap()
-            .into_iter()
-            .filter(Value::is_object)
-            .collect();
+    // The default values, as installed.
+    let objects = render(cp, &ns.name, &values_file("default"), &[]).unwrap();
     let container = |name: &str| {
         find(&objects, "Deployment", name).unwrap()["spec"]["template"]["spec"]["containers"][0]
             .clone()

@@ -120,7 +120,7 @@ async fn the_images_are_small_non_root_and_run() {
     let dir = images();
     let chart_values =
         std::fs::read_to_string(repo_root().join("charts/keygate/values.yaml")).unwrap();
-    let mut runtime: Option<bool> = None;
+    let mut in_crun = false;
     for (name, port, cmd) in [
         ("auth-server", "8080/tcp", json!(["serve"])),
         ("auth-operator", "8081/tcp", Value::Null),
@@ -166,11 +166,10 @@ async fn the_images_are_small_non_root_and_run() {
         );
         let (ok, text) = match crun_version(&bundle, &keygate_tests::unique("kg-version-")) {
             Some(text) => {
-                runtime = Some(true);
+                in_crun = true;
                 (true, text)
             }
             None => {
-                runtime = Some(false);
                 let binary = bundle.join("rootfs/usr/local/bin").join(name);
                 let out = Command::new(&binary).arg("--version").output().unwrap();
                 (
@@ -187,7 +186,6 @@ async fn the_images_are_small_non_root_and_run() {
     let bundle = work.path().join("bundle");
     unpack(&dir.join("auth-server"), VERSION, &bundle);
     let listen = format!("127.0.0.1:{}", free_port());
-    let in_crun = runtime == Some(true);
     let data = if in_crun {
         "/tmp/data".to_owned()
     } else {

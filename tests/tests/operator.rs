@@ -57,6 +57,31 @@ fn accepted(obj: &Value) -> Option<(String, String, String)> {
     condition(obj, "Accepted")
 }
 
+/// Applies the SigningKey `main` (nothing is published without one) and projects the
+/// published configuration Secret like a kubelet; returns the directory, the projection and
+/// the path of `config.json` once it is there.
+async fn first_signing_key_published(
+    cp: &ControlPlane,
+    ns: &str,
+) -> (tempfile::TempDir, SecretMount, std::path::PathBuf) {
+    let (ok, text) = apply(
+        cp,
+        ns,
+        "apiVersion: keygate.dev/v1alpha1\nkind: SigningKey\nmetadata: {name: main}\nspec: {}\n",
+    );
+    assert!(ok, "{text}");
+    let mount_dir = tempfile::tempdir().unwrap();
+    let mount = SecretMount::start(ns, "keygate-config", mount_dir.path()).await;
+    let config = mount_dir.path().join("config.json");
+    eventually(
+        Duration::from_secs(30),
+        "the published configuration",
+        async || config.exists().then_some(()),
+    )
+    .await;
+    (mount_dir, mount, config)
+}
+
 /// The Events that `selector` (a field selector) picks.
 fn events(cp: &ControlPlane, ns: &str, selector: &str) -> Vec<Value> {
     let (ok, text) = kubectl(
@@ -165,11 +190,8 @@ async fn the_operator_refuses_to_start_without_its_crds_readable() {
     apply_crds(cp);
     let ns = cp.namespace("kg-op-rbac").await;
     // A ServiceAccount with no role at all: told what is missing, exit non-zero.
-    let (ok, text) = kubectl(cp, &ns.name, &["create", "serviceaccount", "nobody"], None);
-    assert!(ok, "{text}");
-    let (ok, token) = kubectl(cp, &ns.name, &["create", "token", "nobody"], None);
-    assert!(ok, "{token}");
-    let kubeconfig = cp.kubeconfig_for_token(token.trim());
+    let token = cp.service_account_token(&ns.name, "nobody", None, 3600);
+    let kubeconfig = cp.kubeconfig_for_token(&token);
     let (status, log) = OperatorProcess::run_to_exit(kubeconfig.path(), &ns.name);
     assert!(!status.success());
     assert!(log.contains("RBAC forbids listing AuthPolicy"), "{log}");
@@ -187,21 +209,7 @@ async fn resources_reach_a_running_server_and_deleting_them_takes_the_effect_awa
     );
     let client = reqwest::Client::new();
     // Nothing published without a SigningKey (every server would sign with its own key).
-    let (ok, text) = apply(
-        cp,
-        &ns.name,
-        "apiVersion: keygate.dev/v1alpha1\nkind: SigningKey\nmetadata: {name: main}\nspec: {}\n",
-    );
-    assert!(ok, "{text}");
-    let mount_dir = tempfile::tempdir().unwrap();
-    let _mount = SecretMount::start(&ns.name, "keygate-config", mount_dir.path()).await;
-    let config = mount_dir.path().join("config.json");
-    eventually(
-        Duration::from_secs(30),
-        "the published configuration",
-        async || config.exists().then_some(()),
-    )
-    .await;
+    let (_mount_dir, _mount, config) = first_signing_key_published(cp, &ns.name).await;
     let key = get(cp, &ns.name, "signingkey/main");
     let kid = key["status"]["activeKid"].as_str().unwrap().to_owned();
     assert_eq!(accepted(&key).unwrap().0, "True", "{key}");
@@ -662,21 +670,7 @@ async fn a_service_account_grant_lets_its_caller_issue_tickets_until_it_is_delet
     let ns = cp.namespace("kg-grant").await;
     let _operator = OperatorProcess::start(&cp.kubeconfig, &ns.name, &[]);
     let client = reqwest::Client::new();
-    let (ok, text) = apply(
-        cp,
-        &ns.name,
-        "apiVersion: keygate.dev/v1alpha1\nkind: SigningKey\nmetadata: {name: main}\nspec: {}\n",
-    );
-    assert!(ok, "{text}");
-    let mount_dir = tempfile::tempdir().unwrap();
-    let _mount = SecretMount::start(&ns.name, "keygate-config", mount_dir.path()).await;
-    let config = mount_dir.path().join("config.json");
-    eventually(
-        Duration::from_secs(30),
-        "the published configuration",
-        async || config.exists().then_some(()),
-    )
-    .await;
+    let (_mount_dir, _mount, config) = first_signing_key_published(cp, &ns.name).await;
     // The server runs as its own ServiceAccount, as the chart's pod would, with the cluster
     // given by flags (outside a pod).
     let data = tempfile::tempdir().unwrap();

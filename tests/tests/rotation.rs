@@ -9,7 +9,7 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{DecodingKey, Validation};
 use keygate_tests::cluster::control_plane;
 use keygate_tests::operator::{OperatorProcess, SecretMount, apply_crds};
-use keygate_tests::{ServerOptions, ServerProcess, add_user, get_json, post_json};
+use keygate_tests::{ServerOptions, ServerProcess, add_user, eventually, get_json, post_json};
 use serde_json::{Value, json};
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -107,14 +107,10 @@ async fn three_rotations_without_a_failed_verification() {
     .await;
     let ns = &cluster.ns;
     let config = cluster.config();
-    let started = Instant::now();
-    while !config.exists() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "no configuration"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(Duration::from_secs(30), "the configuration", async || {
+        config.exists().then_some(())
+    })
+    .await;
     let replicas: Vec<ServerProcess> = (0..2)
         .map(|_| {
             let data = tempfile::tempdir().unwrap().keep();
@@ -221,14 +217,12 @@ async fn three_rotations_without_a_failed_verification() {
         let set = jwks_of(&replicas[0].base_url).await;
         set.find(&first).is_none()
     };
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while !first_kid_gone().await {
-        assert!(
-            Instant::now() < deadline,
-            "the retired key {first} is still published"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    eventually(
+        Duration::from_secs(90),
+        "the retired key gone",
+        async || first_kid_gone().await.then_some(()),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -243,26 +237,18 @@ async fn a_deleted_signing_key_stops_signing_and_retires_before_it_goes() {
     let config = cluster.config();
     let data = tempfile::tempdir().unwrap();
     add_user(data.path(), &[], &["--username", "alice"], PW);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let kids = loop {
+    let kids = eventually(Duration::from_secs(30), "two keys published", async || {
         let c: Value = std::fs::read_to_string(&config)
             .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default();
+            .and_then(|t| serde_json::from_str(&t).ok())?;
         let kids: Vec<String> = c["signing_keys"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|k| k["kid"].as_str().unwrap().to_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        if kids.len() == 2 {
-            break kids;
-        }
-        assert!(Instant::now() < deadline, "two keys never published");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+            .as_array()?
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_owned())
+            .collect();
+        (kids.len() == 2).then_some(kids)
+    })
+    .await;
     let old_kid = kids.iter().find(|k| k.starts_with("old-")).unwrap().clone();
     let server = ServerProcess::start(ServerOptions {
         data_dir: Some(data.path().to_path_buf()),
@@ -312,39 +298,32 @@ async fn a_deleted_signing_key_stops_signing_and_retires_before_it_goes() {
         String::from_utf8_lossy(&out.stderr)
     );
     // Within moments it no longer signs, yet stays published for the tokens it signed.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let kid = signed_kid().await;
-        if !kid.starts_with("old-") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the deleted key still signs");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        Duration::from_secs(20),
+        "the deleted key to stop signing",
+        async || (!signed_kid().await.starts_with("old-")).then_some(()),
+    )
+    .await;
     for _ in 0..5 {
         assert!(!signed_kid().await.starts_with("old-"));
     }
     assert!(published().await, "retiring, not gone");
     // After retireAfter the key, its Secret and the resource are gone.
-    let deadline = Instant::now() + Duration::from_secs(100);
-    loop {
-        let (found, _) = {
-            let out = cp
+    eventually(
+        Duration::from_secs(100),
+        "the deleted SigningKey gone",
+        async || {
+            let found = cp
                 .kubectl()
                 .args(["-n", &ns.name, "get", "signingkey", "old"])
                 .output()
-                .unwrap();
-            (out.status.success(), ())
-        };
-        if !found && !published().await {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the deleted SigningKey never went"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+                .unwrap()
+                .status
+                .success();
+            (!found && !published().await).then_some(())
+        },
+    )
+    .await;
     let out = cp
         .kubectl()
         .args([

@@ -4,8 +4,8 @@
 //! replicas sharing Redis, exactly one succeeds).
 
 use super::error::{AuthError, FieldViolation};
-use super::service_accounts::ServiceAccountCaller;
-use super::tokens::{AccessClaims, Actor};
+use super::service_accounts::BearerCaller;
+use super::tokens::Actor;
 use super::{AuthService, SignedIn, random, secs, status};
 use keygate_config::GrantPermission;
 use serde::{Deserialize, Serialize};
@@ -69,15 +69,6 @@ pub struct TicketSignIn {
     pub reason: Option<String>,
 }
 
-/// Who asks for a ticket.
-#[derive(Debug, Clone, Copy)]
-pub enum TicketCaller<'a> {
-    /// A user with a Keygate access token (needs `tickets:create`).
-    User(&'a AccessClaims),
-    /// A ServiceAccount with its own token (needs a grant with `tickets:create`).
-    ServiceAccount(&'a ServiceAccountCaller),
-}
-
 /// What a caller may issue tickets for.
 struct Authority {
     tenant_id: String,
@@ -96,14 +87,14 @@ impl AuthService {
     /// (or its only one), its allowed roles and its rate limit.
     async fn ticket_authority(
         &self,
-        caller: TicketCaller<'_>,
+        caller: &BearerCaller,
         tenant: Option<&str>,
     ) -> Result<Authority, AuthError> {
         let tenant = tenant.map(str::trim).filter(|t| !t.is_empty());
         match caller {
-            TicketCaller::User(claims) => {
+            BearerCaller::User(claims) => {
                 let user = self.current_user(claims).await?;
-                if !super::users::grants(&user.roles, "tickets:create") {
+                if !super::users::grants(&user.roles, GrantPermission::TicketsCreate.as_str()) {
                     return Err(AuthError::Forbidden);
                 }
                 // The chain a ticket would pass on must stay whole and bounded.
@@ -129,7 +120,7 @@ impl AuthService {
                     grant: None,
                 })
             }
-            TicketCaller::ServiceAccount(sa) => {
+            BearerCaller::ServiceAccount(sa) => {
                 let rt = self.runtime();
                 let grant = sa.grant(
                     &rt.config.service_account_grants,
@@ -159,7 +150,7 @@ impl AuthService {
     /// Issues a ticket for a user of the tenant `caller` may act on.
     pub async fn generate_ticket(
         &self,
-        caller: TicketCaller<'_>,
+        caller: &BearerCaller,
         req: TicketRequest,
     ) -> Result<IssuedTicket, AuthError> {
         let authority = self

@@ -5,8 +5,7 @@ use super::AppState;
 use super::dto::{DataResponse, LoginResponse};
 use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, Caller, ClientIp};
-use crate::auth::service_accounts::BearerCaller;
-use crate::auth::tickets::{TicketCaller, TicketRequest};
+use crate::auth::tickets::TicketRequest;
 use axum::Json;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
@@ -55,14 +54,10 @@ pub async fn generate_ticket(
     Caller(caller): Caller,
     ApiJson(req): ApiJson<GenerateTicketRequest>,
 ) -> Result<Json<DataResponse<GenerateTicketResponse>>, ApiError> {
-    let caller = match &caller {
-        BearerCaller::User(claims) => TicketCaller::User(claims),
-        BearerCaller::ServiceAccount(sa) => TicketCaller::ServiceAccount(sa),
-    };
     let issued = state
         .auth
         .generate_ticket(
-            caller,
+            &caller,
             TicketRequest {
                 user_id: req.user_id,
                 tenant_id: req.tenant_id,
