@@ -25,6 +25,7 @@ CMD ["serve"]
 
 FROM scratch AS auth-operator
 COPY --from=build /out/auth-operator /usr/local/bin/auth-operator
+COPY --from=build --chown=65532:65532 /out/tmp /tmp
 USER 65532:65532
 EXPOSE 8081
 ENTRYPOINT ["/usr/local/bin/auth-operator"]

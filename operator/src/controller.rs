@@ -256,7 +256,14 @@ pub async fn run(
         };
         tokio::select! {
             () = &mut stop => return,
-            _ = leader.changed() => continue,
+            // A closed channel: the lease manager is gone, so this replica no longer knows
+            // whether it leads; stop, as the standby branch does.
+            changed = leader.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                continue;
+            }
             got = tokio::time::timeout(wait, rx.recv()) => {
                 trigger = match got {
                     Ok(Some(kind)) => kind,
