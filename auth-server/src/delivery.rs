@@ -39,7 +39,8 @@ pub enum Purpose {
 }
 
 impl Purpose {
-    fn as_str(self) -> &'static str {
+    /// The purpose's name (templates, metrics).
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Login => "login_code",
             Self::Mfa => "mfa_code",
@@ -383,6 +384,7 @@ impl Delivery {
     }
 
     /// Sends one code. In development mode the code is logged at warning level instead.
+    #[tracing::instrument(name = "delivery.send", skip_all, fields(keygate.channel = msg.channel.as_str(), keygate.purpose = msg.purpose.as_str()))]
     pub async fn send(&self, msg: &CodeMessage<'_>) -> Result<(), DeliveryError> {
         if self.is_development() {
             tracing::warn!(
@@ -403,6 +405,15 @@ impl Delivery {
             Channel::Email => self.send_email(template, msg).await,
             Channel::Sms => self.send_sms(template, msg).await,
         };
+        crate::metrics::record_code(
+            msg.channel.as_str(),
+            msg.purpose.as_str(),
+            if result.is_ok() {
+                "delivered"
+            } else {
+                "failed"
+            },
+        );
         if result.is_ok() {
             let slot = &self.latency_ms[msg.channel as usize];
             let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -415,7 +426,9 @@ impl Delivery {
 
     /// Waits about as long as a real send over `channel` takes, so that a request that sends
     /// nothing cannot be told apart by its latency.
-    pub async fn imitate(&self, channel: Channel) {
+    #[tracing::instrument(name = "delivery.imitate", skip_all, fields(keygate.channel = channel.as_str()))]
+    pub async fn imitate(&self, channel: Channel, purpose: Purpose) {
+        crate::metrics::record_code(channel.as_str(), purpose.as_str(), "imitated");
         if self.is_development() {
             return;
         }
@@ -484,12 +497,13 @@ impl Delivery {
         if let Some(key) = key {
             request = request.header(SIGNATURE_HEADER, sign(key, &body));
         }
-        let response = request
-            .body(body)
-            .send()
-            .await
-            // The URL may carry a credential: never in a log line.
-            .map_err(|e| DeliveryError(format!("SMS webhook: {}", e.without_url())))?;
+        let response = keygate_telemetry::propagation::send(
+            request.body(body),
+            keygate_telemetry::propagation::Url::HostOnly,
+        )
+        .await
+        // The URL may carry a credential: never in a log line.
+        .map_err(|e| DeliveryError(format!("SMS webhook: {}", e.without_url())))?;
         if response.status().is_success() {
             Ok(())
         } else {

@@ -125,19 +125,19 @@ fn describe(e: auth_server::auth::error::AuthError) -> String {
     }
 }
 
-fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYGATE_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+/// Logs (and, for `serve`, traces when the `OTEL_*` variables ask for them).
+fn init_telemetry(
+    format: keygate_telemetry::LogFormat,
+) -> anyhow::Result<keygate_telemetry::Telemetry> {
+    keygate_telemetry::init(
+        &keygate_telemetry::Options {
+            service_name: "keygate-auth-server",
+            service_version: env!("CARGO_PKG_VERSION"),
+            format,
+            default_filter: "info,sqlx=warn",
+        },
+        Some(Box::new(auth_server::metrics::SpanTimings)),
+    )
 }
 
 /// `serve`'s settings alone, for when no subcommand is given.
@@ -173,11 +173,13 @@ fn main() -> anyhow::Result<()> {
 async fn run(storage: StorageSettings, command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(settings) => {
-            init_logging(settings.log_format == "json");
-            app::serve(storage, *settings).await?;
+            let telemetry = init_telemetry(settings.log_format)?;
+            let served = app::serve(storage, *settings).await;
+            telemetry.shutdown().await;
+            served?;
         }
         Command::Migrate => {
-            init_logging(false);
+            let _telemetry = init_telemetry(keygate_telemetry::LogFormat::Text)?;
             let store = auth_server::store::SqlStore::open(&storage.effective_database_url())
                 .await
                 .context("migrate")?;
@@ -193,7 +195,7 @@ async fn run(storage: StorageSettings, command: Command) -> anyhow::Result<()> {
             password_stdin,
             must_change_password,
         }) => {
-            init_logging(false);
+            let _telemetry = init_telemetry(keygate_telemetry::LogFormat::Text)?;
             if !password_stdin {
                 bail!("--password-stdin is required: pipe the password on standard input");
             }
@@ -224,7 +226,7 @@ async fn run(storage: StorageSettings, command: Command) -> anyhow::Result<()> {
             println!("{}", user.id);
         }
         Command::Tenant(TenantCommand::Add { id, display_name }) => {
-            init_logging(false);
+            let _telemetry = init_telemetry(keygate_telemetry::LogFormat::Text)?;
             let opened = app::open(&storage).await?;
             let (auth, _) =
                 app::service(opened, None, String::new(), Arc::new(SystemClock)).await?;

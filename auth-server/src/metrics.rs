@@ -1,16 +1,22 @@
-//! Prometheus metrics of the server: HTTP requests and latency by route and outcome, and
-//! sign-in outcomes by method. One registry per server instance (tests run several).
+//! Prometheus metrics of the server: HTTP requests and latency by route, sign-ins by method
+//! and outcome, and the process-wide counters of the auth steps (lockouts, rate-limit
+//! rejections, MFA, codes, tickets, signing keys, reloads, store and Redis latency taken from
+//! their spans, the hashing queue). One registry per server instance (tests run several).
 
+use crate::auth::error::AuthError;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 use std::time::Instant;
+use tracing::Subscriber;
+use tracing_subscriber::registry::LookupSpan;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -33,7 +39,176 @@ struct LoginLabels {
     outcome: &'static str,
 }
 
-type HistogramFamily = Family<LatencyLabels, Histogram, fn() -> Histogram>;
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabels {
+    rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AnswerLabels {
+    method: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabels {
+    channel: &'static str,
+    purpose: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreLabels {
+    system: &'static str,
+    operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CommandLabels {
+    operation: &'static str,
+}
+
+type Lazy<T> = std::sync::LazyLock<T>;
+
+static LOCKOUTS: Lazy<Counter> = Lazy::new(Counter::default);
+static RATE_LIMITED: Lazy<Family<RuleLabels, Counter>> = Lazy::new(Family::default);
+static MFA_ANSWERS: Lazy<Family<AnswerLabels, Counter>> = Lazy::new(Family::default);
+static MFA_ISSUED: Lazy<Counter> = Lazy::new(Counter::default);
+static CODES: Lazy<Family<CodeLabels, Counter>> = Lazy::new(Family::default);
+static TICKETS_ISSUED: Lazy<Counter> = Lazy::new(Counter::default);
+static TICKETS_REDEEMED: Lazy<Family<OutcomeLabels, Counter>> = Lazy::new(Family::default);
+static KEY_CHANGES: Lazy<Counter> = Lazy::new(Counter::default);
+static KEY_AGE: Lazy<Gauge> = Lazy::new(Gauge::default);
+static TRACE_EXPORT_FAILURES: Lazy<Counter> = Lazy::new(Counter::default);
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+static STORE_LATENCY: Lazy<Histograms<StoreLabels>> =
+    Lazy::new(|| Family::new_with_constructor(backend_histogram));
+static REDIS_LATENCY: Lazy<Histograms<CommandLabels>> =
+    Lazy::new(|| Family::new_with_constructor(backend_histogram));
+/// Password hashes and verifications waiting for a hashing thread (process-wide).
+pub static HASH_QUEUE: Lazy<Gauge> = Lazy::new(Gauge::default);
+
+fn backend_histogram() -> Histogram {
+    // 100 µs .. ~3 s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 15))
+}
+
+/// An account was locked by its failed sign-ins.
+pub fn record_lockout() {
+    LOCKOUTS.inc();
+}
+
+/// A rate-limit rule refused a request.
+pub fn record_rate_limited(rule: &str) {
+    RATE_LIMITED
+        .get_or_create(&RuleLabels {
+            rule: rule.to_owned(),
+        })
+        .inc();
+}
+
+/// An MFA challenge was answered with `method` (`totp`, `backup_code`, `email`, `sms`).
+pub fn record_mfa_answer(method: &'static str, result: Result<(), &AuthError>) {
+    MFA_ANSWERS
+        .get_or_create(&AnswerLabels {
+            method,
+            outcome: result.err().map_or("success", AuthError::reason),
+        })
+        .inc();
+}
+
+/// A one-time code went out (or did not): `outcome` is `delivered`, `failed` or `imitated`
+/// (no such account: nothing is sent, the time is spent all the same).
+pub fn record_code(channel: &'static str, purpose: &'static str, outcome: &'static str) {
+    CODES
+        .get_or_create(&CodeLabels {
+            channel,
+            purpose,
+            outcome,
+        })
+        .inc();
+}
+
+/// A ticket was issued.
+pub fn record_ticket_issued() {
+    TICKETS_ISSUED.inc();
+}
+
+/// The signing key in use, seen at a scrape or a reload: counts a change of `kid` and sets the
+/// key's age (from its activation, else from when this replica first saw it).
+pub fn observe_signing_key(auth: &crate::auth::AuthService) {
+    static SEEN: std::sync::Mutex<Option<(String, i64)>> = std::sync::Mutex::new(None);
+    let now = auth.clock.unix();
+    let runtime = auth.runtime();
+    let Some(key) = runtime.keys.signing_key(now) else {
+        KEY_AGE.set(0);
+        return;
+    };
+    let (kid, activates_at) = (key.kid.as_str(), key.activates_at());
+    let Ok(mut seen) = SEEN.lock() else { return };
+    let since = match seen.as_ref() {
+        Some((k, since)) if k == kid => *since,
+        previous => {
+            if previous.is_some() {
+                KEY_CHANGES.inc();
+            }
+            *seen = Some((kid.to_owned(), now));
+            now
+        }
+    };
+    KEY_AGE.set(now.saturating_sub(activates_at.unwrap_or(since)).max(0));
+}
+
+/// What a sign-in's success was, for `keygate_logins_total`.
+pub trait SignInOutcome {
+    /// `success`, or `mfa_required` while a second factor is pending.
+    fn outcome(&self) -> &'static str;
+}
+
+impl SignInOutcome for crate::auth::challenge::LoginOutcome {
+    fn outcome(&self) -> &'static str {
+        match self {
+            Self::SignedIn(_) => "success",
+            Self::MfaRequired(_) => {
+                MFA_ISSUED.inc();
+                "mfa_required"
+            }
+        }
+    }
+}
+
+impl SignInOutcome for crate::auth::SignedIn {
+    fn outcome(&self) -> &'static str {
+        "success"
+    }
+}
+
+impl SignInOutcome for crate::auth::federation::FederatedSignIn {
+    fn outcome(&self) -> &'static str {
+        self.outcome.outcome()
+    }
+}
+
+impl SignInOutcome for crate::auth::tickets::TicketSignIn {
+    fn outcome(&self) -> &'static str {
+        "success"
+    }
+}
+
+/// A code sign-in (with whether it created the account).
+impl SignInOutcome for (crate::auth::challenge::LoginOutcome, bool) {
+    fn outcome(&self) -> &'static str {
+        self.0.outcome()
+    }
+}
+
+type HistogramFamily = Histograms<LatencyLabels>;
 
 /// Sign-in delay, lockout and rate-limit decisions taken on one replica's own counters because
 /// Redis was unavailable (process-wide).
@@ -112,6 +287,76 @@ impl Default for Metrics {
             "Runtime-configuration reloads by outcome (a rejected file leaves the last good one in force)",
             CONFIG_RELOADS.clone(),
         );
+        let process_wide: [(&str, &str, Box<dyn prometheus_client::registry::Metric>); 13] = [
+            (
+                "lockouts",
+                "Accounts locked by their failed sign-ins",
+                Box::new(LOCKOUTS.clone()),
+            ),
+            (
+                "rate_limit_rejections",
+                "Requests refused by a rate-limit rule, by rule",
+                Box::new(RATE_LIMITED.clone()),
+            ),
+            (
+                "mfa_challenges_issued",
+                "Sign-ins that stopped at an MFA challenge",
+                Box::new(MFA_ISSUED.clone()),
+            ),
+            (
+                "mfa_challenges_answered",
+                "Answers to MFA challenges by method and outcome",
+                Box::new(MFA_ANSWERS.clone()),
+            ),
+            (
+                "codes_sent",
+                "One-time codes by channel, purpose and outcome (delivered, failed, or imitated for an unknown account)",
+                Box::new(CODES.clone()),
+            ),
+            (
+                "tickets_issued",
+                "One-time tickets issued",
+                Box::new(TICKETS_ISSUED.clone()),
+            ),
+            (
+                "tickets_redeemed",
+                "Ticket redemptions by outcome",
+                Box::new(TICKETS_REDEEMED.clone()),
+            ),
+            (
+                "signing_key_changes",
+                "Changes of the signing key this replica signs with (seen at scrapes and reloads)",
+                Box::new(KEY_CHANGES.clone()),
+            ),
+            (
+                "signing_key_age_seconds",
+                "Age of the signing key in use, from its activation",
+                Box::new(KEY_AGE.clone()),
+            ),
+            (
+                "trace_export_failures",
+                "Span batches the OTLP exporter could not deliver (dropped)",
+                Box::new(TRACE_EXPORT_FAILURES.clone()),
+            ),
+            (
+                "store_operation_duration_seconds",
+                "Database operations by system and operation",
+                Box::new(STORE_LATENCY.clone()),
+            ),
+            (
+                "redis_operation_duration_seconds",
+                "Redis operations by operation",
+                Box::new(REDIS_LATENCY.clone()),
+            ),
+            (
+                "password_hash_queue_depth",
+                "Password hashes and verifications waiting for a hashing thread",
+                Box::new(HASH_QUEUE.clone()),
+            ),
+        ];
+        for (name, help, metric) in process_wide {
+            registry.register(name, help, BoxedMetric(metric));
+        }
         Self {
             registry,
             requests,
@@ -132,17 +377,32 @@ fn outcome_of(status: u16) -> &'static str {
 impl Metrics {
     /// The OpenMetrics text.
     pub fn render(&self) -> Result<String, std::fmt::Error> {
+        let failures = keygate_telemetry::export_failures();
+        let counted = TRACE_EXPORT_FAILURES.get();
+        if failures > counted {
+            TRACE_EXPORT_FAILURES.inc_by(failures - counted);
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
     }
 
-    /// Counts a sign-in or refresh attempt.
-    pub fn record_login<E: std::fmt::Debug>(&self, method: &'static str, result: Result<(), &E>) {
+    /// Counts a sign-in or refresh attempt by its outcome (`success`, `mfa_required`, or the
+    /// failure's reason); a ticket sign-in also counts as a redemption.
+    pub fn record_login<T: SignInOutcome>(
+        &self,
+        method: &'static str,
+        result: &Result<T, AuthError>,
+    ) {
         let outcome = match result {
-            Ok(()) => "success",
-            Err(_) => "failure",
+            Ok(v) => v.outcome(),
+            Err(e) => e.reason(),
         };
+        if method == "ticket" {
+            TICKETS_REDEEMED
+                .get_or_create(&OutcomeLabels { outcome })
+                .inc();
+        }
         self.logins
             .get_or_create(&LoginLabels { method, outcome })
             .inc();
@@ -176,6 +436,15 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    if let Some(span) = req.extensions().get::<crate::http::error::RequestSpan>() {
+        use opentelemetry::trace::TraceContextExt as _;
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        let name = format!("{method} {route}");
+        span.0.record("http.route", route.as_str());
+        // Renames a span not started yet, or else the started one.
+        span.0.record("otel.name", name.as_str());
+        span.0.context().span().update_name(name);
+    }
     let res = next.run(req).await;
     metrics.observe(
         &method,
@@ -186,6 +455,90 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next
     res
 }
 
+/// A process-wide metric registered in a server's registry.
+#[derive(Debug)]
+struct BoxedMetric(Box<dyn prometheus_client::registry::Metric>);
+
+impl prometheus_client::encoding::EncodeMetric for BoxedMetric {
+    fn encode(
+        &self,
+        encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        self.0.metric_type()
+    }
+}
+
+/// Tracing layer timing the spans of database and Redis operations (the spans that carry
+/// `db.system.name`) into the store and Redis latency histograms; other spans cost nothing.
+#[derive(Debug)]
+pub struct SpanTimings;
+
+struct Timing {
+    started: Instant,
+    system: &'static str,
+}
+
+struct SystemName(Option<&'static str>);
+
+impl tracing::field::Visit for SystemName {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "db.system.name" {
+            self.0 = ["postgresql", "sqlite", "redis"]
+                .into_iter()
+                .find(|known| *known == value);
+        }
+    }
+    fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+}
+
+impl<S> tracing_subscriber::Layer<S> for SpanTimings
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if attrs.metadata().fields().field("db.system.name").is_none() {
+            return;
+        }
+        let mut system = SystemName(None);
+        attrs.record(&mut system);
+        if let (Some(system), Some(span)) = (system.0, ctx.span(id)) {
+            span.extensions_mut().insert(Timing {
+                started: Instant::now(),
+                system,
+            });
+        }
+    }
+
+    fn on_close(&self, id: tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        let Some(span) = ctx.span(&id) else { return };
+        let Some(timing) = span.extensions_mut().remove::<Timing>() else {
+            return;
+        };
+        let seconds = timing.started.elapsed().as_secs_f64();
+        let operation = span.name();
+        if timing.system == "redis" {
+            REDIS_LATENCY
+                .get_or_create(&CommandLabels { operation })
+                .observe(seconds);
+        } else {
+            STORE_LATENCY
+                .get_or_create(&StoreLabels {
+                    system: timing.system,
+                    operation,
+                })
+                .observe(seconds);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,7 +547,7 @@ mod tests {
     fn renders_counters_and_histograms() {
         let m = Metrics::default();
         m.observe("POST", "/api/v1/auth/login", 400, 0.02);
-        m.record_login::<()>("password", Ok(()));
+        m.record_login::<crate::auth::SignedIn>("password", &Err(AuthError::InvalidCredentials));
         let text = m.render().unwrap();
         assert!(text.contains(
             r#"keygate_http_requests_total{method="POST",route="/api/v1/auth/login",status="400",outcome="client_error"} 1"#
@@ -204,7 +557,9 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains(r#"keygate_logins_total{method="password",outcome="success"} 1"#),
+            text.contains(
+                r#"keygate_logins_total{method="password",outcome="invalid_credentials"} 1"#
+            ),
             "{text}"
         );
     }

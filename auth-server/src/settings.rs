@@ -91,9 +91,10 @@ pub struct ServeSettings {
     #[arg(long, env = "KEYGATE_ISSUER")]
     pub issuer: Option<String>,
 
-    /// Log format: `text` or `json`.
-    #[arg(long, env = "KEYGATE_LOG_FORMAT", default_value = "text")]
-    pub log_format: String,
+    /// Log format: `text` (one line per event) or `json` (one object per line); both carry
+    /// `trace_id` and `span_id`.
+    #[arg(long, env = "KEYGATE_LOG_FORMAT", value_enum, default_value_t = keygate_telemetry::LogFormat::Text)]
+    pub log_format: keygate_telemetry::LogFormat,
 
     /// Threads of the async runtime (HTTP, database, Redis). Default: half the CPUs, at least
     /// one, because password hashing runs on its own threads (one per CPU by default) and idle

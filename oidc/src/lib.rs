@@ -201,10 +201,12 @@ impl Fetcher {
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
-        let res = request
-            .send()
-            .await
-            .map_err(|e| format!("{url}: {}", plain(&e)))?;
+        let res = keygate_telemetry::propagation::send(
+            request,
+            keygate_telemetry::propagation::Url::Path,
+        )
+        .await
+        .map_err(|e| format!("{url}: {}", plain(&e)))?;
         if !res.status().is_success() {
             return Err(format!("{url}: HTTP {}", res.status()));
         }
@@ -262,13 +264,14 @@ impl Fetcher {
             let scheme = if p.allow_http { "http(s)" } else { "https" };
             return Err(HttpError(format!("{url} is not an {scheme} URL")));
         }
-        let res = self
-            .http
-            .request(request.method().clone(), &url)
-            .headers(request.headers().clone())
-            .send()
-            .await
-            .map_err(|e| HttpError(format!("{url}: {}", plain(&e))))?;
+        let res = keygate_telemetry::propagation::send(
+            self.http
+                .request(request.method().clone(), &url)
+                .headers(request.headers().clone()),
+            keygate_telemetry::propagation::Url::Path,
+        )
+        .await
+        .map_err(|e| HttpError(format!("{url}: {}", plain(&e))))?;
         let status = res.status();
         let headers = res.headers().clone();
         let mut response = http::Response::new(read_limited(res).await?);

@@ -6,7 +6,7 @@
 // The first entry of "keys" signs; private JWKs are kept in keys_file by kid so that restarts can rotate keys.
 // Clients use the code flow with PKCE (S256, required) and client_secret_post at the token endpoint.
 import { generateKeyPairSync } from 'node:crypto';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 
 const config = JSON.parse(readFileSync(process.argv[2], 'utf8'));
 
@@ -75,6 +75,15 @@ const provider = new Provider(config.issuer, {
   ttl: { IdToken: config.id_token_ttl_seconds, AccessToken: 3600, Interaction: 3600, Session: 86400, Grant: 86400 },
   cookies: { keys: ['keygate-oidc-provider-fixture'] },
 });
+
+// Every request's method, path and W3C traceparent, one line each, for tests of trace
+// propagation.
+if (config.request_log) {
+  provider.use(async (ctx, next) => {
+    appendFileSync(config.request_log, `${ctx.method} ${ctx.path} ${ctx.get('traceparent') || '-'}\n`);
+    await next();
+  });
+}
 
 const server = provider.listen(config.port, '127.0.0.1', () => {
   process.stdout.write(`READY ${config.issuer}\n`);

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod cluster;
+pub mod collector;
 pub mod delivery;
 pub mod oidc;
 pub mod operator;

@@ -61,6 +61,22 @@ impl OidcProvider {
         p
     }
 
+    /// The requests the provider received so far: (method, path, `traceparent` or `-`).
+    pub fn requests(&self) -> Vec<(String, String, String)> {
+        std::fs::read_to_string(self.dir.path().join("requests.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| {
+                let mut parts = line.splitn(3, ' ');
+                Some((
+                    parts.next()?.to_owned(),
+                    parts.next()?.to_owned(),
+                    parts.next()?.to_owned(),
+                ))
+            })
+            .collect()
+    }
+
     /// Stops the provider (if running) and starts it again on the same port with `keys`;
     /// keys named before keep their material.
     pub fn restart_with_keys(&mut self, keys: &[(&str, &str)]) {
@@ -69,6 +85,7 @@ impl OidcProvider {
             "port": self.port,
             "issuer": self.issuer,
             "keys_file": self.dir.path().join("keys.json"),
+            "request_log": self.dir.path().join("requests.log"),
             "keys": keys.iter().map(|(kid, alg)| serde_json::json!({"kid": kid, "alg": alg})).collect::<Vec<_>>(),
             "id_token_ttl_seconds": 3600,
             "clients": CLIENTS.iter().map(|(id, secret, uri)| serde_json::json!({

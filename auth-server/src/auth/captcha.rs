@@ -90,13 +90,15 @@ pub async fn verify_turnstile(
     if let Some(ip) = remote_ip {
         form.push(("remoteip", ip));
     }
-    let res = client
-        .post(verify_url)
-        .form(&form)
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .map_err(|e| AuthError::Unavailable(format!("turnstile verify: {e}")))?;
+    let res = keygate_telemetry::propagation::send(
+        client
+            .post(verify_url)
+            .form(&form)
+            .timeout(Duration::from_secs(5)),
+        keygate_telemetry::propagation::Url::Path,
+    )
+    .await
+    .map_err(|e| AuthError::Unavailable(format!("turnstile verify: {e}")))?;
     if !res.status().is_success() {
         return Err(AuthError::Unavailable(format!(
             "turnstile verify answered {}",

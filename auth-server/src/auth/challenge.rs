@@ -150,6 +150,7 @@ impl AuthService {
     /// Whether this sign-in must show a second factor; if so, the challenge for it.
     /// `first_factor` is the `amr` of what the user has shown: after a sent code (`otp_email`,
     /// `otp_sms`) or a federated sign-in only TOTP and backup codes can be the second factor.
+    #[tracing::instrument(name = "auth.mfa_decision", skip_all)]
     pub(super) async fn mfa_gate(
         &self,
         totp_active: bool,
@@ -245,6 +246,7 @@ impl AuthService {
     /// attempt on the account's own counter, with the same progressive delay, lock and
     /// CAPTCHA as passwords, so fresh challenges (by any identifier or first factor) give no
     /// fresh guesses.
+    #[tracing::instrument(name = "auth.mfa_verify", skip_all)]
     pub async fn verify_challenge(
         &self,
         token: &str,
@@ -426,6 +428,7 @@ impl AuthService {
     /// Sends a one-time code for an open challenge to the account's email address or phone
     /// number (`method` `email` or `sms`, offered by the challenge); a new one replaces the
     /// last.
+    #[tracing::instrument(name = "auth.mfa_send_code", skip_all)]
     pub async fn send_challenge_code(
         &self,
         token: &str,

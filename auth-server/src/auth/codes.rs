@@ -238,6 +238,7 @@ pub(super) struct Outgoing<'a> {
 impl AuthService {
     /// Sends a passwordless sign-in code. Targets without an account get the same answer; a
     /// code is only actually sent to them when the tenant allows sign-up by code.
+    #[tracing::instrument(name = "auth.code_send", skip_all)]
     pub async fn send_login_code(&self, req: SendCode) -> Result<CodeSent, AuthError> {
         // A channel that cannot be served fails alike for every target, before any lookup.
         if !self.delivery.serves(req.request.target.channel) {
@@ -267,7 +268,9 @@ impl AuthService {
                     Duration::from_secs(1),
                 )
                 .await?;
-            self.delivery.imitate(req.request.target.channel).await;
+            self.delivery
+                .imitate(req.request.target.channel, Purpose::Login)
+                .await;
             return Ok(sent);
         }
         let outgoing = Outgoing {
@@ -286,6 +289,7 @@ impl AuthService {
 
     /// Signs in with a code sent by [`send_login_code`](Self::send_login_code); returns the
     /// sign-in and whether the account was created by it.
+    #[tracing::instrument(name = "auth.code_sign_in", skip_all)]
     pub async fn login_with_code(&self, req: CodeLogin) -> Result<(LoginOutcome, bool), AuthError> {
         let tenant_id = req.request.tenant_id.clone();
         let target = req.request.target.clone();
@@ -452,6 +456,7 @@ impl AuthService {
                 )
                 .await?
         {
+            crate::metrics::record_rate_limited("resend-interval");
             return Err(AuthError::RateLimited {
                 retry_after: wait_ms.div_ceil(1000).max(1),
                 rule: "resend-interval".into(),

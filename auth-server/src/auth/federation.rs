@@ -69,6 +69,7 @@ impl AuthService {
     }
 
     /// Signs in with an id_token of the configured provider `provider`.
+    #[tracing::instrument(name = "auth.id_token_sign_in", skip_all)]
     pub async fn id_token_sign_in(
         &self,
         provider: &str,

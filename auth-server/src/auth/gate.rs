@@ -91,6 +91,7 @@ fn gate_rules(p: &LockoutPolicy) -> (ephemeral::GateRule, ephemeral::GateRule) {
 impl AuthService {
     /// Admits one attempt (counted before it is evaluated) or refuses it with the wait;
     /// returns the identifier's failures before this attempt.
+    #[tracing::instrument(name = "auth.attempt_gate", skip_all)]
     pub(super) async fn gate_admit(
         &self,
         keys: &GateKeys,
@@ -128,6 +129,7 @@ impl AuthService {
         if failures_before + 1 != policy.lock_after {
             return;
         }
+        crate::metrics::record_lockout();
         self.audit(super::audit::Event {
             kind: super::audit::kind::LOCKOUT,
             tenant_id,

@@ -161,6 +161,11 @@ impl SigningKey {
             .map_err(|e| format!("signature self-test failed: {e}"))
     }
 
+    /// Unix seconds from which it signs (absent: from when it was loaded).
+    pub fn activates_at(&self) -> Option<i64> {
+        self.activates_at
+    }
+
     /// A compact JWS of `claims` with this key's `alg` and `kid` (and `typ`, if given).
     pub fn sign_jwt<T: serde::Serialize>(
         &self,

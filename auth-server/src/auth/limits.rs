@@ -179,9 +179,12 @@ impl AuthService {
         self.ephemeral
             .rate_check(&key, limit, window_seconds.saturating_mul(1000), now_ms)
             .await
-            .map_err(|wait_ms| AuthError::RateLimited {
-                retry_after: wait_ms.div_ceil(1000).max(1),
-                rule: rule.to_owned(),
+            .map_err(|wait_ms| {
+                crate::metrics::record_rate_limited(rule);
+                AuthError::RateLimited {
+                    retry_after: wait_ms.div_ceil(1000).max(1),
+                    rule: rule.to_owned(),
+                }
             })
     }
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 impl AuthService {
     /// Signs in with identity and password; users with a second factor may be asked for it.
     /// Every attempt is recorded in the audit trail.
+    #[tracing::instrument(name = "auth.password_sign_in", skip_all)]
     pub async fn login_password(
         &self,
         req: PasswordLogin,
@@ -258,6 +259,7 @@ impl AuthService {
 
     /// Checks a CAPTCHA answer with the tenant's provider (never the one the client names: a
     /// client that names another provider is refused).
+    #[tracing::instrument(name = "auth.captcha", skip_all)]
     pub(super) async fn verify_captcha(
         &self,
         policy: &keygate_config::CaptchaPolicy,
@@ -420,6 +422,7 @@ impl AuthService {
     }
 
     /// Turns a password as sent into something to verify, per its transmission mode.
+    #[tracing::instrument(name = "auth.password_transmission", skip_all)]
     pub async fn recover_password(
         &self,
         rt: &Runtime,

@@ -189,13 +189,19 @@ impl PasswordHasher {
         let inner = self.inner.clone();
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move || {
+            crate::metrics::HASH_QUEUE.dec();
             let _ = tx.send(work(&inner, state));
         });
-        self.inner.jobs.send(job).map_err(|_| HashError::Join)?;
+        crate::metrics::HASH_QUEUE.inc();
+        if self.inner.jobs.send(job).is_err() {
+            crate::metrics::HASH_QUEUE.dec();
+            return Err(HashError::Join);
+        }
         rx.await.map_err(|_| HashError::Join)?
     }
 
     /// Hashes a canonical digest for storage (PHC string).
+    #[tracing::instrument(name = "password.hash", skip_all)]
     pub async fn hash(&self, digest: String) -> Result<String, HashError> {
         self.run(move |inner, state| hash_blocking(&state.params, inner.pepper.as_deref(), &digest))
             .await
@@ -206,6 +212,7 @@ impl PasswordHasher {
     /// A wrong password against a hash made with older, cheaper parameters is answered no
     /// sooner than one with the current parameters (the difference is waited out, off the
     /// hashing threads), so that timing does not tell dormant accounts from unknown ones.
+    #[tracing::instrument(name = "password.verify", skip_all)]
     pub async fn verify(
         &self,
         digest: String,

@@ -83,6 +83,7 @@ pub fn network_of(ip: IpAddr) -> String {
 
 /// Scores a sign-in against the profile. A user without history has no baseline, so the
 /// device, network and hour signals stay quiet until there is one.
+#[tracing::instrument(name = "auth.risk", skip_all)]
 pub fn assess(policy: &RiskPolicy, profile: &RiskProfile, ctx: &SignInContext) -> RiskAssessment {
     let w = &policy.weights;
     let has_history = profile.hours.iter().any(|h| *h > 0);

@@ -147,6 +147,7 @@ impl AuthService {
     /// Authenticates a bearer token that may be a Keygate access token or, when a cluster is
     /// configured, a ServiceAccount token: a token claiming another issuer than Keygate's is
     /// verified as the cluster's (and refused unless it is one).
+    #[tracing::instrument(name = "auth.caller", skip_all)]
     pub async fn authenticate_caller(&self, token: &str) -> Result<BearerCaller, AuthError> {
         // Without a cluster there is nothing to tell apart: no need to read the token.
         if self.cluster.is_none() || claimed_issuer(token).is_none_or(|iss| iss == self.issuer()) {

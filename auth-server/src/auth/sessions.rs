@@ -189,6 +189,7 @@ impl AuthService {
     }
 
     /// Opens a session and, in the same transaction, stores the user's updated risk profile.
+    #[tracing::instrument(name = "auth.session_open", skip_all)]
     pub(super) async fn open_session_recording(
         &self,
         user: &User,
@@ -259,6 +260,7 @@ impl AuthService {
     /// Exchanges a refresh token for new tokens. The presented token is rotated; presenting
     /// it again within the grace window yields another token of the same session, later
     /// revokes the whole session.
+    #[tracing::instrument(name = "auth.refresh", skip_all)]
     pub async fn refresh(&self, refresh_token: &str) -> Result<SignedIn, AuthError> {
         if refresh_token.is_empty() || refresh_token.len() > 512 {
             return Err(AuthError::InvalidRefreshToken);
@@ -383,6 +385,7 @@ impl AuthService {
     }
 
     /// Verifies a bearer token and that it was not revoked.
+    #[tracing::instrument(name = "auth.bearer", skip_all)]
     pub async fn authenticate(&self, bearer: &str) -> Result<AccessClaims, AuthError> {
         let rt = self.runtime();
         let claims = tokens::verify(

@@ -148,6 +148,7 @@ impl AuthService {
     }
 
     /// Issues a ticket for a user of the tenant `caller` may act on.
+    #[tracing::instrument(name = "auth.ticket_issue", skip_all)]
     pub async fn generate_ticket(
         &self,
         caller: &BearerCaller,
@@ -231,6 +232,7 @@ impl AuthService {
 
     /// Redeems a ticket: consumed atomically whatever the outcome, then a session with
     /// `amr: ["ticket"]` and, when the issuer is not the user, `act`.
+    #[tracing::instrument(name = "auth.ticket_redeem", skip_all)]
     pub async fn redeem_ticket(&self, ticket: &str) -> Result<TicketSignIn, AuthError> {
         let ticket = ticket.trim();
         if ticket.is_empty() {

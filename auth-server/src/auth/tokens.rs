@@ -86,6 +86,7 @@ pub enum TokenError {
 pub const LEEWAY_SECONDS: u64 = 30;
 
 /// Signs `claims` with the key active at `claims.iat`.
+#[tracing::instrument(name = "token.sign", skip_all)]
 pub fn sign(ring: &KeyRing, claims: &AccessClaims) -> Result<String, TokenError> {
     let key = ring
         .signing_key(claims.iat)

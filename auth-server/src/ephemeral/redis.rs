@@ -168,6 +168,7 @@ impl RedisEphemeral {
         })
     }
 
+    #[tracing::instrument(name = "redis.set", skip_all, fields(db.system.name = "redis"))]
     pub(super) async fn set(
         &self,
         key: &str,
@@ -181,6 +182,7 @@ impl RedisEphemeral {
             .map_err(err)
     }
 
+    #[tracing::instrument(name = "redis.exists_any", skip_all, fields(db.system.name = "redis"))]
     pub(super) async fn exists_any(&self, keys: &[String]) -> Result<bool, EphemeralError> {
         if keys.is_empty() {
             return Ok(false);
@@ -189,10 +191,12 @@ impl RedisEphemeral {
         Ok(n > 0)
     }
 
+    #[tracing::instrument(name = "redis.get", skip_all, fields(db.system.name = "redis"))]
     pub(super) async fn get(&self, key: &str) -> Result<Option<String>, EphemeralError> {
         self.pool.get(key).await.map_err(err)
     }
 
+    #[tracing::instrument(name = "redis.incr", skip_all, fields(db.system.name = "redis"))]
     pub(super) async fn incr(&self, key: &str, ttl: Duration) -> Result<i64, EphemeralError> {
         let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
         self.pool
@@ -201,6 +205,7 @@ impl RedisEphemeral {
             .map_err(err)
     }
 
+    #[tracing::instrument(name = "redis.take_if", skip_all, fields(db.system.name = "redis"))]
     pub(super) async fn take_if(
         &self,
         key: &str,
@@ -216,10 +221,12 @@ impl RedisEphemeral {
             .map_err(err)
     }
 
+    #[tracing::instrument(name = "redis.take", skip_all, fields(db.system.name = "redis"))]
     pub(super) async fn take(&self, key: &str) -> Result<Option<String>, EphemeralError> {
         self.pool.getdel(key).await.map_err(err)
     }
 
+    #[tracing::instrument(name = "redis.ping", skip_all, fields(db.system.name = "redis"))]
     pub(super) async fn ping(&self) -> Result<(), EphemeralError> {
         self.pool.ping::<()>(None).await.map_err(err)
     }
@@ -228,6 +235,7 @@ impl RedisEphemeral {
         &self.fallback
     }
 
+    #[tracing::instrument(name = "redis.gate_attempt", skip_all, fields(db.system.name = "redis"))]
     pub(super) async fn gate_attempt(
         &self,
         account: &str,
@@ -257,6 +265,7 @@ impl RedisEphemeral {
         })
     }
 
+    #[tracing::instrument(name = "redis.gate_success", skip_all, fields(db.system.name = "redis"))]
     pub(super) async fn gate_success(&self, account: &str, ip: &str) -> Result<(), EphemeralError> {
         self.pool
             .eval::<i64, _, _, _>(
@@ -269,6 +278,7 @@ impl RedisEphemeral {
             .map_err(err)
     }
 
+    #[tracing::instrument(name = "redis.gate_refund", skip_all, fields(db.system.name = "redis"))]
     pub(super) async fn gate_refund(
         &self,
         account: &str,
@@ -286,6 +296,7 @@ impl RedisEphemeral {
             .map_err(err)
     }
 
+    #[tracing::instrument(name = "redis.claim", skip_all, fields(db.system.name = "redis"))]
     pub(super) async fn claim(
         &self,
         key: &str,
@@ -300,6 +311,7 @@ impl RedisEphemeral {
         Ok(u64::try_from(held).ok())
     }
 
+    #[tracing::instrument(name = "redis.gate_failures", skip_all, fields(db.system.name = "redis"))]
     pub(super) async fn gate_failures(
         &self,
         account: &str,
@@ -310,6 +322,7 @@ impl RedisEphemeral {
         Ok((a.unwrap_or(0), i.unwrap_or(0)))
     }
 
+    #[tracing::instrument(name = "redis.gate_clear", skip_all, fields(db.system.name = "redis"))]
     pub(super) async fn gate_clear(&self, keys: &[String]) -> Result<(), EphemeralError> {
         if keys.is_empty() {
             return Ok(());
@@ -321,6 +334,7 @@ impl RedisEphemeral {
             .map_err(err)
     }
 
+    #[tracing::instrument(name = "redis.rate_check", skip_all, fields(db.system.name = "redis"))]
     pub(super) async fn rate_check(
         &self,
         key: &str,

@@ -219,9 +219,7 @@ async fn code_login(
             register_if_new: fields.register_if_new.unwrap_or(false),
         })
         .await;
-    state
-        .metrics
-        .record_login(method, result.as_ref().map(|_| ()));
+    state.metrics.record_login(method, &result);
     let (outcome, is_new_user) = result?;
     Ok(Json(CodeLoginResponse {
         login: outcome.into(),

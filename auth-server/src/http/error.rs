@@ -9,6 +9,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use tracing::Instrument;
 use utoipa::ToSchema;
 
 /// Name of this service in problem bodies.
@@ -347,10 +348,10 @@ pub struct Problem {
     pub instance: String,
     /// Request id (also in the `X-Request-ID` header).
     pub request_id: String,
-    /// Trace id, when tracing is on.
+    /// Trace id of the request (W3C, 32 hex digits; the caller's when it sent `traceparent`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
-    /// Span id, when tracing is on.
+    /// Id of the request's server span (16 hex digits).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub span_id: Option<String>,
     /// Service name.
@@ -555,6 +556,11 @@ impl IntoResponse for ApiError {
 #[derive(Debug, Clone, Copy)]
 pub struct NotAProblem;
 
+/// The span of the current request (set by [`request_context`]; the router names it after the
+/// matched route).
+#[derive(Debug, Clone)]
+pub struct RequestSpan(pub tracing::Span);
+
 /// The request id of the current request (set by [`request_context`]).
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
@@ -578,8 +584,26 @@ pub async fn request_context(mut req: Request, next: Next) -> Response {
         .and_then(acceptable_request_id)
         .unwrap_or_else(|| crate::auth::random::id("req"));
     let instance = req.uri().path().to_owned();
+    let span = tracing::info_span!(
+        "http.server",
+        otel.name = %req.method(),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %req.method(),
+        http.route = tracing::field::Empty,
+        url.path = %instance,
+        http.response.status_code = tracing::field::Empty,
+        keygate.request_id = %request_id,
+    );
+    keygate_telemetry::propagation::continue_trace(&span, req.headers());
     req.extensions_mut().insert(RequestId(request_id.clone()));
-    let mut res = next.run(req).await;
+    req.extensions_mut().insert(RequestSpan(span.clone()));
+    let mut res = next.run(req).instrument(span.clone()).await;
+    span.record("http.response.status_code", res.status().as_u16());
+    if res.status().is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    let _entered = span.enter();
     let status = res.status();
     let draft = res.extensions_mut().remove::<ApiError>();
     let is_problem = res.extensions().get::<NotAProblem>().is_some()
@@ -609,6 +633,23 @@ fn render_problem(
     res: Response,
 ) -> Response {
     let (_, code, slug, title) = e.kind.spec();
+    // The problem's type and code only: a detail can quote what the client sent.
+    if status.is_server_error() {
+        tracing::error!(
+            status = status.as_u16(),
+            code,
+            problem = slug,
+            "request failed"
+        );
+    } else {
+        tracing::info!(
+            status = status.as_u16(),
+            code,
+            problem = slug,
+            "request refused"
+        );
+    }
+    let (trace_id, span_id) = keygate_telemetry::current_ids().unzip();
     let problem = Problem {
         type_: format!("urn:keygate:problem:{slug}"),
         title: title.to_owned(),
@@ -619,8 +660,8 @@ fn render_problem(
         timestamp: rfc3339(time::OffsetDateTime::now_utc().unix_timestamp()),
         instance: instance.to_owned(),
         request_id: request_id.to_owned(),
-        trace_id: None,
-        span_id: None,
+        trace_id,
+        span_id,
         service: SERVICE_NAME.to_owned(),
         errors: e.errors,
         retry_after: e.retry_after,

@@ -45,8 +45,6 @@ pub async fn id_token_signin(
         .auth
         .id_token_sign_in(&req.provider, &req.id_token)
         .await;
-    state
-        .metrics
-        .record_login("federated", result.as_ref().map(|_| ()));
+    state.metrics.record_login("federated", &result);
     Ok(Json(result?.outcome.into()))
 }

@@ -106,9 +106,7 @@ pub async fn login(
             },
         })
         .await;
-    state
-        .metrics
-        .record_login("password", result.as_ref().map(|_| ()));
+    state.metrics.record_login("password", &result);
     Ok(Json(result?.into()))
 }
 

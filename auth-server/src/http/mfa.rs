@@ -65,9 +65,8 @@ pub async fn verify_challenge(
             &captcha,
         )
         .await;
-    state
-        .metrics
-        .record_login("mfa", result.as_ref().map(|_| ()));
+    crate::metrics::record_mfa_answer(method.as_str(), result.as_ref().map(|_| ()));
+    state.metrics.record_login("mfa", &result);
     Ok(Json(result?.into()))
 }
 

@@ -65,6 +65,7 @@ pub async fn generate_ticket(
             },
         )
         .await?;
+    crate::metrics::record_ticket_issued();
     Ok(Json(DataResponse::new(GenerateTicketResponse {
         ticket: issued.ticket,
         expires_in: issued.expires_in,
@@ -96,8 +97,6 @@ pub async fn ticket_signin(
         .check_rate_ip("ticket_signin", client_ip.as_deref())
         .await?;
     let result = state.auth.redeem_ticket(&req.ticket).await;
-    state
-        .metrics
-        .record_login("ticket", result.as_ref().map(|_| ()));
+    state.metrics.record_login("ticket", &result);
     Ok(Json(result?.signed_in.into()))
 }

@@ -38,9 +38,7 @@ pub async fn refresh(
         .check_rate_ip("refresh", client_ip.as_deref())
         .await?;
     let result = state.auth.refresh(&req.refresh_token).await;
-    state
-        .metrics
-        .record_login("refresh", result.as_ref().map(|_| ()));
+    state.metrics.record_login("refresh", &result);
     Ok(Json(result?.into()))
 }
 

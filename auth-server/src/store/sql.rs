@@ -209,12 +209,21 @@ impl SqlStore {
             .map_err(|e| StoreError::Migration(e.to_string()))
     }
 
+    /// `db.system.name` of the OpenTelemetry conventions.
+    pub fn system_name(&self) -> &'static str {
+        match self.backend() {
+            Backend::Postgres => "postgresql",
+            Backend::Sqlite => "sqlite",
+        }
+    }
+
     /// The backend in use.
     pub fn backend(&self) -> Backend {
         self.backend
     }
 
     /// Round trip to the database (readiness).
+    #[tracing::instrument(name = "store.ping", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.affected("SELECT 1", |q| q).await.map(|_| ())
     }
@@ -225,6 +234,7 @@ impl SqlStore {
     }
 
     /// A tenant by canonical id.
+    #[tracing::instrument(name = "store.tenant", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn tenant(&self, id: &str) -> Result<Option<Tenant>, StoreError> {
         let row = sqlx::query("SELECT id, name, display_name FROM tenants WHERE id = $1")
             .bind(id)
@@ -243,6 +253,7 @@ impl SqlStore {
     }
 
     /// Creates a tenant.
+    #[tracing::instrument(name = "store.create_tenant", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn create_tenant(&self, t: &Tenant, now: i64) -> Result<(), StoreError> {
         self.affected(
             "INSERT INTO tenants (id, name, display_name, created_at) VALUES ($1, $2, $3, $4)",
@@ -254,12 +265,14 @@ impl SqlStore {
 
     /// Creates a user; `Conflict(field)` when the username, email or phone is taken in the
     /// tenant, `NotFound` when the tenant does not exist.
+    #[tracing::instrument(name = "store.create_user", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn create_user(&self, u: &NewUser) -> Result<User, StoreError> {
         self.create_user_linked(u, None).await
     }
 
     /// Creates a user and, in the same transaction, links it to an external account
     /// `(issuer, subject)`; a link taken meanwhile is a `Conflict("link")`.
+    #[tracing::instrument(name = "store.create_user_linked", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn create_user_linked(
         &self,
         u: &NewUser,
@@ -324,6 +337,7 @@ impl SqlStore {
     }
 
     /// The user linked to an external account in a tenant.
+    #[tracing::instrument(name = "store.federated_user", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn federated_user(
         &self,
         tenant_id: &str,
@@ -354,6 +368,7 @@ impl SqlStore {
     }
 
     /// Whether `user_id` has a link to an account of `issuer` in the tenant.
+    #[tracing::instrument(name = "store.has_federated_link", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn has_federated_link(
         &self,
         tenant_id: &str,
@@ -375,6 +390,7 @@ impl SqlStore {
 
     /// Links an external account to an existing user; `Conflict("link")` when it is linked
     /// already.
+    #[tracing::instrument(name = "store.link_federated", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn link_federated(
         &self,
         tenant_id: &str,
@@ -389,12 +405,14 @@ impl SqlStore {
     }
 
     /// A user by id.
+    #[tracing::instrument(name = "store.user", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn user(&self, id: &str) -> Result<Option<User>, StoreError> {
         self.user_where("id = $1", &[id]).await
     }
 
     /// The user of a session that is not revoked (a bearer token's account, checked against
     /// the stored revocation in the same round trip).
+    #[tracing::instrument(name = "store.user_in_session", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn user_in_session(
         &self,
         user_id: &str,
@@ -409,6 +427,7 @@ impl SqlStore {
     }
 
     /// A user by normalised identity within a tenant.
+    #[tracing::instrument(name = "store.user_by_identity", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn user_by_identity(
         &self,
         tenant_id: &str,
@@ -425,6 +444,7 @@ impl SqlStore {
 
     /// Everything a password sign-in needs about a user, in one round trip: the user, whether
     /// a TOTP factor is active, and the stored risk profile.
+    #[tracing::instrument(name = "store.login_lookup", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn login_lookup(
         &self,
         tenant_id: &str,
@@ -456,6 +476,7 @@ impl SqlStore {
     }
 
     /// Replaces a user's password hash (rehash on parameter change, password change).
+    #[tracing::instrument(name = "store.set_password_hash", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn set_password_hash(
         &self,
         user_id: &str,
@@ -472,6 +493,7 @@ impl SqlStore {
 
     /// Replaces a password: the old hash goes into the history (keeping the newest `keep`),
     /// the change time is set and any demand to change is cleared, atomically.
+    #[tracing::instrument(name = "store.change_password", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn change_password(
         &self,
         user_id: &str,
@@ -520,6 +542,7 @@ impl SqlStore {
     }
 
     /// The newest `limit` previous password hashes of a user.
+    #[tracing::instrument(name = "store.password_history", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn password_history(
         &self,
         user_id: &str,
@@ -540,6 +563,7 @@ impl SqlStore {
     }
 
     /// Revokes every open session of a user except `keep`; returns the revoked ids.
+    #[tracing::instrument(name = "store.revoke_other_sessions", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn revoke_other_sessions(
         &self,
         user_id: &str,
@@ -577,6 +601,7 @@ impl SqlStore {
     }
 
     /// The user's TOTP factor, if any.
+    #[tracing::instrument(name = "store.totp", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn totp(&self, user_id: &str) -> Result<Option<TotpFactor>, StoreError> {
         let row = sqlx::query(
             "SELECT secret_sealed, confirmed_at, last_used_step FROM mfa_totp WHERE user_id = $1",
@@ -597,6 +622,7 @@ impl SqlStore {
     }
 
     /// Stores a new, unconfirmed TOTP secret; `false` if an active factor exists.
+    #[tracing::instrument(name = "store.put_unconfirmed_totp", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn put_unconfirmed_totp(
         &self,
         user_id: &str,
@@ -615,6 +641,7 @@ impl SqlStore {
 
     /// Activates the pending TOTP factor with the step of its first code and replaces the
     /// backup codes, atomically; `false` if there was nothing to activate.
+    #[tracing::instrument(name = "store.confirm_totp", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn confirm_totp(
         &self,
         user_id: &str,
@@ -661,6 +688,7 @@ impl SqlStore {
 
     /// Records that a TOTP code of `step` was used; `false` when that step (or a later one)
     /// was already used, so no code works twice.
+    #[tracing::instrument(name = "store.use_totp_step", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn use_totp_step(&self, user_id: &str, step: i64) -> Result<bool, StoreError> {
         self.affected(
             "UPDATE mfa_totp SET last_used_step = $1 \
@@ -672,6 +700,7 @@ impl SqlStore {
     }
 
     /// Spends a backup code; `false` if unknown or already used.
+    #[tracing::instrument(name = "store.use_backup_code", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn use_backup_code(
         &self,
         user_id: &str,
@@ -688,6 +717,7 @@ impl SqlStore {
     }
 
     /// The stored risk profile (JSON) of a user.
+    #[tracing::instrument(name = "store.risk_profile", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn risk_profile(&self, user_id: &str) -> Result<Option<String>, StoreError> {
         let row = sqlx::query("SELECT profile FROM risk_profiles WHERE user_id = $1")
             .bind(user_id)
@@ -698,6 +728,7 @@ impl SqlStore {
     }
 
     /// Stores a user's risk profile (JSON).
+    #[tracing::instrument(name = "store.put_risk_profile", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn put_risk_profile(
         &self,
         user_id: &str,
@@ -712,11 +743,13 @@ impl SqlStore {
     }
 
     /// Opens a session with its first refresh token, atomically.
+    #[tracing::instrument(name = "store.create_session", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn create_session(&self, s: &Session, first: &NewRefresh) -> Result<(), StoreError> {
         self.create_session_with_profile(s, first, None).await
     }
 
     /// Opens a session and, in the same transaction, stores the user's updated risk profile.
+    #[tracing::instrument(name = "store.create_session_with_profile", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn create_session_with_profile(
         &self,
         s: &Session,
@@ -752,6 +785,7 @@ impl SqlStore {
     }
 
     /// A session by id.
+    #[tracing::instrument(name = "store.session", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn session(&self, id: &str) -> Result<Option<Session>, StoreError> {
         let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions s WHERE s.id = $1");
         let row = sqlx::query(&sql)
@@ -763,6 +797,7 @@ impl SqlStore {
     }
 
     /// A refresh token by hash, with its session.
+    #[tracing::instrument(name = "store.refresh_token", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn refresh_token(
         &self,
         token_hash: &str,
@@ -790,6 +825,7 @@ impl SqlStore {
 
     /// Marks `old_hash` rotated at `now` and stores its successor, atomically; `false` when
     /// the token had already been rotated (by a concurrent request or a replay).
+    #[tracing::instrument(name = "store.rotate_refresh", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn rotate_refresh(
         &self,
         session_id: &str,
@@ -819,6 +855,7 @@ impl SqlStore {
     }
 
     /// Adds a refresh token to an existing session (a replay inside the grace window).
+    #[tracing::instrument(name = "store.add_refresh", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn add_refresh(&self, session_id: &str, next: &NewRefresh) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(db)?;
         insert_refresh(&mut tx, session_id, next).await?;
@@ -827,6 +864,7 @@ impl SqlStore {
 
     /// The latest expiry of an access token issued in a session (`None` for sessions older
     /// than that record).
+    #[tracing::instrument(name = "store.session_access_expiry", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn session_access_expiry(&self, id: &str) -> Result<Option<i64>, StoreError> {
         let row = sqlx::query(
             "SELECT MAX(access_expires_at) AS latest FROM refresh_tokens WHERE session_id = $1",
@@ -839,6 +877,7 @@ impl SqlStore {
     }
 
     /// Revokes a session and so every refresh token of it; `false` if it was already revoked.
+    #[tracing::instrument(name = "store.revoke_session", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn revoke_session(
         &self,
         id: &str,
@@ -855,6 +894,7 @@ impl SqlStore {
     }
 
     /// Appends an entry to the audit trail.
+    #[tracing::instrument(name = "store.insert_audit", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn insert_audit(&self, e: &AuditRecord) -> Result<(), StoreError> {
         self.affected(
             "INSERT INTO audit_events (id, occurred_at, tenant_id, type, outcome, method, user_id, \
@@ -880,6 +920,7 @@ impl SqlStore {
     }
 
     /// Audit entries matching `q`, newest first.
+    #[tracing::instrument(name = "store.audit_events", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn audit_events(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
         // Optional filters become `$n IS NULL OR column ...` so one statement serves all.
         let sql = "SELECT id, occurred_at, tenant_id, type, outcome, method, user_id, actor_id, \
@@ -925,6 +966,7 @@ impl SqlStore {
 
     /// Removes audit entries older than `before` (retention), in batches of 5000 so that a
     /// large backlog never holds one long transaction.
+    #[tracing::instrument(name = "store.purge_audit", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn purge_audit(&self, before: i64) -> Result<u64, StoreError> {
         let mut total = 0;
         loop {
@@ -943,6 +985,7 @@ impl SqlStore {
     }
 
     /// Deletes refresh tokens and sessions that ended before `before` (housekeeping).
+    #[tracing::instrument(name = "store.purge_expired", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn purge_expired(&self, before: i64) -> Result<u64, StoreError> {
         let tokens = self
             .affected("DELETE FROM refresh_tokens WHERE expires_at < $1", |q| {
