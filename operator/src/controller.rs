@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 /// How often the namespace is reconciled without a change.
 pub const RESYNC: Duration = Duration::from_secs(60);
@@ -219,6 +220,7 @@ pub async fn run(
     loop {
         if !*leader.borrow_and_update() {
             ctx.leading.store(false, Ordering::Relaxed);
+            ctx.metrics.leading(false);
             tracing::info!("standing by: another replica leads");
             tokio::select! {
                 () = &mut stop => return,
@@ -231,10 +233,20 @@ pub async fn run(
             }
         }
         if !ctx.leading.swap(true, Ordering::Relaxed) {
+            ctx.metrics.leading(true);
             tracing::info!("leading: reconciling the namespace");
         }
         let started = Instant::now();
-        let result = reconcile(&ctx).await;
+        let span = tracing::info_span!(
+            "operator.reconcile",
+            keygate.trigger = trigger,
+            k8s.namespace.name = %ctx.namespace,
+            otel.status_code = tracing::field::Empty,
+        );
+        let result = reconcile(&ctx).instrument(span.clone()).await;
+        if result.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
         ctx.metrics
             .reconciled(trigger, result.is_ok(), started.elapsed().as_secs_f64());
         let wait = match result {
@@ -349,6 +361,29 @@ pub async fn reconcile(ctx: &Context) -> Result<Option<i64>, ReconcileError> {
     };
     let rendered = render::render(&inputs);
     ctx.health.track(rendered.valid_providers.clone());
+    ctx.metrics
+        .key_ages(key_sets.iter().filter_map(|(key, set)| {
+            let signing = set
+                .material
+                .iter()
+                .filter(|m| {
+                    m.activates_at.is_none_or(|a| a <= now) && m.signs_until.is_none_or(|u| u > now)
+                })
+                .max_by_key(|m| m.activates_at.unwrap_or(i64::MIN))?;
+            Some((key.name_any(), now.saturating_sub(signing.activates_at?)))
+        }));
+    ctx.metrics.providers_ready(
+        rendered
+            .verdicts
+            .iter()
+            .filter(|v| v.kind == "OidcProvider")
+            .map(|v| {
+                (
+                    v.name.clone(),
+                    ctx.health.outcome(&v.name).is_some_and(|o| o.ready()),
+                )
+            }),
+    );
     match (&rendered.json, &rendered.hash) {
         (Some(json), Some(hash)) => {
             let outcome = publish::publish(&secrets, &ctx.config_secret, json, hash)

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc};
+use tracing::Instrument;
 
 /// The first retry after a failed check; each further failure doubles it, up to the check
 /// interval.
@@ -154,8 +155,9 @@ impl Health {
             for (name, provider) in due {
                 let health = self.clone();
                 let trigger = trigger.clone();
+                let span = tracing::info_span!("operator.provider_check", keygate.provider = %name);
                 tokio::spawn(async move {
-                    let result = health.fetcher.discover(&provider).await;
+                    let result = health.fetcher.discover(&provider).instrument(span).await;
                     health.finish(&name, &provider, result);
                     // A full channel has a reconcile coming already.
                     let _ = trigger.try_send("OidcProvider");

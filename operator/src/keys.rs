@@ -265,6 +265,9 @@ pub async fn ensure(
             let created = match secrets.create(&PostParams::default(), &secret).await {
                 Ok(s) => {
                     tracing::info!(signing_key = %name, kid = %kid_for(&name, &pem), activates_at, "generated key material");
+                    if !owned.is_empty() {
+                        crate::metrics::record_rotation(&name);
+                    }
                     s
                 }
                 // Another writer made this key first: use theirs.

@@ -52,9 +52,10 @@ struct Cli {
     /// within this).
     #[arg(long, env = "KEYGATE_LEASE_DURATION", default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=300))]
     lease_duration: u64,
-    /// Log format: `text` or `json` (default: text on a terminal, json otherwise).
-    #[arg(long, env = "KEYGATE_LOG_FORMAT")]
-    log_format: Option<String>,
+    /// Log format: `text` or `json` (default: text on a terminal, json otherwise); both carry
+    /// `trace_id` and `span_id`.
+    #[arg(long, env = "KEYGATE_LOG_FORMAT", value_enum)]
+    log_format: Option<keygate_telemetry::LogFormat>,
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -86,25 +87,6 @@ async fn client(cli: &Cli) -> anyhow::Result<(kube::Client, String)> {
     Ok((kube::Client::try_from(config)?, namespace))
 }
 
-fn init_logs(format: Option<&str>) {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
-    let json = match format {
-        Some("json") => true,
-        Some(_) => false,
-        None => !std::io::stderr().is_terminal(),
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.with_ansi(std::io::stderr().is_terminal()).init();
-    }
-}
-
 async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -123,7 +105,17 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logs(cli.log_format.as_deref());
+    let telemetry = keygate_telemetry::init(
+        &keygate_telemetry::Options {
+            service_name: "keygate-operator",
+            service_version: env!("CARGO_PKG_VERSION"),
+            format: cli
+                .log_format
+                .unwrap_or_else(keygate_telemetry::LogFormat::for_stderr),
+            default_filter: "info,kube=warn",
+        },
+        None,
+    )?;
     let (client, namespace) = client(&cli).await?;
     let metrics = Arc::new(Metrics::default());
     let instance = std::env::var("POD_NAME").unwrap_or_else(|_| "local".into());
@@ -207,5 +199,6 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = http.await;
+    telemetry.shutdown().await;
     Ok(())
 }

@@ -1,5 +1,6 @@
-//! The operator's Prometheus metrics: reconciles by the kind that triggered them and their
-//! outcome, reconcile duration, resources by kind and acceptance, and configuration writes.
+//! The operator's Prometheus metrics: reconciles, their errors and duration by the kind that
+//! triggered them, resources by kind and acceptance, configuration writes, the leader state,
+//! key rotations and the age of each SigningKey's signing key, and the OidcProviders' health.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -20,6 +21,30 @@ struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SigningKeyLabels {
+    signing_key: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderLabels {
+    provider: String,
+}
+
+/// Keys generated to replace a SigningKey's signing key (process-wide: counted where the key
+/// Secret is created).
+static ROTATIONS: std::sync::LazyLock<Family<SigningKeyLabels, Counter>> =
+    std::sync::LazyLock::new(Family::default);
+
+/// Counts a rotation of `signing_key` (a new key after the first).
+pub fn record_rotation(signing_key: &str) {
+    ROTATIONS
+        .get_or_create(&SigningKeyLabels {
+            signing_key: signing_key.to_owned(),
+        })
+        .inc();
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResourceLabels {
     kind: &'static str,
     accepted: &'static str,
@@ -33,6 +58,10 @@ pub struct Metrics {
     duration: Family<KindLabels, Histogram, fn() -> Histogram>,
     resources: Family<ResourceLabels, Gauge>,
     writes: Counter,
+    errors: Family<KindLabels, Counter>,
+    leader: Gauge,
+    key_age: Family<SigningKeyLabels, Gauge>,
+    provider_ready: Family<ProviderLabels, Gauge>,
 }
 
 fn buckets() -> Histogram {
@@ -67,12 +96,45 @@ impl Default for Metrics {
             "Writes of the rendered configuration Secret (only when its content changed)",
             writes.clone(),
         );
+        let errors = Family::<KindLabels, Counter>::default();
+        let leader = Gauge::default();
+        let key_age = Family::<SigningKeyLabels, Gauge>::default();
+        let provider_ready = Family::<ProviderLabels, Gauge>::default();
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciles (retried with backoff) by triggering kind",
+            errors.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica leads (reconciles and writes), 0 while it stands by",
+            leader.clone(),
+        );
+        registry.register(
+            "key_rotations",
+            "Keys generated to take over from a SigningKey's previous key",
+            ROTATIONS.clone(),
+        );
+        registry.register(
+            "signing_key_age_seconds",
+            "Age of the key each SigningKey signs with now, from its activation",
+            key_age.clone(),
+        );
+        registry.register(
+            "oidc_provider_ready",
+            "1 when the OidcProvider's issuer answered its last check with usable keys, else 0",
+            provider_ready.clone(),
+        );
         Self {
             registry,
             reconciles,
             duration,
             resources,
             writes,
+            errors,
+            leader,
+            key_age,
+            provider_ready,
         }
     }
 }
@@ -86,9 +148,37 @@ impl Metrics {
                 outcome: if ok { "success" } else { "error" },
             })
             .inc();
+        if !ok {
+            self.errors.get_or_create(&KindLabels { kind }).inc();
+        }
         self.duration
             .get_or_create(&KindLabels { kind })
             .observe(seconds);
+    }
+
+    /// Whether this replica leads.
+    pub fn leading(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
+    /// Replaces the signing-key ages: (SigningKey name, seconds since its key activated).
+    pub fn key_ages(&self, ages: impl IntoIterator<Item = (String, i64)>) {
+        self.key_age.clear();
+        for (signing_key, age) in ages {
+            self.key_age
+                .get_or_create(&SigningKeyLabels { signing_key })
+                .set(age);
+        }
+    }
+
+    /// Replaces the providers' health: (OidcProvider name, ready).
+    pub fn providers_ready(&self, ready: impl IntoIterator<Item = (String, bool)>) {
+        self.provider_ready.clear();
+        for (provider, ok) in ready {
+            self.provider_ready
+                .get_or_create(&ProviderLabels { provider })
+                .set(i64::from(ok));
+        }
     }
 
     /// Sets how many resources of `kind` are accepted and refused.

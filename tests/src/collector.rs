@@ -181,10 +181,40 @@ exporters:
 
     /// The spans of a trace stored so far (empty when none arrived).
     pub async fn trace(&self, trace_id: &str) -> Vec<StoredSpan> {
-        let res = reqwest::get(format!("{}/api/v3/traces/{trace_id}", self.query))
+        self.spans(&format!("{}/api/v3/traces/{trace_id}", self.query))
             .await
-            .expect("GET trace");
+    }
+
+    /// The spans of the traces of `service` from the last ten minutes.
+    pub async fn service_spans(&self, service: &str) -> Vec<StoredSpan> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let rfc3339 = |secs: u64| {
+            let out = Command::new("date")
+                .args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%SZ"])
+                .output()
+                .expect("date");
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        let url = reqwest::Url::parse_with_params(
+            &format!("{}/api/v3/traces", self.query),
+            [
+                ("query.service_name", service.to_owned()),
+                ("query.start_time_min", rfc3339(now - 600)),
+                ("query.start_time_max", rfc3339(now + 60)),
+                ("query.num_traces", "1000".to_owned()),
+            ],
+        )
+        .expect("search URL");
+        self.spans(url.as_str()).await
+    }
+
+    async fn spans(&self, url: &str) -> Vec<StoredSpan> {
+        let res = reqwest::get(url).await.expect("GET traces");
         if !res.status().is_success() {
+            // 404: nothing stored yet.
             return Vec::new();
         }
         let body: serde_json::Value = res.json().await.expect("trace json");

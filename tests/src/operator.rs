@@ -52,6 +52,16 @@ impl OperatorProcess {
     /// Starts the operator for `namespace` with `kubeconfig` and extra `args`, and waits for
     /// `/healthz`.
     pub fn start(kubeconfig: &Path, namespace: &str, args: &[&str]) -> Self {
+        Self::start_with_env(kubeconfig, namespace, args, &[])
+    }
+
+    /// [`OperatorProcess::start`] with extra environment variables.
+    pub fn start_with_env(
+        kubeconfig: &Path,
+        namespace: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let log_path = dir.path().join("operator.log");
@@ -64,6 +74,7 @@ impl OperatorProcess {
             .arg(format!("127.0.0.1:{port}"))
             .args(args)
             .env("RUST_LOG", "info,kube=warn")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))

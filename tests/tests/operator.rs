@@ -758,3 +758,132 @@ async fn a_service_account_grant_lets_its_caller_issue_tickets_until_it_is_delet
         deleted.elapsed()
     );
 }
+
+#[tokio::test]
+async fn the_operator_traces_its_reconciles_and_exports_leader_rotation_key_age_and_provider_health()
+ {
+    let cp = control_plane();
+    apply_crds(cp);
+    let ns = cp.namespace("kg-op-otel").await;
+    let collector = keygate_tests::collector::Collector::start();
+    let idp = OidcProvider::start(&[("k1", "RS256")]);
+    let op = OperatorProcess::start_with_env(
+        &cp.kubeconfig,
+        &ns.name,
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.otlp_grpc.as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    let (ok, text) = apply(
+        cp,
+        &ns.name,
+        &format!(
+            "apiVersion: keygate.dev/v1alpha1\nkind: SigningKey\nmetadata: {{name: main}}\nspec: {{}}\n---\n\
+             apiVersion: keygate.dev/v1alpha1\nkind: OidcProvider\nmetadata: {{name: corp}}\n\
+             spec: {{issuer: \"{}\", clientId: keygate, allowHttp: true}}\n",
+            idp.issuer
+        ),
+    );
+    assert!(ok, "{text}");
+    let metric = |text: &str, name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    let scrape = async || {
+        reqwest::get(format!("{}/metrics", op.base_url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    eventually(
+        Duration::from_secs(30),
+        "the provider's check",
+        async || {
+            let text = scrape().await;
+            (metric(
+                &text,
+                "keygate_operator_oidc_provider_ready{provider=\"corp\"}",
+            ) == Some(1.0))
+            .then_some(())
+        },
+    )
+    .await;
+    // A rotation by annotation is counted; the signing key's age is exported.
+    let (ok, text) = kubectl(
+        cp,
+        &ns.name,
+        &["annotate", "signingkey/main", "keygate.dev/rotate=now"],
+        None,
+    );
+    assert!(ok, "{text}");
+    let text = eventually(Duration::from_secs(30), "the rotation", async || {
+        let text = scrape().await;
+        (metric(
+            &text,
+            "keygate_operator_key_rotations_total{signing_key=\"main\"}",
+        ) == Some(1.0))
+        .then_some(text)
+    })
+    .await;
+    assert_eq!(
+        metric(&text, "keygate_operator_leader "),
+        Some(1.0),
+        "{text}"
+    );
+    let age = metric(
+        &text,
+        "keygate_operator_signing_key_age_seconds{signing_key=\"main\"}",
+    );
+    assert!(age.is_some_and(|a| (0.0..120.0).contains(&a)), "{text}");
+    assert!(
+        metric(
+            &text,
+            "keygate_operator_reconciles_total{kind=\"SigningKey\",outcome=\"success\"}"
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+
+    // The reconciles and the issuer checks arrive as spans; a check carries its trace to the
+    // provider.
+    let spans = eventually(
+        Duration::from_secs(30),
+        "the operator's spans",
+        async || {
+            let spans = collector.service_spans("keygate-operator").await;
+            (spans.iter().any(|s| s.name == "operator.reconcile")
+                && spans.iter().any(|s| s.name == "operator.provider_check"))
+            .then_some(spans)
+        },
+    )
+    .await;
+    let check = spans
+        .iter()
+        .find(|s| s.name == "operator.provider_check")
+        .unwrap();
+    assert_eq!(check.attr("keygate.provider"), Some("corp"));
+    let fetches: Vec<_> = spans
+        .iter()
+        .filter(|s| s.trace_id == check.trace_id && s.kind.contains("CLIENT"))
+        .collect();
+    assert!(
+        !fetches.is_empty(),
+        "no client spans under the check: {spans:#?}"
+    );
+    let requests = idp.requests();
+    for fetch in fetches {
+        let wanted = format!("00-{}-{}-01", fetch.trace_id, fetch.span_id);
+        assert!(
+            requests.iter().any(|(_, _, tp)| *tp == wanted),
+            "the provider never saw {wanted}: {requests:?}"
+        );
+    }
+    drop(op);
+}
