@@ -223,6 +223,11 @@ fn the_chart_lints_and_renders_what_each_values_file_asks_for() {
                 assert!(pvc.is_some(), "the embedded database has its claim");
                 assert!(env_of(container, "KEYGATE_DATABASE_URL").is_none());
                 assert_eq!(sa["automountServiceAccountToken"], true);
+                let settings = find(&objects, "ConfigMap", "kg-keygate-server-settings").unwrap();
+                assert!(
+                    settings["data"]["OTEL_EXPORTER_OTLP_ENDPOINT"].is_null(),
+                    "traces are off by default"
+                );
             }
             "production" => {
                 assert_eq!(spec["replicas"], 3);
@@ -247,6 +252,20 @@ fn the_chart_lints_and_renders_what_each_values_file_asks_for() {
                 assert_eq!(
                     settings["data"]["KEYGATE_ISSUER"],
                     "https://auth.example.com"
+                );
+                // Traces: both components export to the collector, under their own names.
+                let collector = "http://otel-collector.observability:4317";
+                assert_eq!(settings["data"]["OTEL_EXPORTER_OTLP_ENDPOINT"], collector);
+                assert_eq!(settings["data"]["OTEL_SERVICE_NAME"], "keygate-auth-server");
+                let operator = find(&objects, "Deployment", "kg-keygate-operator").unwrap();
+                let op = &operator["spec"]["template"]["spec"]["containers"][0];
+                assert_eq!(
+                    env_of(op, "OTEL_EXPORTER_OTLP_ENDPOINT").unwrap()["value"],
+                    collector
+                );
+                assert_eq!(
+                    env_of(op, "OTEL_SERVICE_NAME").unwrap()["value"],
+                    "keygate-operator"
                 );
             }
             "ha" => {
@@ -308,6 +327,8 @@ fn the_chart_lints_and_renders_what_each_values_file_asks_for() {
             "/operator/propagationBound",
         ),
         (vec!["server.issuer=auth.example.com"], "/server/issuer"),
+        (vec!["tracing.endpoint=otel:4317"], "/tracing/endpoint"),
+        (vec!["tracing.protocol=http/json"], "/tracing/protocol"),
     ] {
         let err = render(cp, "keygate", &default, &sets).unwrap_err();
         assert!(err.contains(expect), "{sets:?}: {err}");

@@ -60,3 +60,17 @@ fsGroup: 65532
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
+
+{{- /* The OpenTelemetry variables of a component (a YAML map; empty while tracing is off).
+Takes (dict "root" $ "service" NAME). */ -}}
+{{- define "keygate.tracingEnv" -}}
+{{- $t := .root.Values.tracing -}}
+{{- if $t.endpoint -}}
+OTEL_EXPORTER_OTLP_ENDPOINT: {{ $t.endpoint | quote }}
+OTEL_EXPORTER_OTLP_PROTOCOL: {{ $t.protocol | quote }}
+OTEL_TRACES_SAMPLER: {{ $t.sampler | quote }}
+OTEL_TRACES_SAMPLER_ARG: {{ $t.samplerArg | quote }}
+OTEL_SERVICE_NAME: {{ .service | quote }}
+OTEL_RESOURCE_ATTRIBUTES: {{ printf "service.namespace=%s,k8s.namespace.name=%s" .root.Release.Name .root.Release.Namespace | quote }}
+{{- end -}}
+{{- end -}}
