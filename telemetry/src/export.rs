@@ -2,7 +2,7 @@
 //! resource, and a wrapper that counts and logs export failures without ever failing a request.
 
 use crate::Options;
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
@@ -17,13 +17,17 @@ pub fn export_failures() -> u64 {
     FAILURES.load(Ordering::Relaxed)
 }
 
-fn var(name: &str) -> Option<String> {
+/// Reads a variable; empty counts as unset.
+pub(crate) type Vars<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The process environment.
+pub(crate) fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
 /// The resource: `service.name` (`OTEL_SERVICE_NAME`, else the binary's), `service.version`,
 /// and `OTEL_RESOURCE_ATTRIBUTES`.
-pub(crate) fn resource(options: &Options) -> Resource {
+pub(crate) fn resource(options: &Options, var: Vars<'_>) -> Resource {
     let mut builder = Resource::builder().with_attribute(opentelemetry::KeyValue::new(
         "service.version",
         options.service_version,
@@ -34,8 +38,8 @@ pub(crate) fn resource(options: &Options) -> Resource {
     builder.build()
 }
 
-/// The exporter the environment asks for, or none.
-pub(crate) fn from_env() -> anyhow::Result<Option<Exporter>> {
+/// The exporter the variables ask for, or none.
+pub(crate) fn from_env(var: Vars<'_>) -> anyhow::Result<Option<Exporter>> {
     if var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
         return Ok(None);
     }
@@ -52,16 +56,39 @@ pub(crate) fn from_env() -> anyhow::Result<Option<Exporter>> {
     let protocol = var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
         .or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL"))
         .unwrap_or_else(|| "http/protobuf".to_owned());
+    // A private CA for the collector's certificate (the web PKI roots otherwise).
+    let ca = match var("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE")
+        .or_else(|| var("OTEL_EXPORTER_OTLP_CERTIFICATE"))
+    {
+        Some(path) => Some(
+            std::fs::read(&path)
+                .map_err(|e| anyhow::anyhow!("OTEL_EXPORTER_OTLP_CERTIFICATE {path}: {e}"))?,
+        ),
+        None => None,
+    };
+    let https = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))
+        .is_some_and(|e| e.starts_with("https://"));
     let builder = opentelemetry_otlp::SpanExporter::builder();
     let inner = match protocol.as_str() {
-        "grpc" => builder
-            .with_tonic()
-            .with_protocol(opentelemetry_otlp::Protocol::Grpc)
-            .build(),
+        "grpc" => {
+            let mut grpc = builder
+                .with_tonic()
+                .with_protocol(opentelemetry_otlp::Protocol::Grpc);
+            if https || ca.is_some() {
+                use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig};
+                let tls = match &ca {
+                    Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
+                    None => ClientTlsConfig::new().with_enabled_roots(),
+                };
+                grpc = grpc.with_tls_config(tls);
+            }
+            grpc.build()
+        }
         "http/protobuf" => builder
             .with_http()
             .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_http_client(HttpClient::new()?)
+            .with_http_client(HttpClient::new(ca.as_deref())?)
             .build(),
         other => anyhow::bail!(
             "OTEL_EXPORTER_OTLP_PROTOCOL={other:?} is not supported (grpc or http/protobuf)"
@@ -118,14 +145,22 @@ struct HttpClient {
 }
 
 impl HttpClient {
-    fn new() -> anyhow::Result<Self> {
+    fn new(ca_pem: Option<&[u8]>) -> anyhow::Result<Self> {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| anyhow::anyhow!("the OTLP exporter needs the Tokio runtime"))?;
-        let client = reqwest::Client::builder()
+        let mut client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(pem) = ca_pem {
+            client = client.tls_built_in_root_certs(false);
+            for cert in reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| anyhow::anyhow!("OTEL_EXPORTER_OTLP_CERTIFICATE: {e}"))?
+            {
+                client = client.add_root_certificate(cert);
+            }
+        }
+        let client = client.build()?;
         Ok(Self { client, runtime })
     }
 }

@@ -88,14 +88,35 @@ pub type ExtraLayer = Box<dyn Layer<Registry> + Send + Sync>;
 /// the transport crates), and `extra`. Call it inside the Tokio runtime (the exporters run on
 /// it). Fails on a malformed filter or an unsupported `OTEL_*` setting.
 pub fn init(options: &Options, extra: Option<ExtraLayer>) -> anyhow::Result<Telemetry> {
-    let filter = match std::env::var("KEYGATE_LOG").or_else(|_| std::env::var("RUST_LOG")) {
-        Ok(spec) => tracing_subscriber::EnvFilter::try_new(&spec)
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (dispatch, telemetry) = build(options, extra, &export::process_env, std::io::stderr, ansi)?;
+    tracing::dispatcher::set_global_default(dispatch)
+        .map_err(|_| anyhow::anyhow!("a log subscriber is installed already"))?;
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    Ok(telemetry)
+}
+
+/// The subscriber [`init`] installs, writing to `writer`, with the variables `var` gives.
+fn build<W>(
+    options: &Options,
+    extra: Option<ExtraLayer>,
+    var: export::Vars<'_>,
+    writer: W,
+    ansi: bool,
+) -> anyhow::Result<(Dispatch, Telemetry)>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let filter = match var("KEYGATE_LOG").or_else(|| var("RUST_LOG")) {
+        Some(spec) => tracing_subscriber::EnvFilter::try_new(&spec)
             .map_err(|e| anyhow::anyhow!("log filter {spec:?}: {e}"))?,
-        Err(_) => tracing_subscriber::EnvFilter::new(options.default_filter),
+        None => tracing_subscriber::EnvFilter::new(options.default_filter),
     };
-    let exporter = export::from_env()?;
+    let exporter = export::from_env(var)?;
     let exporting = exporter.is_some();
-    let mut builder = SdkTracerProvider::builder().with_resource(export::resource(options));
+    let mut builder = SdkTracerProvider::builder().with_resource(export::resource(options, var));
     if let Some(exporter) = exporter {
         builder = builder.with_batch_exporter(exporter);
     } else {
@@ -108,7 +129,8 @@ pub fn init(options: &Options, extra: Option<ExtraLayer>) -> anyhow::Result<Tele
 
     let dispatch_cell = Arc::new(OnceLock::new());
     let log_layer = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
+        .with_ansi(ansi)
         .fmt_fields(format::Fields::new(options.format))
         .event_format(format::Event::new(options.format, dispatch_cell.clone()))
         .with_filter(filter);
@@ -134,15 +156,13 @@ pub fn init(options: &Options, extra: Option<ExtraLayer>) -> anyhow::Result<Tele
         .with(log_layer);
     let dispatch = Dispatch::new(subscriber);
     let _ = dispatch_cell.set(dispatch.downgrade());
-    tracing::dispatcher::set_global_default(dispatch)
-        .map_err(|_| anyhow::anyhow!("a log subscriber is installed already"))?;
-    opentelemetry::global::set_text_map_propagator(
-        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
-    );
-    Ok(Telemetry {
-        provider,
-        exporting,
-    })
+    Ok((
+        dispatch,
+        Telemetry {
+            provider,
+            exporting,
+        },
+    ))
 }
 
 /// Trace id and span id (lowercase hex, as in `traceparent`) of the current span, when there
@@ -156,4 +176,156 @@ fn ids_of(cx: &opentelemetry::Context) -> Option<(String, String)> {
     let sc = span.span_context();
     sc.is_valid()
         .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    /// A log destination the test reads back.
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'w> tracing_subscriber::fmt::MakeWriter<'w> for Buffer {
+        type Writer = Buffer;
+        fn make_writer(&'w self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    fn options(format: LogFormat) -> Options {
+        Options {
+            service_name: "test",
+            service_version: "0",
+            format,
+            default_filter: "info",
+        }
+    }
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    /// Logs one event inside a span whose parent is the caller's `traceparent`; returns the
+    /// output and the span's ids.
+    fn log_in_span(format: LogFormat) -> (String, (String, String)) {
+        let out = Buffer::default();
+        let (dispatch, _telemetry) =
+            build(&options(format), None, &vars(&[]), out.clone(), false).unwrap();
+        let ids = tracing::dispatcher::with_default(&dispatch, || {
+            let span = tracing::info_span!("request", route = "/x");
+            let mut headers = http::HeaderMap::new();
+            headers.insert(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                    .parse()
+                    .unwrap(),
+            );
+            propagation::continue_trace(&span, &headers);
+            let _entered = span.enter();
+            tracing::info!(status = 400, "request refused");
+            current_ids().unwrap()
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        (text, ids)
+    }
+
+    #[test]
+    fn json_lines_carry_the_ids_of_their_span_in_the_callers_trace() {
+        let (text, (trace_id, span_id)) = log_in_span(LogFormat::Json);
+        assert_eq!(trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(
+            span_id, "00f067aa0ba902b7",
+            "the span is the caller's child"
+        );
+        let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(line["trace_id"], trace_id.as_str());
+        assert_eq!(line["span_id"], span_id.as_str());
+        assert_eq!(line["message"], "request refused");
+        assert_eq!(line["status"], 400);
+        assert_eq!(line["level"], "INFO");
+        assert_eq!(line["span"]["name"], "request");
+        assert_eq!(line["span"]["route"], "/x");
+        assert!(line["timestamp"].as_str().unwrap().ends_with('Z'));
+    }
+
+    #[test]
+    fn text_lines_carry_the_ids_and_no_colours_off_a_terminal() {
+        let (text, (trace_id, span_id)) = log_in_span(LogFormat::Text);
+        assert!(text.contains("request{route=\"/x\"}: "), "{text}");
+        assert!(text.contains("request refused status=400"), "{text}");
+        assert!(
+            text.trim_end()
+                .ends_with(&format!("trace_id={trace_id} span_id={span_id}")),
+            "{text}"
+        );
+        assert!(!text.contains('\x1b'), "{text}");
+    }
+
+    #[test]
+    fn export_is_off_unless_asked_and_bad_settings_are_named() {
+        let off = |pairs: &[(&str, &str)]| export::from_env(&vars(pairs)).unwrap().is_none();
+        assert!(off(&[]));
+        assert!(off(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_SDK_DISABLED", "true")
+        ]));
+        assert!(off(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_TRACES_EXPORTER", "none")
+        ]));
+        let err = |pairs: &[(&str, &str)]| export::from_env(&vars(pairs)).unwrap_err().to_string();
+        assert!(err(&[("OTEL_TRACES_EXPORTER", "zipkin")]).contains("OTEL_TRACES_EXPORTER"));
+        assert!(
+            err(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+            ])
+            .contains("OTEL_EXPORTER_OTLP_PROTOCOL")
+        );
+        assert!(
+            err(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4318"),
+                ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem")
+            ])
+            .contains("/nonexistent/ca.pem")
+        );
+        let bad_filter = build(
+            &options(LogFormat::Text),
+            None,
+            &vars(&[("KEYGATE_LOG", "info,=[")]),
+            Buffer::default(),
+            false,
+        );
+        assert!(bad_filter.unwrap_err().to_string().contains("log filter"));
+    }
+
+    #[tokio::test]
+    async fn both_protocols_build_an_exporter() {
+        for protocol in ["grpc", "http/protobuf"] {
+            let exporter = export::from_env(&vars(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+            ]))
+            .unwrap();
+            assert!(exporter.is_some(), "{protocol}");
+        }
+    }
 }

@@ -370,3 +370,53 @@ async fn metrics_parse_with_prometheus_client_and_move_with_sign_ins() {
         "a password is in the log"
     );
 }
+
+#[tokio::test]
+async fn a_dead_collector_never_fails_or_slows_a_request_and_is_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &json!({"password_hashing": {"memory_kib": 8192, "iterations": 1, "parallelism": 1}}),
+    );
+    let mut env = vec![("KEYGATE_CONFIG".to_owned(), config)];
+    add_user(dir.path(), &env, &["--username", "alice"], PW);
+    // Nothing listens there: every export fails.
+    let dead = format!("http://127.0.0.1:{}", keygate_tests::free_port());
+    env.extend(otel_env(&dead, "http/protobuf"));
+    env.push(("OTEL_TRACES_SAMPLER".to_owned(), "always_on".to_owned()));
+    let server = ServerProcess::start(ServerOptions {
+        data_dir: Some(dir.path().to_path_buf()),
+        env,
+        ..Default::default()
+    });
+    let client = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        let res = client
+            .post(format!("{}/api/v1/auth/login", server.base_url))
+            .json(&json!({"identity": "alice", "password": PW}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    let took = started.elapsed();
+    // Twenty cheap sign-ins; a request waiting on the exporter would take seconds each.
+    assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+    let failures = keygate_tests::eventually(
+        std::time::Duration::from_secs(30),
+        "a counted export failure",
+        async || {
+            let m = parse_metrics(&server.metrics().await);
+            let n = sample(&m, "keygate_trace_export_failures_total{}");
+            (n >= 1.0).then_some(n)
+        },
+    )
+    .await;
+    assert!(failures >= 1.0);
+    assert!(
+        server.log().contains("trace export failed"),
+        "{}",
+        server.log()
+    );
+}

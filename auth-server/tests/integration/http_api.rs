@@ -479,7 +479,7 @@ async fn discovery_health_metrics_and_openapi() {
         "{text}"
     );
     assert!(
-        text.contains(r#"keygate_logins_total{method="password",outcome="failure"} 1"#),
+        text.contains(r#"keygate_logins_total{method="password",outcome="invalid_credentials"} 1"#),
         "{text}"
     );
     assert!(text.contains("keygate_http_request_duration_seconds_bucket"));
