@@ -65,10 +65,16 @@ start_services() {
   REDIS_PIDFILE="$SERVICES_DIR/redis.pid"
   redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
     --daemonize yes --pidfile "$REDIS_PIDFILE" --logfile "$SERVICES_DIR/redis.log" --dir "$SERVICES_DIR"
-  for _ in $(seq 50); do
-    redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
+  local up=0
+  for _ in $(seq 100); do
+    if redis-cli -p "$redis_port" ping >/dev/null 2>&1; then up=1; break; fi
     sleep 0.1
   done
+  if [ "$up" = 0 ]; then
+    echo "redis did not answer on 127.0.0.1:$redis_port within 10 s:" >&2
+    cat "$SERVICES_DIR/redis.log" >&2 || true
+    return 1
+  fi
   export KEYGATE_TEST_REDIS_URL="redis://127.0.0.1:$redis_port"
   trap stop_services EXIT
   echo "postgres on 127.0.0.1:$pg_port, redis on 127.0.0.1:$redis_port"

@@ -277,7 +277,6 @@ async fn watch_config(auth: AuthService, path: PathBuf, dev_keys: DevKeys) {
             Err(e) => Err(e.to_string()),
         };
         crate::metrics::record_config_reload(outcome.is_ok());
-        crate::metrics::observe_signing_key(&auth);
         match outcome {
             Ok(()) => {
                 tracing::info!(path = %path.display(), "runtime configuration reloaded");

@@ -394,6 +394,7 @@ impl Delivery {
                 "DEVELOPMENT MODE: one-time code NOT delivered (set KEYGATE_SMTP_URL or \
                  KEYGATE_SMS_WEBHOOK_URL); the code is only in this log"
             );
+            crate::metrics::record_code(msg.channel.as_str(), msg.purpose.as_str(), "sent");
             return Ok(());
         }
         let template = self
@@ -408,11 +409,7 @@ impl Delivery {
         crate::metrics::record_code(
             msg.channel.as_str(),
             msg.purpose.as_str(),
-            if result.is_ok() {
-                "delivered"
-            } else {
-                "failed"
-            },
+            if result.is_ok() { "sent" } else { "failed" },
         );
         if result.is_ok() {
             let slot = &self.latency_ms[msg.channel as usize];
@@ -428,7 +425,7 @@ impl Delivery {
     /// nothing cannot be told apart by its latency.
     #[tracing::instrument(name = "delivery.imitate", skip_all, fields(keygate.channel = channel.as_str()))]
     pub async fn imitate(&self, channel: Channel, purpose: Purpose) {
-        crate::metrics::record_code(channel.as_str(), purpose.as_str(), "imitated");
+        crate::metrics::record_code(channel.as_str(), purpose.as_str(), "sent");
         if self.is_development() {
             return;
         }

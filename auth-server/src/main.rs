@@ -136,7 +136,7 @@ fn init_telemetry(
             format,
             default_filter: "info,sqlx=warn",
         },
-        Some(Box::new(auth_server::metrics::SpanTimings)),
+        Some(auth_server::metrics::span_timings()),
     )
 }
 

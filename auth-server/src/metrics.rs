@@ -82,9 +82,25 @@ static MFA_ISSUED: Lazy<Counter> = Lazy::new(Counter::default);
 static CODES: Lazy<Family<CodeLabels, Counter>> = Lazy::new(Family::default);
 static TICKETS_ISSUED: Lazy<Counter> = Lazy::new(Counter::default);
 static TICKETS_REDEEMED: Lazy<Family<OutcomeLabels, Counter>> = Lazy::new(Family::default);
-static KEY_CHANGES: Lazy<Counter> = Lazy::new(Counter::default);
-static KEY_AGE: Lazy<Gauge> = Lazy::new(Gauge::default);
-static TRACE_EXPORT_FAILURES: Lazy<Counter> = Lazy::new(Counter::default);
+
+/// The exporter's own count of failed span batches, read at each scrape.
+#[derive(Debug)]
+struct ExportFailures;
+
+impl prometheus_client::encoding::EncodeMetric for ExportFailures {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        encoder.encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(
+            &keygate_telemetry::export_failures(),
+            None,
+        )
+    }
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Counter
+    }
+}
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 static STORE_LATENCY: Lazy<Histograms<StoreLabels>> =
@@ -113,7 +129,7 @@ pub fn record_rate_limited(rule: &str) {
         .inc();
 }
 
-/// An MFA challenge was answered with `method` (`totp`, `backup_code`, `email`, `sms`).
+/// An MFA challenge was answered with `method` (`totp`, `backup`, `email`, `sms`).
 pub fn record_mfa_answer(method: &'static str, result: Result<(), &AuthError>) {
     MFA_ANSWERS
         .get_or_create(&AnswerLabels {
@@ -123,8 +139,9 @@ pub fn record_mfa_answer(method: &'static str, result: Result<(), &AuthError>) {
         .inc();
 }
 
-/// A one-time code went out (or did not): `outcome` is `delivered`, `failed` or `imitated`
-/// (no such account: nothing is sent, the time is spent all the same).
+/// A one-time code the client was told about: `outcome` is `sent` or `failed`. A send
+/// imitated for an address without an account counts as `sent`: `/metrics` shares the public
+/// port and must not tell accounts apart.
 pub fn record_code(channel: &'static str, purpose: &'static str, outcome: &'static str) {
     CODES
         .get_or_create(&CodeLabels {
@@ -140,31 +157,6 @@ pub fn record_ticket_issued() {
     TICKETS_ISSUED.inc();
 }
 
-/// The signing key in use, seen at a scrape or a reload: counts a change of `kid` and sets the
-/// key's age (from its activation, else from when this replica first saw it).
-pub fn observe_signing_key(auth: &crate::auth::AuthService) {
-    static SEEN: std::sync::Mutex<Option<(String, i64)>> = std::sync::Mutex::new(None);
-    let now = auth.clock.unix();
-    let runtime = auth.runtime();
-    let Some(key) = runtime.keys.signing_key(now) else {
-        KEY_AGE.set(0);
-        return;
-    };
-    let (kid, activates_at) = (key.kid.as_str(), key.activates_at());
-    let Ok(mut seen) = SEEN.lock() else { return };
-    let since = match seen.as_ref() {
-        Some((k, since)) if k == kid => *since,
-        previous => {
-            if previous.is_some() {
-                KEY_CHANGES.inc();
-            }
-            *seen = Some((kid.to_owned(), now));
-            now
-        }
-    };
-    KEY_AGE.set(now.saturating_sub(activates_at.unwrap_or(since)).max(0));
-}
-
 /// What a sign-in's success was, for `keygate_logins_total`.
 pub trait SignInOutcome {
     /// `success`, or `mfa_required` while a second factor is pending.
@@ -175,10 +167,7 @@ impl SignInOutcome for crate::auth::challenge::LoginOutcome {
     fn outcome(&self) -> &'static str {
         match self {
             Self::SignedIn(_) => "success",
-            Self::MfaRequired(_) => {
-                MFA_ISSUED.inc();
-                "mfa_required"
-            }
+            Self::MfaRequired(_) => "mfa_required",
         }
     }
 }
@@ -244,6 +233,15 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: HistogramFamily,
     logins: Family<LoginLabels, Counter>,
+    key_age: Family<KidLabels, Gauge>,
+    key_changes: Counter,
+    /// The `kid` this instance signed with at the last scrape.
+    key_seen: std::sync::Mutex<Option<String>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KidLabels {
+    kid: String,
 }
 
 fn latency_histogram() -> Histogram {
@@ -287,7 +285,7 @@ impl Default for Metrics {
             "Runtime-configuration reloads by outcome (a rejected file leaves the last good one in force)",
             CONFIG_RELOADS.clone(),
         );
-        let process_wide: [(&str, &str, Box<dyn prometheus_client::registry::Metric>); 13] = [
+        let process_wide: [(&str, &str, Box<dyn prometheus_client::registry::Metric>); 11] = [
             (
                 "lockouts",
                 "Accounts locked by their failed sign-ins",
@@ -310,7 +308,7 @@ impl Default for Metrics {
             ),
             (
                 "codes_sent",
-                "One-time codes by channel, purpose and outcome (delivered, failed, or imitated for an unknown account)",
+                "One-time codes by channel, purpose and outcome (sent, failed); sends imitated for unknown addresses count as sent",
                 Box::new(CODES.clone()),
             ),
             (
@@ -324,19 +322,9 @@ impl Default for Metrics {
                 Box::new(TICKETS_REDEEMED.clone()),
             ),
             (
-                "signing_key_changes",
-                "Changes of the signing key this replica signs with (seen at scrapes and reloads)",
-                Box::new(KEY_CHANGES.clone()),
-            ),
-            (
-                "signing_key_age_seconds",
-                "Age of the signing key in use, from its activation",
-                Box::new(KEY_AGE.clone()),
-            ),
-            (
                 "trace_export_failures",
                 "Span batches the OTLP exporter could not deliver (dropped)",
-                Box::new(TRACE_EXPORT_FAILURES.clone()),
+                Box::new(ExportFailures),
             ),
             (
                 "store_operation_duration_seconds",
@@ -357,13 +345,40 @@ impl Default for Metrics {
         for (name, help, metric) in process_wide {
             registry.register(name, help, BoxedMetric(metric));
         }
+        let key_age = Family::<KidLabels, Gauge>::default();
+        let key_changes = Counter::default();
+        registry.register(
+            "signing_key_age_seconds",
+            "Seconds since the signing key in use activated (keys without an activation time have no age)",
+            key_age.clone(),
+        );
+        registry.register(
+            "signing_key_changes",
+            "Changes of the signing key this server signs with, seen at scrapes",
+            key_changes.clone(),
+        );
         Self {
             registry,
             requests,
             latency,
             logins,
+            key_age,
+            key_changes,
+            key_seen: std::sync::Mutex::new(None),
         }
     }
+}
+
+/// The request method as a metric label and span name: the standard methods, else `_OTHER`
+/// (the OpenTelemetry convention; an attacker's method must not mint series).
+pub fn method_label(method: &http::Method) -> &'static str {
+    const STANDARD: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    STANDARD
+        .into_iter()
+        .find(|m| *m == method.as_str())
+        .unwrap_or("_OTHER")
 }
 
 fn outcome_of(status: u16) -> &'static str {
@@ -375,13 +390,37 @@ fn outcome_of(status: u16) -> &'static str {
 }
 
 impl Metrics {
+    /// Takes in the signing key `auth` uses now: counts a change of `kid` since the last
+    /// scrape and sets the key's age from its activation time.
+    pub fn observe_signing_key(&self, auth: &crate::auth::AuthService) {
+        let now = auth.clock.unix();
+        let runtime = auth.runtime();
+        let key = runtime.keys.signing_key(now);
+        let mut seen = match self.key_seen.lock() {
+            Ok(seen) => seen,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let kid = key.map(|k| k.kid.clone());
+        if seen.is_some() && kid.is_some() && *seen != kid {
+            self.key_changes.inc();
+        }
+        if kid.is_some() {
+            *seen = kid;
+        }
+        self.key_age.clear();
+        if let Some(key) = key
+            && let Some(activated) = key.activates_at()
+        {
+            self.key_age
+                .get_or_create(&KidLabels {
+                    kid: key.kid.clone(),
+                })
+                .set(now.saturating_sub(activated).max(0));
+        }
+    }
+
     /// The OpenMetrics text.
     pub fn render(&self) -> Result<String, std::fmt::Error> {
-        let failures = keygate_telemetry::export_failures();
-        let counted = TRACE_EXPORT_FAILURES.get();
-        if failures > counted {
-            TRACE_EXPORT_FAILURES.inc_by(failures - counted);
-        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
@@ -398,6 +437,9 @@ impl Metrics {
             Ok(v) => v.outcome(),
             Err(e) => e.reason(),
         };
+        if outcome == "mfa_required" {
+            MFA_ISSUED.inc();
+        }
         if method == "ticket" {
             TICKETS_REDEEMED
                 .get_or_create(&OutcomeLabels { outcome })
@@ -431,7 +473,7 @@ impl Metrics {
 /// Route middleware: records every routed request under its route template.
 pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method()).to_owned();
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -472,9 +514,20 @@ impl prometheus_client::encoding::EncodeMetric for BoxedMetric {
 }
 
 /// Tracing layer timing the spans of database and Redis operations (the spans that carry
-/// `db.system.name`) into the store and Redis latency histograms; other spans cost nothing.
+/// `db.system.name`) into the store and Redis latency histograms; see [`span_timings`].
 #[derive(Debug)]
 pub struct SpanTimings;
+
+/// [`SpanTimings`] behind a filter that lets only those spans through (at info and above), so
+/// no other callsite is enabled for it.
+pub fn span_timings() -> keygate_telemetry::ExtraLayer {
+    use tracing_subscriber::Layer as _;
+    let filter = tracing_subscriber::filter::filter_fn(|meta| {
+        meta.is_span() && meta.fields().field("db.system.name").is_some()
+    })
+    .with_max_level_hint(tracing_subscriber::filter::LevelFilter::INFO);
+    Box::new(SpanTimings.with_filter(filter))
+}
 
 struct Timing {
     started: Instant,

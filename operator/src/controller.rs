@@ -221,6 +221,10 @@ pub async fn run(
         if !*leader.borrow_and_update() {
             ctx.leading.store(false, Ordering::Relaxed);
             ctx.metrics.leading(false);
+            // The leader reports the keys and the issuers; a standby's old values would
+            // linger in every query otherwise.
+            ctx.metrics.key_ages(Vec::new());
+            ctx.metrics.providers_ready(Vec::new());
             tracing::info!("standing by: another replica leads");
             tokio::select! {
                 () = &mut stop => return,
@@ -363,11 +367,18 @@ pub async fn reconcile(ctx: &Context) -> Result<Option<i64>, ReconcileError> {
     ctx.health.track(rendered.valid_providers.clone());
     ctx.metrics
         .key_ages(key_sets.iter().filter_map(|(key, set)| {
+            // Token keys only (transmission keys sign nothing), by the servers' rule: active,
+            // not past signs_until or retires_at.
+            if key.spec.use_ != keygate_crds::KeyUse::Token {
+                return None;
+            }
             let signing = set
                 .material
                 .iter()
                 .filter(|m| {
-                    m.activates_at.is_none_or(|a| a <= now) && m.signs_until.is_none_or(|u| u > now)
+                    m.activates_at.is_none_or(|a| a <= now)
+                        && m.signs_until.is_none_or(|u| u > now)
+                        && m.retires_at.is_none_or(|r| r > now)
                 })
                 .max_by_key(|m| m.activates_at.unwrap_or(i64::MIN))?;
             Some((key.name_any(), now.saturating_sub(signing.activates_at?)))

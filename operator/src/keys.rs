@@ -230,6 +230,8 @@ pub async fn ensure(
                 .any(|s| s.annotations().get(REQUEST_ANNOTATION) == Some(r))
         });
         let plan = rotation::plan(t, &records, now, request.is_some() && !handled);
+        // A key made while others exist is a rotation, even when they all retire now.
+        let had_keys = !owned.is_empty();
         for ordinal in &plan.delete {
             if let Some(s) = owned
                 .iter()
@@ -265,7 +267,7 @@ pub async fn ensure(
             let created = match secrets.create(&PostParams::default(), &secret).await {
                 Ok(s) => {
                     tracing::info!(signing_key = %name, kid = %kid_for(&name, &pem), activates_at, "generated key material");
-                    if !owned.is_empty() {
+                    if had_keys {
                         crate::metrics::record_rotation(&name);
                     }
                     s

@@ -105,18 +105,35 @@ impl Event {
         }
     }
 
-    fn ids<S, N>(&self, ctx: &FmtContext<'_, S, N>) -> Option<(String, String)>
+    /// The ids of the innermost span around `event` that has an OpenTelemetry span, read
+    /// without the log filter (a `warn` filter hides the request spans from this layer, but
+    /// not their ids from its lines).
+    fn ids<S, N>(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        event: &tracing::Event<'_>,
+    ) -> Option<(String, String)>
     where
         S: Subscriber + for<'a> LookupSpan<'a>,
         N: for<'a> FormatFields<'a> + 'static,
     {
-        let leaf = ctx.event_scope()?.next()?.id();
         let dispatch = self.dispatch.get()?.upgrade()?;
-        let cx = tracing_opentelemetry::get_otel_context(&leaf, &dispatch)?;
-        let span = cx.span();
-        let sc = span.span_context();
-        sc.is_valid()
-            .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
+        let registry = dispatch.downcast_ref::<tracing_subscriber::Registry>()?;
+        let mut id = match event.parent() {
+            Some(parent) => parent.clone(),
+            None if event.is_contextual() => ctx.current_span().id()?.clone(),
+            None => return None,
+        };
+        loop {
+            if let Some(cx) = tracing_opentelemetry::get_otel_context(&id, &dispatch) {
+                let span = cx.span();
+                let sc = span.span_context();
+                if sc.is_valid() {
+                    return Some((sc.trace_id().to_string(), sc.span_id().to_string()));
+                }
+            }
+            id = registry.span(&id)?.parent()?.id();
+        }
     }
 }
 
@@ -137,7 +154,7 @@ where
         mut writer: Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> fmt::Result {
-        let ids = self.ids(ctx);
+        let ids = self.ids(ctx, event);
         let meta = event.metadata();
         if self.json {
             let mut line = Map::new();

@@ -134,7 +134,9 @@ where
         .fmt_fields(format::Fields::new(options.format))
         .event_format(format::Event::new(options.format, dispatch_cell.clone()))
         .with_filter(filter);
-    let span_filter = Targets::new()
+    // Spans only: log events stay in the logs and never become span events (a log line's
+    // fields are for the operator's eyes, not for a tracing backend).
+    let span_targets = Targets::new()
         .with_default(LevelFilter::INFO)
         .with_target("h2", LevelFilter::OFF)
         .with_target("hyper", LevelFilter::OFF)
@@ -146,6 +148,10 @@ where
         .with_target("opentelemetry", LevelFilter::OFF)
         .with_target("opentelemetry_sdk", LevelFilter::OFF)
         .with_target("opentelemetry_otlp", LevelFilter::OFF);
+    let span_filter = tracing_subscriber::filter::filter_fn(move |meta| {
+        meta.is_span() && span_targets.would_enable(meta.target(), meta.level())
+    })
+    .with_max_level_hint(LevelFilter::INFO);
     let otel_layer = tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_tracked_inactivity(false)
@@ -226,9 +232,13 @@ mod tests {
     /// Logs one event inside a span whose parent is the caller's `traceparent`; returns the
     /// output and the span's ids.
     fn log_in_span(format: LogFormat) -> (String, (String, String)) {
+        log_in_span_filtered(format, &[])
+    }
+
+    fn log_in_span_filtered(format: LogFormat, env: &[(&str, &str)]) -> (String, (String, String)) {
         let out = Buffer::default();
         let (dispatch, _telemetry) =
-            build(&options(format), None, &vars(&[]), out.clone(), false).unwrap();
+            build(&options(format), None, &vars(env), out.clone(), false).unwrap();
         let ids = tracing::dispatcher::with_default(&dispatch, || {
             let span = tracing::info_span!("request", route = "/x");
             let mut headers = http::HeaderMap::new();
@@ -240,7 +250,11 @@ mod tests {
             );
             propagation::continue_trace(&span, &headers);
             let _entered = span.enter();
-            tracing::info!(status = 400, "request refused");
+            // A step below the log filter's level, and one the span filter drops.
+            let debug = tracing::debug_span!("detail");
+            let _inner = debug.enter();
+            tracing::warn!(status = 400, "request refused");
+            drop(_inner);
             current_ids().unwrap()
         });
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
@@ -260,10 +274,19 @@ mod tests {
         assert_eq!(line["span_id"], span_id.as_str());
         assert_eq!(line["message"], "request refused");
         assert_eq!(line["status"], 400);
-        assert_eq!(line["level"], "INFO");
+        assert_eq!(line["level"], "WARN");
         assert_eq!(line["span"]["name"], "request");
         assert_eq!(line["span"]["route"], "/x");
         assert!(line["timestamp"].as_str().unwrap().ends_with('Z'));
+    }
+
+    #[test]
+    fn a_filter_that_hides_the_spans_from_the_log_keeps_their_ids_on_its_lines() {
+        let (text, (trace_id, span_id)) =
+            log_in_span_filtered(LogFormat::Json, &[("KEYGATE_LOG", "warn")]);
+        let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(line["trace_id"], trace_id.as_str(), "{text}");
+        assert_eq!(line["span_id"], span_id.as_str(), "{text}");
     }
 
     #[test]

@@ -179,6 +179,16 @@ exporters:
         std::fs::read_to_string(self._dir.path().join("jaeger.log")).unwrap_or_default()
     }
 
+    /// A trace as the query API answers it (names, attributes, events, resource), as text.
+    pub async fn trace_text(&self, trace_id: &str) -> String {
+        reqwest::get(format!("{}/api/v3/traces/{trace_id}", self.query))
+            .await
+            .expect("GET trace")
+            .text()
+            .await
+            .unwrap_or_default()
+    }
+
     /// The spans of a trace stored so far (empty when none arrived).
     pub async fn trace(&self, trace_id: &str) -> Vec<StoredSpan> {
         self.spans(&format!("{}/api/v3/traces/{trace_id}", self.query))

@@ -18,7 +18,10 @@ async fn redis_outage_fails_closed_where_it_must_and_recovers_by_itself() {
         ("KEYGATE_REDIS_URL".to_owned(), redis.url()),
         (
             "KEYGATE_CONFIG".to_owned(),
-            write_config(dir.path(), &json!({})),
+            write_config(
+                dir.path(),
+                &json!({"policy": {"captcha": {"mode": "never"}, "lockout": {"delay_after": 2, "base_delay_seconds": 20, "max_delay_seconds": 20, "lock_after": 3, "lock_seconds": 600}}}),
+            ),
         ),
     ];
     add_user(
@@ -27,6 +30,7 @@ async fn redis_outage_fails_closed_where_it_must_and_recovers_by_itself() {
         &["--username", "alice", "--email", "alice@example.com"],
         PW,
     );
+    add_user(dir.path(), &env, &["--username", "bob"], PW);
     let server = ServerProcess::start(ServerOptions {
         data_dir: Some(dir.path().to_path_buf()),
         env,
@@ -123,6 +127,49 @@ async fn redis_outage_fails_closed_where_it_must_and_recovers_by_itself() {
         server.log().contains("Redis unavailable"),
         "{}",
         server.log()
+    );
+    let degraded = async || {
+        server
+            .metrics()
+            .await
+            .lines()
+            .find(|l| l.starts_with("keygate_ephemeral_degraded_decisions_total"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let degraded_before = degraded().await;
+    // Not failing open: the delay and the lock still bite on this replica's counters, and
+    // each decision is counted.
+    let wrong = |n: u32| {
+        post(
+            "/api/v1/auth/login",
+            json!({"identity": "bob", "password": format!("wrong password {n}")}),
+        )
+    };
+    assert_eq!(wrong(1).await.0, 400);
+    assert_eq!(wrong(2).await.0, 400);
+    // Two failures: the next attempt must wait (up to the 20 s delay).
+    let (status, body) = wrong(3).await;
+    assert_eq!(status, 429, "{body}");
+    let wait = body["retry_after"].as_u64().unwrap();
+    assert!((1..=20).contains(&wait), "{body}");
+    tokio::time::sleep(Duration::from_millis(wait * 1000 + 200)).await;
+    // The third failure locks the account.
+    assert_eq!(wrong(4).await.0, 400);
+    let (status, body) = post(
+        "/api/v1/auth/login",
+        json!({"identity": "bob", "password": PW}),
+    )
+    .await;
+    assert_eq!(status, 429, "the lock held for the right password: {body}");
+    assert!(
+        body["retry_after"].as_u64().is_some_and(|s| s > 300),
+        "a lock, not a short delay: {body}"
+    );
+    let degraded = degraded().await - degraded_before;
+    assert!(
+        degraded >= 6.0,
+        "each of the 6 decisions counted: {degraded}"
     );
 
     redis.restart();

@@ -94,7 +94,14 @@ impl AuthService {
                     .await;
                 return Err(AuthError::InvalidCredentials);
             }
-            (Verified::No, None) | (_, None) => return Err(AuthError::InvalidCredentials),
+            (_, None) => {
+                // The identifier is locked as a real account's would be, and counted alike
+                // (the lockout metric must not tell accounts apart).
+                if recent_failures + 1 == policy.lockout.lock_after {
+                    crate::metrics::record_lockout();
+                }
+                return Err(AuthError::InvalidCredentials);
+            }
             (Verified::Yes, Some(u)) => u,
             (Verified::YesRehashed(phc), Some(u)) => {
                 self.store

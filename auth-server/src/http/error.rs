@@ -586,10 +586,10 @@ pub async fn request_context(mut req: Request, next: Next) -> Response {
     let instance = req.uri().path().to_owned();
     let span = tracing::info_span!(
         "http.server",
-        otel.name = %req.method(),
+        otel.name = crate::metrics::method_label(req.method()),
         otel.kind = "server",
         otel.status_code = tracing::field::Empty,
-        http.request.method = %req.method(),
+        http.request.method = crate::metrics::method_label(req.method()),
         http.route = tracing::field::Empty,
         url.path = %instance,
         http.response.status_code = tracing::field::Empty,

@@ -104,7 +104,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Metrics", content_type = "application/openmetrics-text", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    crate::metrics::observe_signing_key(&state.auth);
+    state.metrics.observe_signing_key(&state.auth);
     let text = state
         .metrics
         .render()

@@ -265,7 +265,6 @@ impl SqlStore {
 
     /// Creates a user; `Conflict(field)` when the username, email or phone is taken in the
     /// tenant, `NotFound` when the tenant does not exist.
-    #[tracing::instrument(name = "store.create_user", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn create_user(&self, u: &NewUser) -> Result<User, StoreError> {
         self.create_user_linked(u, None).await
     }
@@ -743,7 +742,6 @@ impl SqlStore {
     }
 
     /// Opens a session with its first refresh token, atomically.
-    #[tracing::instrument(name = "store.create_session", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn create_session(&self, s: &Session, first: &NewRefresh) -> Result<(), StoreError> {
         self.create_session_with_profile(s, first, None).await
     }
