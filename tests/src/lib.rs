@@ -478,8 +478,16 @@ async fn send_json(
 /// Writes a runtime-configuration file (JSON) into `dir` and returns its path.
 pub fn write_config(dir: &Path, config: &serde_json::Value) -> String {
     let path = dir.join("keygate.json");
-    std::fs::write(&path, serde_json::to_vec_pretty(config).expect("json")).expect("write config");
+    write_atomically(&path, &serde_json::to_vec_pretty(config).expect("json"));
     path.display().to_string()
+}
+
+/// Replaces `path` with `bytes` in one step (a temporary file renamed over it), as a
+/// configuration tool does: a reader never sees half a file.
+pub fn write_atomically(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).expect("write temporary file");
+    std::fs::rename(&tmp, path).expect("rename over the file");
 }
 
 /// The repository root (for scripts and fixtures).

@@ -519,11 +519,12 @@ async fn the_runtime_configuration_hot_reloads_and_a_bad_file_keeps_the_last_goo
     };
     assert_eq!(expires_in().await, Some(600));
     // A valid change takes effect without a restart.
-    std::fs::write(
-        &config,
-        json!({"tokens": {"access_token_ttl_seconds": 900}}).to_string(),
-    )
-    .unwrap();
+    keygate_tests::write_atomically(
+        std::path::Path::new(&config),
+        json!({"tokens": {"access_token_ttl_seconds": 900}})
+            .to_string()
+            .as_bytes(),
+    );
     let wait_for = |want: u64| async move {
         for _ in 0..50 {
             if expires_in().await == Some(want) {
@@ -540,7 +541,10 @@ async fn the_runtime_configuration_hot_reloads_and_a_bad_file_keeps_the_last_goo
     );
     // An invalid file is refused: the last good configuration stays, readiness says so, and
     // the rejection is counted.
-    std::fs::write(&config, r#"{"tokens": {"access_token_ttl_seconds": 5}}"#).unwrap();
+    keygate_tests::write_atomically(
+        std::path::Path::new(&config),
+        br#"{"tokens": {"access_token_ttl_seconds": 5}}"#,
+    );
     let mut reported = false;
     for _ in 0..50 {
         let (_, ready) = get(base, "/readyz", None).await;

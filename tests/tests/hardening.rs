@@ -256,9 +256,17 @@ async fn rate_limits_are_shared_by_replicas_and_read_forwarded_for_only_from_tru
     assert_eq!(admitted, 4);
     // Another client behind the same proxy has its own budget.
     assert_eq!(hit(a.base_url.clone(), "198.51.100.2").await.0, 200);
-    // The proxy's own address is not the client.
+    // The proxy's own address is not the client: the hop before it is. Its budget is spent by
+    // requests that named it before the proxy, and the proxy's address keeps one of its own.
+    for _ in 0..4 {
+        assert_eq!(
+            hit(b.base_url.clone(), "198.51.100.3, 127.0.0.1").await.0,
+            200
+        );
+    }
+    assert_eq!(hit(a.base_url.clone(), "198.51.100.3").await.0, 429);
     assert_eq!(
-        hit(b.base_url.clone(), "198.51.100.3, 127.0.0.1").await.0,
+        hit(b.base_url.clone(), "198.51.100.4, 127.0.0.1").await.0,
         200
     );
     // A client that forges a line of its own, with the proxy appending the real address on a

@@ -501,9 +501,10 @@ async fn lockouts_codes_and_the_signing_key_are_counted_without_telling_accounts
     }
     // A new key takes over: one change.
     let second = keygate_tests::generate_signing_key();
-    let tmp = dir.path().join("next.json");
-    std::fs::write(&tmp, serde_json::to_vec(&config(&second)).unwrap()).unwrap();
-    std::fs::rename(&tmp, &path).unwrap();
+    keygate_tests::write_atomically(
+        std::path::Path::new(&path),
+        &serde_json::to_vec(&config(&second)).unwrap(),
+    );
     let second_kid = second["kid"].as_str().unwrap().to_owned();
     let after = keygate_tests::eventually(
         std::time::Duration::from_secs(20),

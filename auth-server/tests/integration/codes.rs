@@ -282,6 +282,29 @@ async fn sms_codes_go_through_the_signed_webhook() {
     let signature = call.signature.as_deref().unwrap();
     assert!(verify_signature(SECRET, signature, &call.body, now, 300));
     assert!(!verify_signature("wrong", signature, &call.body, now, 300));
+    // And as a receiver written elsewhere checks it: Python's hmac over "t.body".
+    let check = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import hmac, hashlib, sys\n\
+             secret, header, body = sys.argv[1], sys.argv[2], sys.stdin.read()\n\
+             parts = dict(p.split('=', 1) for p in header.split(','))\n\
+             mac = hmac.new(secret.encode(), (parts['t'] + '.' + body).encode(), hashlib.sha256).hexdigest()\n\
+             sys.exit(0 if hmac.compare_digest(mac, parts['v1']) else 1)",
+            SECRET,
+            signature,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            std::io::Write::write_all(&mut child.stdin.take().unwrap(), call.body.as_bytes())?;
+            child.wait()
+        })
+        .unwrap();
+    assert!(
+        check.success(),
+        "Python's hmac refuses the signature {signature}"
+    );
     assert_eq!(call.json["target"], "+41791234567");
     assert_eq!(call.json["expires_in"], 300);
     assert!(call.json["expires_at"].as_str().unwrap().ends_with('Z'));
