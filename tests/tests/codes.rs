@@ -14,31 +14,54 @@ async fn post(client: &reqwest::Client, url: String, body: Value) -> (u16, Value
     keygate_tests::post_json(client, &url, None, &body).await
 }
 
-#[tokio::test]
-async fn replicas_on_one_redis_share_codes_and_per_target_limits() {
+/// Two replicas on one Redis and Postgres sending SMS codes to a webhook receiver, with a
+/// user per (username, phone).
+struct SmsReplicas {
+    hook: WebhookReceiver,
+    replicas: Vec<ServerProcess>,
+    client: reqwest::Client,
+    _dir: tempfile::TempDir,
+    _redis: keygate_tests::RedisProcess,
+}
+
+async fn sms_replicas(config: Value, users: &[(&str, &str)]) -> SmsReplicas {
     let hook = WebhookReceiver::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let (mut env, _redis) = replica_env(dir.path(), json!({})).await;
+    let (mut env, redis) = replica_env(dir.path(), config).await;
     env.push(("KEYGATE_SMS_WEBHOOK_URL".into(), hook.url.clone()));
     env.push(("KEYGATE_SMS_WEBHOOK_SECRET".into(), "s3cret".into()));
-    let (busy, other) = ("+14155550101".to_owned(), "+14155550102".to_owned());
-    add_user(
-        dir.path(),
-        &env,
-        &["--username", "una", "--phone", &busy],
-        PW,
-    );
-    add_user(
-        dir.path(),
-        &env,
-        &["--username", "ola", "--phone", &other],
-        PW,
-    );
+    for (username, phone) in users {
+        add_user(
+            dir.path(),
+            &env,
+            &["--username", username, "--phone", phone],
+            PW,
+        );
+    }
     let replicas = keygate_tests::start_replicas(&env, 2);
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
+    SmsReplicas {
+        hook,
+        replicas,
+        client,
+        _dir: dir,
+        _redis: redis,
+    }
+}
+
+#[tokio::test]
+async fn replicas_on_one_redis_share_codes_and_per_target_limits() {
+    let (busy, other) = ("+14155550101".to_owned(), "+14155550102".to_owned());
+    let SmsReplicas {
+        hook,
+        replicas,
+        client,
+        _dir,
+        _redis,
+    } = sms_replicas(json!({}), &[("una", &busy), ("ola", &other)]).await;
 
     // 16 requests for one number, alternating between the replicas, all at once: the
     // per-target resend interval (60 s by default), claimed atomically in Redis, admits
@@ -147,4 +170,63 @@ async fn without_delivery_codes_are_logged_loudly() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn parallel_wrong_codes_over_two_replicas_use_up_the_code_exactly() {
+    let phone = "+14155550103".to_owned();
+    let SmsReplicas {
+        hook,
+        replicas,
+        client,
+        _dir,
+        _redis,
+    } = sms_replicas(json!({"rate_limits": {"rules": []}}), &[("pia", &phone)]).await;
+    let (status, body) = post(
+        &client,
+        format!("{}/api/v1/auth/send-login-code", replicas[0].base_url),
+        json!({"phone": phone}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let code = hook.last_code_for(&phone).unwrap();
+    let right: u32 = code.parse().unwrap();
+    // max_attempts (5 by default) + 5 wrong codes at once: eight through one replica, two
+    // through the other (per-replica counting would leave the second one's code alive).
+    let wrong: Vec<_> = (1..=10u32)
+        .map(|n| {
+            let url = format!(
+                "{}/api/v1/auth/login/phone-code",
+                replicas[usize::from(n > 8)].base_url
+            );
+            let guess = format!("{:06}", (right + n * 7919) % 1_000_000);
+            let (client, phone) = (client.clone(), phone.clone());
+            tokio::spawn(
+                async move { post(&client, url, json!({"phone": phone, "code": guess})).await },
+            )
+        })
+        .collect();
+    for w in wrong {
+        let (status, body) = w.await.unwrap();
+        assert_eq!(
+            (status, body["code"].clone()),
+            (400, json!(40000401)),
+            "{body}"
+        );
+    }
+    // Five wrong answers kill the code everywhere: had each replica counted its own, or had
+    // the counter raced, it would still sign in somewhere.
+    for replica in &replicas {
+        let (status, body) = post(
+            &client,
+            format!("{}/api/v1/auth/login/phone-code", replica.base_url),
+            json!({"phone": phone, "code": code}),
+        )
+        .await;
+        assert_eq!(
+            (status, body["code"].clone()),
+            (400, json!(40000401)),
+            "{body}"
+        );
+    }
 }

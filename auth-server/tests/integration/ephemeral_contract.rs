@@ -38,9 +38,38 @@ async fn contract(e: Ephemeral, prefix: &str, expire: impl AsyncFn()) {
     );
     assert_eq!(e.take_if(&k("c"), "n2").await.unwrap(), None);
     assert_eq!(e.take_if(&k("missing"), "n2").await.unwrap(), None);
+    // incr (code and MFA attempt counters) is atomic: of many concurrent increments each
+    // sees its own value, so at most max_attempts of them can be below the limit.
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        let e = e.clone();
+        let key = k("attempts");
+        tasks.push(tokio::spawn(async move {
+            e.incr(&key, Duration::from_secs(2)).await.unwrap()
+        }));
+    }
+    let mut seen = Vec::new();
+    for t in tasks {
+        seen.push(t.await.unwrap());
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (1..=40).collect::<Vec<i64>>());
+    assert_eq!(
+        e.incr(&k("attempts"), Duration::from_secs(2))
+            .await
+            .unwrap(),
+        41
+    );
     // Expiry.
     expire().await;
     assert!(!e.exists_any(&[k("a")]).await.unwrap());
+    // The counter expires with the window its first increment set.
+    assert_eq!(
+        e.incr(&k("attempts"), Duration::from_secs(2))
+            .await
+            .unwrap(),
+        1
+    );
     e.set(&k("t"), "v", Duration::from_secs(2)).await.unwrap();
     expire().await;
     assert_eq!(e.take(&k("t")).await.unwrap(), None);
