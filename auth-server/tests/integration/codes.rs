@@ -2,7 +2,7 @@
 //! (aiosmtpd) and a local webhook receiver, single use, attempts, expiry and throttling on the
 //! injected clock, sign-up by code, failed delivery, and email/SMS as MFA methods.
 
-use crate::common::{Reply, TestApp, assert_problem, small_hashing};
+use crate::common::{Reply, Store, TestApp, assert_problem, small_hashing};
 use auth_server::auth::clock::Clock;
 use auth_server::auth::users::UserInput;
 use auth_server::delivery::{DeliveryConfig, verify_signature};
@@ -412,8 +412,17 @@ async fn sending_is_throttled_per_target_on_the_injected_clock() {
 
 #[tokio::test]
 async fn of_parallel_sign_ins_with_one_code_exactly_one_succeeds() {
+    parallel_code_sign_ins(Store::Memory).await;
+}
+
+#[tokio::test]
+async fn of_parallel_sign_ins_with_one_code_on_redis_exactly_one_succeeds() {
+    parallel_code_sign_ins(Store::Redis).await;
+}
+
+async fn parallel_code_sign_ins(store: Store) {
     let hook = WebhookReceiver::start().await;
-    let app = TestApp::with_delivery(config(), delivery(None, Some(&hook))).await;
+    let app = TestApp::on(store, config(), delivery(None, Some(&hook))).await;
     add_contact(&app, "pam", "pam@example.com", "+14155550144").await;
     let code = sms_code(&app, &hook, "+14155550144").await;
     let statuses = app

@@ -1,10 +1,11 @@
-//! Builds an in-process application on a temporary SQLite file with a settable clock.
+//! Builds an in-process application on a temporary SQLite file with a settable clock, its
+//! ephemeral state in process or on a Redis server of its own.
 
 use auth_server::auth::clock::ManualClock;
 use auth_server::auth::keys::load_or_generate_dev_key;
 use auth_server::auth::password::PasswordHasher;
 use auth_server::auth::{AuthService, DevKeys, Runtime};
-use auth_server::ephemeral::{Ephemeral, MemoryEphemeral};
+use auth_server::ephemeral::{Ephemeral, MemoryEphemeral, RedisEphemeral};
 use auth_server::http::{AppState, router};
 use auth_server::store::SqlStore;
 use axum::Router;
@@ -34,6 +35,17 @@ pub struct TestApp {
     pub clock: Arc<ManualClock>,
     dev: DevKeys,
     _dir: tempfile::TempDir,
+    _redis: Option<keygate_tests::RedisProcess>,
+}
+
+/// Where an application keeps its ephemeral state (codes, tickets, challenges, counters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    /// The in-process store.
+    Memory,
+    /// A real Redis server started for this application (its clock is real time, so tests on
+    /// it do not advance the application's clock past Redis expiries).
+    Redis,
 }
 
 pub struct Reply {
@@ -44,10 +56,19 @@ pub struct Reply {
 
 impl TestApp {
     pub async fn new() -> Self {
-        Self::with_config(RuntimeConfig {
-            password_hashing: small_hashing(),
-            ..Default::default()
-        })
+        Self::new_on(Store::Memory).await
+    }
+
+    /// The default application with its ephemeral state in `store`.
+    pub async fn new_on(store: Store) -> Self {
+        Self::on(
+            store,
+            RuntimeConfig {
+                password_hashing: small_hashing(),
+                ..Default::default()
+            },
+            None,
+        )
         .await
     }
 
@@ -60,8 +81,18 @@ impl TestApp {
         config: RuntimeConfig,
         delivery: Option<auth_server::delivery::DeliveryConfig>,
     ) -> Self {
+        Self::on(Store::Memory, config, delivery).await
+    }
+
+    /// [`TestApp::with_delivery`] with its ephemeral state in `store`.
+    pub async fn on(
+        store: Store,
+        config: RuntimeConfig,
+        delivery: Option<auth_server::delivery::DeliveryConfig>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let kind = store;
         let store = SqlStore::open(&url).await.unwrap();
         let clock = ManualClock::at(1_800_000_000);
         let dev = DevKeys {
@@ -72,9 +103,19 @@ impl TestApp {
         };
         let hasher = PasswordHasher::new(&config.password_hashing, None).unwrap();
         let runtime = Runtime::build(config, &dev.clone()).unwrap();
+        let (ephemeral, redis) = match kind {
+            Store::Memory => (Ephemeral::Memory(MemoryEphemeral::new(clock.clone())), None),
+            Store::Redis => {
+                let redis = keygate_tests::RedisProcess::start();
+                let e = RedisEphemeral::connect(&redis.url(), clock.clone())
+                    .await
+                    .unwrap();
+                (Ephemeral::Redis(e), Some(redis))
+            }
+        };
         let auth = AuthService::new(
             store,
-            Ephemeral::Memory(MemoryEphemeral::new(clock.clone())),
+            ephemeral,
             clock.clone(),
             hasher,
             runtime,
@@ -92,6 +133,7 @@ impl TestApp {
             clock,
             dev,
             _dir: dir,
+            _redis: redis,
         }
     }
 

@@ -1,7 +1,7 @@
 //! Adaptive MFA through the HTTP API: TOTP enrolment, the challenge flow (wrong code 400,
 //! limited attempts, expiry and reuse 403), codes that work once, backup codes, and `amr`.
 
-use crate::common::{Reply, TestApp, assert_problem};
+use crate::common::{Reply, Store, TestApp, assert_problem};
 use auth_server::auth::clock::Clock;
 use auth_server::auth::mfa::{PERIOD, totp_at};
 use serde_json::{Value, json};
@@ -227,7 +227,16 @@ async fn challenges_have_limited_attempts_and_expire() {
 
 #[tokio::test]
 async fn concurrent_right_answers_open_one_session() {
-    let app = TestApp::new().await;
+    concurrent_right_answers(Store::Memory).await;
+}
+
+#[tokio::test]
+async fn concurrent_right_answers_on_redis_open_one_session() {
+    concurrent_right_answers(Store::Redis).await;
+}
+
+async fn concurrent_right_answers(store: Store) {
+    let app = TestApp::new_on(store).await;
     app.add_user("alice", PW, &[]).await;
     let token = app.token("alice", PW).await;
     let (_, backup) = enrol(&app, &token).await;

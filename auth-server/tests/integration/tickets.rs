@@ -1,7 +1,7 @@
 //! One-time tickets through the router: who may issue them, single use, expiry on the injected
 //! clock, `amr` and `act`, and parallel redemptions.
 
-use crate::common::{TestApp, assert_problem};
+use crate::common::{Store, TestApp, assert_problem};
 use serde_json::json;
 
 const GEN: &str = "/api/v1/auth/generate-ticket";
@@ -132,7 +132,16 @@ async fn a_ticket_signs_in_once_with_amr_and_act() {
 
 #[tokio::test]
 async fn of_parallel_redemptions_exactly_one_succeeds() {
-    let app = TestApp::new().await;
+    parallel_redemptions(Store::Memory).await;
+}
+
+#[tokio::test]
+async fn of_parallel_redemptions_on_redis_exactly_one_succeeds() {
+    parallel_redemptions(Store::Redis).await;
+}
+
+async fn parallel_redemptions(store: Store) {
+    let app = TestApp::new_on(store).await;
     app.add_user("root", PW, &["admin"]).await;
     let user = app.add_user("bob", PW, &[]).await;
     let root = app.token("root", PW).await;
