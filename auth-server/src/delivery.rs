@@ -262,12 +262,52 @@ pub struct DeliveryConfig {
     pub smtp_url: Option<String>,
     /// Sender mailbox.
     pub smtp_from: String,
+    /// The only CA trusted for the SMTP server's certificate (PEM file); absent: the web PKI.
+    pub smtp_ca_file: Option<std::path::PathBuf>,
     /// SMS webhook URL.
     pub sms_webhook_url: Option<String>,
     /// Secret that signs webhook requests.
     pub sms_webhook_secret: Option<String>,
     /// Directory of template overrides and extra locales.
     pub templates_dir: Option<std::path::PathBuf>,
+}
+
+/// The TLS the SMTP URL asks for (`smtps://`: TLS from the start; `?tls=required` or
+/// `opportunistic`: STARTTLS), trusting only the CA in `ca_file`.
+fn smtp_tls_with_ca(
+    url: &str,
+    ca_file: &Path,
+) -> Result<lettre::transport::smtp::client::Tls, String> {
+    use lettre::transport::smtp::client::{Certificate, CertificateStore, Tls, TlsParameters};
+    let parsed = url::Url::parse(url).map_err(|e| format!("KEYGATE_SMTP_URL: {e}"))?;
+    let host = parsed
+        .host_str()
+        .ok_or("KEYGATE_SMTP_URL names no host")?
+        .to_owned();
+    let tls = parsed
+        .query_pairs()
+        .find(|(k, _)| k == "tls")
+        .map(|(_, v)| v.into_owned());
+    let wrap: fn(TlsParameters) -> Tls = match (parsed.scheme(), tls.as_deref()) {
+        ("smtps", _) => Tls::Wrapper,
+        ("smtp", Some("required")) => Tls::Required,
+        ("smtp", Some("opportunistic")) => Tls::Opportunistic,
+        _ => {
+            return Err(
+                "KEYGATE_SMTP_CA_FILE needs a TLS URL: smtps://, or smtp://...?tls=required".into(),
+            );
+        }
+    };
+    let pem = std::fs::read(ca_file)
+        .map_err(|e| format!("KEYGATE_SMTP_CA_FILE {}: {e}", ca_file.display()))?;
+    let cert = Certificate::from_pem(&pem)
+        .map_err(|e| format!("KEYGATE_SMTP_CA_FILE {}: {e}", ca_file.display()))?;
+    let params = TlsParameters::builder(host)
+        .certificate_store(CertificateStore::None)
+        .add_root_certificate(cert)
+        .build_rustls()
+        .map_err(|e| format!("KEYGATE_SMTP_CA_FILE {}: {e}", ca_file.display()))?;
+    Ok(wrap(params))
 }
 
 impl Delivery {
@@ -284,10 +324,13 @@ impl Delivery {
     pub fn new(config: &DeliveryConfig) -> Result<Self, String> {
         let smtp = match config.smtp_url.as_deref().filter(|u| !u.is_empty()) {
             Some(url) => {
-                let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
+                let mut builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
                     .map_err(|e| format!("KEYGATE_SMTP_URL: {e}"))?
-                    .timeout(Some(Duration::from_secs(10)))
-                    .build();
+                    .timeout(Some(Duration::from_secs(10)));
+                if let Some(ca) = &config.smtp_ca_file {
+                    builder = builder.tls(smtp_tls_with_ca(url, ca)?);
+                }
+                let transport = builder.build();
                 let from: Mailbox = config
                     .smtp_from
                     .parse()

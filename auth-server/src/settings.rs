@@ -236,6 +236,11 @@ pub struct DeliverySettings {
     )]
     pub smtp_from: String,
 
+    /// PEM file of the CA that signed the SMTP server's certificate (an in-cluster relay with
+    /// a private CA); only that CA is trusted then. Needs `smtps://` or `?tls=required`.
+    #[arg(long, env = "KEYGATE_SMTP_CA_FILE")]
+    pub smtp_ca_file: Option<std::path::PathBuf>,
+
     /// HTTP(S) endpoint that sends SMS codes: it receives a JSON POST with `target`, `code`,
     /// `expires_in`, `expires_at` and the rendered `message`.
     #[arg(long, env = "KEYGATE_SMS_WEBHOOK_URL")]
@@ -257,6 +262,7 @@ impl DeliverySettings {
         crate::delivery::DeliveryConfig {
             smtp_url: self.smtp_url.clone(),
             smtp_from: self.smtp_from.clone(),
+            smtp_ca_file: self.smtp_ca_file.clone(),
             sms_webhook_url: self.sms_webhook_url.clone(),
             sms_webhook_secret: self.sms_webhook_secret.clone(),
             templates_dir: self.templates_dir.clone(),

@@ -14,6 +14,30 @@ pub struct SmtpServer {
     /// Port on 127.0.0.1.
     pub port: u16,
     maildir: tempfile::TempDir,
+    tls: Option<SmtpTls>,
+}
+
+/// How an [`SmtpServer`] speaks TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// SMTPS: TLS from the first byte.
+    Implicit,
+    /// STARTTLS, required before mail.
+    StartTls,
+}
+
+/// Runs `openssl` with `args` in `dir`.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// One received email, decoded.
@@ -62,18 +86,95 @@ print(json.dumps(out))
 impl SmtpServer {
     /// Starts `python3 -m aiosmtpd` on a free port (scripts/test installs aiosmtpd).
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// A server speaking TLS as `tls` says, with a certificate for 127.0.0.1 from a CA of its
+    /// own ([`SmtpServer::ca_file`]; made with `openssl`).
+    pub fn start_tls(tls: SmtpTls) -> Self {
+        Self::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<SmtpTls>) -> Self {
         let port = crate::free_port();
         let maildir = tempfile::tempdir().expect("maildir");
-        let child = Command::new("python3")
-            .args([
-                "-m",
-                "aiosmtpd",
-                "-n",
-                "-l",
-                &format!("127.0.0.1:{port}"),
-                "-c",
-                "aiosmtpd.handlers.Mailbox",
-            ])
+        let mut cmd = Command::new("python3");
+        cmd.args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")]);
+        if let Some(mode) = tls {
+            let d = maildir.path();
+            let ec = [
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+            ];
+            openssl(
+                d,
+                &[
+                    &["req", "-x509"][..],
+                    &ec,
+                    &[
+                        "-keyout",
+                        "ca.key",
+                        "-out",
+                        "ca.pem",
+                        "-days",
+                        "2",
+                        "-subj",
+                        "/CN=keygate-test-smtp-ca",
+                    ],
+                ]
+                .concat(),
+            );
+            openssl(
+                d,
+                &[
+                    &["req"][..],
+                    &ec,
+                    &[
+                        "-keyout",
+                        "server.key",
+                        "-out",
+                        "server.csr",
+                        "-subj",
+                        "/CN=127.0.0.1",
+                    ],
+                ]
+                .concat(),
+            );
+            std::fs::write(d.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("san");
+            openssl(
+                d,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    "server.csr",
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-out",
+                    "server.pem",
+                    "-days",
+                    "2",
+                    "-extfile",
+                    "san.ext",
+                ],
+            );
+            let (cert, key) = match mode {
+                SmtpTls::Implicit => ("--smtpscert", "--smtpskey"),
+                SmtpTls::StartTls => ("--tlscert", "--tlskey"),
+            };
+            cmd.arg(cert)
+                .arg(d.join("server.pem"))
+                .arg(key)
+                .arg(d.join("server.key"));
+        }
+        let child = cmd
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
             .arg(maildir.path().join("mail"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -91,12 +192,22 @@ impl SmtpServer {
             child,
             port,
             maildir,
+            tls,
         }
     }
 
-    /// `smtp://127.0.0.1:PORT`
+    /// `smtp://127.0.0.1:PORT`, `smtps://…` or `smtp://…?tls=required` for the TLS modes.
     pub fn url(&self) -> String {
-        format!("smtp://127.0.0.1:{}", self.port)
+        match self.tls {
+            None => format!("smtp://127.0.0.1:{}", self.port),
+            Some(SmtpTls::Implicit) => format!("smtps://127.0.0.1:{}", self.port),
+            Some(SmtpTls::StartTls) => format!("smtp://127.0.0.1:{}?tls=required", self.port),
+        }
+    }
+
+    /// The CA that signed a TLS server's certificate (PEM).
+    pub fn ca_file(&self) -> std::path::PathBuf {
+        self.maildir.path().join("ca.pem")
     }
 
     /// Every message received so far, oldest first.

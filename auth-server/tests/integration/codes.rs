@@ -7,7 +7,7 @@ use auth_server::auth::clock::Clock;
 use auth_server::auth::users::UserInput;
 use auth_server::delivery::{DeliveryConfig, verify_signature};
 use keygate_config::RuntimeConfig;
-use keygate_tests::delivery::{SmtpServer, WebhookReceiver, first_digits};
+use keygate_tests::delivery::{SmtpServer, SmtpTls, WebhookReceiver, first_digits};
 use serde_json::{Value, json};
 
 const SEND: &str = "/api/v1/auth/send-login-code";
@@ -30,6 +30,7 @@ fn delivery(smtp: Option<&SmtpServer>, hook: Option<&WebhookReceiver>) -> Option
     Some(DeliveryConfig {
         smtp_url: smtp.map(SmtpServer::url),
         smtp_from: "Keygate <no-reply@keygate.test>".into(),
+        smtp_ca_file: None,
         sms_webhook_url: hook.map(|h| h.url.clone()),
         sms_webhook_secret: Some(SECRET.into()),
         templates_dir: None,
@@ -170,6 +171,75 @@ async fn an_email_code_arrives_over_smtp_and_signs_in_once() {
         )
         .await;
     assert_problem(&again, 400, 40000401);
+}
+
+/// A code sent over TLS (`tls`), trusting only the server's own CA, arrives and signs in; the
+/// same server without its CA (the web PKI) is refused, so the certificate is checked.
+async fn a_code_arrives_over_smtp_with_tls(tls: SmtpTls) {
+    let smtp = SmtpServer::start_tls(tls);
+    let with_ca = |ca: Option<std::path::PathBuf>| DeliveryConfig {
+        smtp_ca_file: ca,
+        ..delivery(Some(&smtp), None).unwrap()
+    };
+    let app = TestApp::with_delivery(config(), Some(with_ca(Some(smtp.ca_file())))).await;
+    app.add_user("tess", "correct horse battery", &[]).await;
+    let r = app
+        .post(SEND, json!({"email": "tess@example.com"}), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let code = smtp.wait_for("tess@example.com", 1).await.code(6);
+    let r = app
+        .post(
+            EMAIL_LOGIN,
+            json!({"email": "tess@example.com", "code": code}),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let untrusting = TestApp::with_delivery(config(), Some(with_ca(None))).await;
+    untrusting
+        .add_user("tess", "correct horse battery", &[])
+        .await;
+    let r = untrusting
+        .post(SEND, json!({"email": "tess@example.com"}), None)
+        .await;
+    assert_problem(&r, 503, 50300002);
+    assert_eq!(
+        smtp.messages().len(),
+        1,
+        "a message went over an unverified connection"
+    );
+}
+
+#[tokio::test]
+async fn an_email_code_arrives_over_smtps_with_a_private_ca() {
+    a_code_arrives_over_smtp_with_tls(SmtpTls::Implicit).await;
+}
+
+#[tokio::test]
+async fn an_email_code_arrives_over_starttls_with_a_private_ca() {
+    a_code_arrives_over_smtp_with_tls(SmtpTls::StartTls).await;
+}
+
+#[test]
+fn a_ca_file_needs_a_tls_url() {
+    let err = auth_server::delivery::Delivery::new(&DeliveryConfig {
+        smtp_url: Some("smtp://127.0.0.1:25".into()),
+        smtp_from: "Keygate <k@example.com>".into(),
+        smtp_ca_file: Some("/nonexistent/ca.pem".into()),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(err.contains("needs a TLS URL"), "{err}");
+    // A TLS URL with a CA file that is not there names the file.
+    let err = auth_server::delivery::Delivery::new(&DeliveryConfig {
+        smtp_url: Some("smtps://127.0.0.1:465".into()),
+        smtp_from: "Keygate <k@example.com>".into(),
+        smtp_ca_file: Some("/nonexistent/ca.pem".into()),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(err.contains("/nonexistent/ca.pem"), "{err}");
 }
 
 #[tokio::test]
