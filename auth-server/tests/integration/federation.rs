@@ -323,3 +323,84 @@ async fn an_id_token_signs_in_once() {
     .unwrap();
     assert!(default.single_use);
 }
+
+/// A local account with a verified-looking address, as an administrator would create it.
+async fn local_account(app: &TestApp, username: &str) -> String {
+    app.auth
+        .create_user(
+            "default",
+            UserInput {
+                username: username.into(),
+                email: Some(format!("{username}@example.com")),
+                password: Some("correct horse battery".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .id
+}
+
+#[tokio::test]
+async fn linking_by_email_refuses_accounts_with_totp_or_a_link_of_the_issuer() {
+    let first = OidcProvider::start(&[("k1", "RS256")]);
+    let second = OidcProvider::start_sharing_keys(&first, &[("k1", "RS256")]);
+    let app = app(&first, &second).await;
+    // An account with an active second factor: its owner links through an authenticated
+    // step, never by an address the provider vouches for.
+    local_account(&app, "carol").await;
+    let token = app.token("carol", "correct horse battery").await;
+    crate::mfa::enrol(&app, &token).await;
+    let r = sign_in(&app, "corp-link", &first.id_token("keygate", "carol")).await;
+    assert_problem(&r, 403, 40300004);
+    // An account linked to another subject of this issuer already is not linked again.
+    let alice = local_account(&app, "alice").await;
+    app.auth
+        .store
+        .link_federated(
+            "default",
+            &first.issuer,
+            "someone-else",
+            &alice,
+            app.clock.unix(),
+        )
+        .await
+        .unwrap();
+    let r = sign_in(&app, "corp-link", &first.id_token("keygate", "alice")).await;
+    assert_problem(&r, 403, 40300004);
+    // The same step links a plain account (the refusals are not a general failure).
+    let dave = local_account(&app, "dave").await;
+    let r = sign_in(&app, "corp-link", &first.id_token("keygate", "dave")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["user_id"], dave.as_str());
+}
+
+#[tokio::test]
+async fn racing_first_sign_ins_of_one_external_account_make_one_local_account() {
+    let first = OidcProvider::start(&[("k1", "RS256")]);
+    let second = OidcProvider::start_sharing_keys(&first, &[("k1", "RS256")]);
+    let app = app(&first, &second).await;
+    let bodies = (0..6)
+        .map(|_| json!({"provider": "corp", "id_token": first.id_token("keygate", "alice")}))
+        .collect();
+    let statuses = app.post_in_parallel(SIGNIN, bodies).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let created = app
+        .auth
+        .store
+        .audit_events(&auth_server::store::AuditQuery {
+            tenant_id: "default".into(),
+            event_type: Some("federation_link".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("created"))
+        .count();
+    assert_eq!(created, 1, "one external account, one local account");
+    let r = sign_in(&app, "corp", &first.id_token("keygate", "alice")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["user"]["email"], "alice@example.com");
+}
