@@ -482,6 +482,24 @@ pub fn write_config(dir: &Path, config: &serde_json::Value) -> String {
     path.display().to_string()
 }
 
+/// The TOTP code of `secret` (base32) at now + `offset_seconds`, computed by Python's `pyotp`
+/// (an implementation independent of the server's).
+pub fn pyotp(secret: &str, offset_seconds: i64) -> String {
+    let script = format!(
+        "import pyotp, time; print(pyotp.TOTP('{secret}').at(int(time.time()) + {offset_seconds}))"
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "pyotp is missing (scripts/test installs it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
 /// Replaces `path` with `bytes` in one step (a temporary file renamed over it), as a
 /// configuration tool does: a reader never sees half a file.
 pub fn write_atomically(path: &Path, bytes: &[u8]) {

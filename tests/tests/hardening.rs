@@ -143,22 +143,6 @@ async fn a_silently_solved_proof_of_work_is_matched_by_client_address() {
     assert_eq!(login(token).await, 400);
 }
 
-fn pyotp(secret: &str, offset_seconds: i64) -> String {
-    let script = format!(
-        "import pyotp, time; print(pyotp.TOTP('{secret}').at(int(time.time()) + {offset_seconds}))"
-    );
-    let out = std::process::Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "pyotp is missing (scripts/test installs it): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 #[tokio::test]
 async fn totp_interoperates_with_an_independent_implementation() {
     let dir = tempfile::tempdir().unwrap();
@@ -190,7 +174,7 @@ async fn totp_interoperates_with_an_independent_implementation() {
     let (status, _) = post(
         "/auth/mfa/totp/verify",
         Some(token.clone()),
-        json!({"code": pyotp(&secret, 0)}),
+        json!({"code": keygate_tests::pyotp(&secret, 0)}),
     )
     .await;
     assert_eq!(status, 200);
@@ -200,7 +184,7 @@ async fn totp_interoperates_with_an_independent_implementation() {
     let (status, body) = post(
         "/auth/mfa/verify-challenge",
         None,
-        json!({"challenge_token": c["challenge_token"], "code": pyotp(&secret, 30)}),
+        json!({"challenge_token": c["challenge_token"], "code": keygate_tests::pyotp(&secret, 30)}),
     )
     .await;
     assert_eq!(status, 200, "{body}");

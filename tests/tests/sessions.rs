@@ -110,8 +110,9 @@ async fn a_refresh_token_replayed_on_the_other_replica_is_forgiven_in_the_grace_
     let (status, body) = p.refresh(&p.b, &first).await;
     assert_eq!(status, 200, "inside the grace window: {body}");
     let sibling = refresh_token(&body);
-    // Past the window, the replay on the other replica is reuse: the whole session goes.
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    // Past the window (counted in whole seconds, so up to a second longer), the replay on
+    // the other replica is reuse: the whole session goes.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
     let (status, body) = p.refresh(&p.b, &first).await;
     assert_eq!(
         (status, body["code"].clone()),
@@ -213,5 +214,81 @@ async fn a_lock_made_through_both_replicas_holds_on_both_until_an_admin_unlocks_
     for on in [&p.a, &p.b] {
         let (status, body) = p.login(on, "alice", PW).await;
         assert_eq!(status, 200, "still locked after the unlock: {body}");
+    }
+}
+
+#[tokio::test]
+async fn wrong_mfa_answers_over_both_replicas_spend_the_challenge_exactly() {
+    let p = pair(
+        json!({
+            "rate_limits": {"rules": []},
+            "policy": {"captcha": {"mode": "never"},
+                       "lockout": {"delay_after": 100, "lock_after": 200,
+                                   "ip_delay_after": 1000, "ip_lock_after": 2000}},
+        }),
+        &[("alice", &[])],
+    )
+    .await;
+    let (_, body) = p.login(&p.a, "alice", PW).await;
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    let (status, setup) = p
+        .post_as(&p.a, "/auth/mfa/totp/setup", &token, json!({}))
+        .await;
+    assert_eq!(status, 200, "{setup}");
+    let secret = setup["data"]["secret"].as_str().unwrap().to_owned();
+    let (status, body) = p
+        .post_as(
+            &p.a,
+            "/auth/mfa/totp/verify",
+            &token,
+            json!({"code": keygate_tests::pyotp(&secret, 0)}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, challenge) = p.login(&p.b, "alice", PW).await;
+    assert_eq!(challenge["requires_mfa"], true, "{challenge}");
+    let right = keygate_tests::pyotp(&secret, 0);
+    let wrong_code = |n: u32| {
+        format!(
+            "{:06}",
+            (right.parse::<u32>().unwrap() + n * 7919) % 1_000_000
+        )
+    };
+    // max_attempts (5 by default) + 5 wrong answers at once: eight through one replica, two
+    // through the other.
+    let answers: Vec<_> = (1..=10u32)
+        .map(|n| {
+            let on = if n > 8 { &p.b } else { &p.a };
+            let url = format!("{}/api/v1/auth/mfa/verify-challenge", on.base_url);
+            let body =
+                json!({"challenge_token": challenge["challenge_token"], "code": wrong_code(n)});
+            let client = p.client.clone();
+            tokio::spawn(async move { post_json(&client, &url, None, &body).await })
+        })
+        .collect();
+    let mut wrong = 0;
+    for a in answers {
+        let (status, body) = a.await.unwrap();
+        match (status, body["code"].as_u64()) {
+            (400, Some(61000402)) => wrong += 1,
+            (403, Some(61000403)) => {}
+            other => panic!("unexpected {other:?}: {body}"),
+        }
+    }
+    assert_eq!(wrong, 5, "exactly max_attempts wrong answers are evaluated");
+    // Spent on both replicas: the right code opens nothing.
+    for on in [&p.a, &p.b] {
+        let (status, body) = p
+            .post(
+                on,
+                "/auth/mfa/verify-challenge",
+                json!({"challenge_token": challenge["challenge_token"], "code": right}),
+            )
+            .await;
+        assert_eq!(
+            (status, body["code"].clone()),
+            (403, json!(61000403)),
+            "{body}"
+        );
     }
 }
