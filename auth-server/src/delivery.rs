@@ -291,7 +291,8 @@ fn smtp_tls_with_ca(
     let wrap: fn(TlsParameters) -> Tls = match (parsed.scheme(), tls.as_deref()) {
         ("smtps", _) => Tls::Wrapper,
         ("smtp", Some("required")) => Tls::Required,
-        ("smtp", Some("opportunistic")) => Tls::Opportunistic,
+        // Opportunistic STARTTLS can be stripped (and the URL's credentials sent in clear):
+        // a configured CA means the operator wants TLS, so it must not be optional.
         _ => {
             return Err(
                 "KEYGATE_SMTP_CA_FILE needs a TLS URL: smtps://, or smtp://...?tls=required".into(),
@@ -300,6 +301,15 @@ fn smtp_tls_with_ca(
     };
     let pem = std::fs::read(ca_file)
         .map_err(|e| format!("KEYGATE_SMTP_CA_FILE {}: {e}", ca_file.display()))?;
+    let certificates = pem::parse_many(&pem)
+        .map(|blocks| blocks.iter().filter(|b| b.tag() == "CERTIFICATE").count())
+        .unwrap_or(0);
+    if certificates == 0 {
+        return Err(format!(
+            "KEYGATE_SMTP_CA_FILE {}: no PEM CERTIFICATE in it",
+            ca_file.display()
+        ));
+    }
     let cert = Certificate::from_pem(&pem)
         .map_err(|e| format!("KEYGATE_SMTP_CA_FILE {}: {e}", ca_file.display()))?;
     let params = TlsParameters::builder(host)

@@ -109,39 +109,17 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     path
 }
 
-/// A source file of the binaries' crates changed after `binary` was built, if any.
+/// A source file of `binary` changed after it was built, if any: the files are those cargo
+/// lists in the binary's dep-info (`target/debug/NAME.d`), so exactly what the build read.
 fn newer_source(binary: &Path) -> Option<PathBuf> {
-    fn newest(dir: &Path, built: std::time::SystemTime) -> Option<PathBuf> {
-        for entry in std::fs::read_dir(dir).ok()?.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                if let Some(found) = newest(&path, built) {
-                    return Some(found);
-                }
-            } else if path
-                .extension()
-                .is_some_and(|e| e == "rs" || e == "sql" || e == "toml")
-                && entry
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .is_ok_and(|m| m > built)
-            {
-                return Some(path);
-            }
-        }
-        None
-    }
     let built = std::fs::metadata(binary).and_then(|m| m.modified()).ok()?;
-    let root = repo_root();
-    // The workspace crates each binary is built from.
-    let crates: &[&str] = match binary.file_name().and_then(|n| n.to_str()) {
-        Some("auth-server") => &["auth-server", "config", "oidc", "telemetry"],
-        _ => &["operator", "config", "crds", "oidc", "telemetry"],
-    };
-    crates
-        .iter()
-        .flat_map(|krate| ["src", "migrations"].map(|dir| root.join(krate).join(dir)))
-        .find_map(|dir| newest(&dir, built))
+    let dep_info = std::fs::read_to_string(binary.with_extension("d")).ok()?;
+    let (_, deps) = dep_info.lines().next()?.split_once(": ")?;
+    deps.split_whitespace().map(PathBuf::from).find(|dep| {
+        std::fs::metadata(dep)
+            .and_then(|m| m.modified())
+            .is_ok_and(|m| m > built)
+    })
 }
 
 /// A running `auth-server serve` process, killed on drop.

@@ -173,7 +173,7 @@ async fn without_delivery_codes_are_logged_loudly() {
 }
 
 #[tokio::test]
-async fn parallel_wrong_codes_over_two_replicas_use_up_the_code_exactly() {
+async fn parallel_wrong_codes_over_two_replicas_use_up_the_code_on_both() {
     let phone = "+14155550103".to_owned();
     let SmsReplicas {
         hook,

@@ -240,6 +240,35 @@ fn a_ca_file_needs_a_tls_url() {
     })
     .unwrap_err();
     assert!(err.contains("/nonexistent/ca.pem"), "{err}");
+    // Optional STARTTLS is no TLS URL when a CA is set; a file without a certificate is no CA.
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_ca = dir.path().join("key.pem");
+    std::fs::write(
+        &not_a_ca,
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    for (url, ca, expect) in [
+        (
+            "smtp://127.0.0.1:25?tls=opportunistic",
+            "/nonexistent/ca.pem",
+            "needs a TLS URL",
+        ),
+        (
+            "smtps://127.0.0.1:465",
+            not_a_ca.to_str().unwrap(),
+            "no PEM CERTIFICATE",
+        ),
+    ] {
+        let err = auth_server::delivery::Delivery::new(&DeliveryConfig {
+            smtp_url: Some(url.into()),
+            smtp_from: "Keygate <k@example.com>".into(),
+            smtp_ca_file: Some(ca.into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.contains(expect), "{url}: {err}");
+    }
 }
 
 #[tokio::test]

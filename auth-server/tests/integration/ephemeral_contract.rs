@@ -63,7 +63,7 @@ async fn contract(e: Ephemeral, prefix: &str, expire: impl AsyncFn()) {
     // Expiry.
     expire().await;
     assert!(!e.exists_any(&[k("a")]).await.unwrap());
-    // The counter expires with the window its first increment set.
+    // The counter expires with its window.
     assert_eq!(
         e.incr(&k("attempts"), Duration::from_secs(2))
             .await
