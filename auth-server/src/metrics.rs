@@ -483,8 +483,8 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next
         use tracing_opentelemetry::OpenTelemetrySpanExt as _;
         let name = format!("{method} {route}");
         span.0.record("http.route", route.as_str());
-        // Renames a span not started yet, or else the started one.
-        span.0.record("otel.name", name.as_str());
+        // The span started when the request entered it (its children need its id), so it is
+        // renamed in place; recording `otel.name` would only reach a span not started yet.
         span.0.context().span().update_name(name);
     }
     let res = next.run(req).await;

@@ -52,6 +52,19 @@ async fn sms_replicas(config: Value, users: &[(&str, &str)]) -> SmsReplicas {
     }
 }
 
+/// Sends a sign-in code to `phone` through `replica`; the code the webhook received.
+async fn send_code(
+    client: &reqwest::Client,
+    replica: &ServerProcess,
+    hook: &WebhookReceiver,
+    phone: &str,
+) -> String {
+    let url = format!("{}/api/v1/auth/send-login-code", replica.base_url);
+    let (status, body) = post(client, url, json!({"phone": phone})).await;
+    assert_eq!(status, 200, "{body}");
+    hook.last_code_for(phone).unwrap()
+}
+
 #[tokio::test]
 async fn replicas_on_one_redis_share_codes_and_per_target_limits() {
     let (busy, other) = ("+14155550101".to_owned(), "+14155550102".to_owned());
@@ -101,14 +114,7 @@ async fn replicas_on_one_redis_share_codes_and_per_target_limits() {
     assert_eq!(hook.calls().len(), 1);
 
     // A code sent through one replica signs in through the other, once.
-    let (status, body) = post(
-        &client,
-        format!("{}/api/v1/auth/send-login-code", replicas[0].base_url),
-        json!({"phone": other}),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    let code = hook.last_code_for(&other).unwrap();
+    let code = send_code(&client, &replicas[0], &hook, &other).await;
     let login = format!("{}/api/v1/auth/login/phone-code", replicas[1].base_url);
     let (status, body) = post(
         &client,
@@ -182,14 +188,7 @@ async fn parallel_wrong_codes_over_two_replicas_use_up_the_code_on_both() {
         _dir,
         _redis,
     } = sms_replicas(json!({"rate_limits": {"rules": []}}), &[("pia", &phone)]).await;
-    let (status, body) = post(
-        &client,
-        format!("{}/api/v1/auth/send-login-code", replicas[0].base_url),
-        json!({"phone": phone}),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    let code = hook.last_code_for(&phone).unwrap();
+    let code = send_code(&client, &replicas[0], &hook, &phone).await;
     let right: u32 = code.parse().unwrap();
     // max_attempts (5 by default) + 5 wrong codes at once: eight through one replica, two
     // through the other (per-replica counting would leave the second one's code alive).
