@@ -30,6 +30,28 @@ fn otel_env(endpoint: &str, protocol: &str) -> Vec<(String, String)> {
     .to_vec()
 }
 
+/// A server with cheap hashing on a data directory of its own, one user (`user_args`), and
+/// `env` added when it starts.
+fn fast_server(
+    user_args: &[&str],
+    env: Vec<(String, String)>,
+) -> (tempfile::TempDir, ServerProcess) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &json!({"password_hashing": {"memory_kib": 8192, "iterations": 1, "parallelism": 1}}),
+    );
+    let mut all = vec![("KEYGATE_CONFIG".to_owned(), config)];
+    add_user(dir.path(), &all, user_args, PW);
+    all.extend(env);
+    let server = ServerProcess::start(ServerOptions {
+        data_dir: Some(dir.path().to_path_buf()),
+        env: all,
+        ..Default::default()
+    });
+    (dir, server)
+}
+
 /// The spans under `root` (by parent links), names only.
 fn descendants<'a>(spans: &'a [StoredSpan], root: &str) -> Vec<&'a StoredSpan> {
     let mut out = Vec::new();
@@ -45,29 +67,15 @@ fn descendants<'a>(spans: &'a [StoredSpan], root: &str) -> Vec<&'a StoredSpan> {
 
 async fn password_sign_in_is_traced(protocol: &str) {
     let collector = Collector::start();
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        &json!({"password_hashing": {"memory_kib": 8192, "iterations": 1, "parallelism": 1}}),
-    );
-    let mut env = vec![("KEYGATE_CONFIG".to_owned(), config)];
-    add_user(
-        dir.path(),
-        &env,
-        &["--username", "alice", "--email", "alice@example.com"],
-        PW,
-    );
     let endpoint = if protocol == "grpc" {
         &collector.otlp_grpc
     } else {
         &collector.otlp_http
     };
-    env.extend(otel_env(endpoint, protocol));
-    let server = ServerProcess::start(ServerOptions {
-        data_dir: Some(dir.path().to_path_buf()),
-        env,
-        ..Default::default()
-    });
+    let (_dir, server) = fast_server(
+        &["--username", "alice", "--email", "alice@example.com"],
+        otel_env(endpoint, protocol),
+    );
     let (header, trace_id, parent) = traceparent();
     let res = reqwest::Client::new()
         .post(format!("{}/api/v1/auth/login", server.base_url))
@@ -380,22 +388,11 @@ async fn metrics_parse_with_prometheus_client_and_move_with_sign_ins() {
 
 #[tokio::test]
 async fn a_dead_collector_never_fails_or_slows_a_request_and_is_counted() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        &json!({"password_hashing": {"memory_kib": 8192, "iterations": 1, "parallelism": 1}}),
-    );
-    let mut env = vec![("KEYGATE_CONFIG".to_owned(), config)];
-    add_user(dir.path(), &env, &["--username", "alice"], PW);
     // Nothing listens there: every export fails.
     let dead = format!("http://127.0.0.1:{}", keygate_tests::free_port());
-    env.extend(otel_env(&dead, "http/protobuf"));
+    let mut env = otel_env(&dead, "http/protobuf");
     env.push(("OTEL_TRACES_SAMPLER".to_owned(), "always_on".to_owned()));
-    let server = ServerProcess::start(ServerOptions {
-        data_dir: Some(dir.path().to_path_buf()),
-        env,
-        ..Default::default()
-    });
+    let (_dir, server) = fast_server(&["--username", "alice"], env);
     let client = reqwest::Client::new();
     let started = std::time::Instant::now();
     for _ in 0..20 {
