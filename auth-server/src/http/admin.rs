@@ -17,23 +17,52 @@ use utoipa::ToSchema;
 /// A user to create in the administrator's tenant.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateUserRequest {
-    /// Username: 1-64 of letters, digits, `.`, `_`, `-`; stored lowercase.
+    /// Username: 1-64 of letters, digits, `.`, `_`, `-`, starting with a letter or digit;
+    /// stored lowercase.
+    #[schema(pattern = r"^\s*[A-Za-z0-9][A-Za-z0-9._-]{0,63}\s*$")]
     pub username: String,
-    /// Email address; stored lowercase.
+    /// Email address; stored lowercase (empty counts as absent).
     #[serde(default)]
+    #[schema(
+        max_length = 254,
+        pattern = r"^\s*([^@\s]{1,64}@[^@\s.]+(\.[^@\s.]+)+)?\s*$"
+    )]
     pub email: Option<String>,
-    /// Phone number in E.164.
+    /// Phone number in E.164 (empty counts as absent).
     #[serde(default)]
+    #[schema(pattern = r"^\s*(\+[1-9][0-9]{6,14})?\s*$")]
     pub phone: Option<String>,
-    /// Initial password (8-1024); absent for accounts without one.
+    /// Initial password (8 characters to 1024 bytes); absent for accounts without one.
     #[serde(default)]
+    #[schema(min_length = 8, max_length = 1024)]
     pub password: Option<String>,
     /// Roles: `admin` (everything), `ticket-issuer` (`tickets:create` only).
     #[serde(default)]
-    pub roles: Vec<String>,
+    #[schema(inline)]
+    pub roles: Vec<Role>,
     /// Require a password change at first sign-in.
     #[serde(default)]
     pub must_change_password: bool,
+}
+
+/// A role a user can hold.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+pub enum Role {
+    /// Everything.
+    #[serde(rename = "admin")]
+    Admin,
+    /// `tickets:create` only.
+    #[serde(rename = "ticket-issuer")]
+    TicketIssuer,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::TicketIssuer => "ticket-issuer",
+        }
+    }
 }
 
 /// Create a user (administrators only); the tenant is the administrator's.
@@ -66,7 +95,7 @@ pub async fn create_user(
                 email: req.email,
                 phone: req.phone,
                 password: req.password,
-                roles: req.roles,
+                roles: req.roles.into_iter().map(|r| r.name().to_owned()).collect(),
                 must_change_password: req.must_change_password,
             },
         )
@@ -115,19 +144,43 @@ pub struct AuditEventsQuery {
     /// Only events of this type: `sign_in`, `ticket_issued`, `impersonation`, `lockout`,
     /// `unlock`, `mfa_change`, `password_change`, `federation_link`.
     #[serde(default, rename = "type")]
+    #[param(
+        pattern = r"^(sign_in|ticket_issued|impersonation|lockout|unlock|mfa_change|password_change|federation_link)?$"
+    )]
     pub event_type: Option<String>,
     /// Not before this time (RFC 3339).
     #[serde(default)]
+    #[param(schema_with = rfc3339_or_empty)]
     pub since: Option<String>,
     /// Before this time (RFC 3339).
     #[serde(default)]
+    #[param(schema_with = rfc3339_or_empty)]
     pub until: Option<String>,
     /// `next_cursor` of the previous page.
     #[serde(default)]
     pub cursor: Option<String>,
-    /// Events per page, 1-500 (default 50).
+    /// Events per page, 1-500 (default 50, also when empty).
     #[serde(default)]
+    #[param(pattern = r"^(\+?0*([1-9][0-9]?|[1-4][0-9][0-9]|500))?$")]
     pub limit: Option<String>,
+}
+
+/// An RFC 3339 time, or empty (no bound).
+fn rfc3339_or_empty() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{AnyOfBuilder, KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    AnyOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime))),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .max_length(Some(0)),
+        )
+        .build()
+        .into()
 }
 
 /// One audit event.
@@ -157,7 +210,7 @@ pub struct AuditEventInfo {
     /// Why it failed, or the reason the actor gave.
     pub reason: Option<String>,
     /// More facts.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub details: Option<serde_json::Value>,
 }
 

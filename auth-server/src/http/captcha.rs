@@ -16,11 +16,13 @@ use utoipa::{IntoParams, ToSchema};
 /// Query of a challenge request.
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct ChallengeQuery {
-    /// `pow` (the only provider that issues challenges).
+    /// `pow` (the only provider that issues challenges; the default).
+    #[param(pattern = "^pow$")]
     pub provider: Option<String>,
     /// Tenant (else `X-Tenant-ID`, else `default`).
     pub tenant_id: Option<String>,
     /// Leading hex zeros wanted; never below the tenant's floor.
+    #[param(format = Int64, maximum = 4294967295_f64)]
     pub difficulty: Option<u32>,
 }
 

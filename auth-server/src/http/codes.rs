@@ -16,11 +16,16 @@ use utoipa::ToSchema;
 /// Request for a sign-in code (`dto.SendLoginCodeRequest`): exactly one of `email`, `phone`.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct SendLoginCodeRequest {
-    /// Email address.
+    /// Email address (empty counts as absent).
     #[serde(default)]
+    #[schema(
+        max_length = 254,
+        pattern = r"^\s*([^@\s]{1,64}@[^@\s.]+(\.[^@\s.]+)+)?\s*$"
+    )]
     pub email: Option<String>,
-    /// Phone number in E.164 form.
+    /// Phone number in E.164 form (empty counts as absent).
     #[serde(default)]
+    #[schema(pattern = r"^\s*(\+[1-9][0-9]{6,14})?\s*$")]
     pub phone: Option<String>,
     /// Tenant; else `X-Tenant-ID`; else `default`.
     #[serde(default)]
@@ -34,6 +39,41 @@ pub struct SendLoginCodeRequest {
     /// CAPTCHA challenge id.
     #[serde(default)]
     pub captcha_challenge_id: Option<String>,
+}
+
+/// Says in the schema of [`SendLoginCodeRequest`] what the derive cannot: exactly one of
+/// `email` and `phone` is given and not blank.
+pub(super) fn exactly_one_target(components: &mut utoipa::openapi::Components) {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+    let Some(RefOr::T(Schema::Object(request))) =
+        components.schemas.get_mut("SendLoginCodeRequest")
+    else {
+        return;
+    };
+    let given = |field: &str| {
+        ObjectBuilder::new()
+            .property(
+                field,
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(r"\S")),
+            )
+            .required(field)
+            .build()
+    };
+    let rule = OneOfBuilder::new()
+        .item(given("email"))
+        .item(given("phone"))
+        .description(Some("Exactly one of email and phone, not blank"))
+        .build();
+    let mut all = utoipa::openapi::schema::AllOf::new();
+    all.items.push(RefOr::T(Schema::Object(request.clone())));
+    all.items.push(RefOr::T(Schema::OneOf(rule)));
+    components.schemas.insert(
+        "SendLoginCodeRequest".to_owned(),
+        RefOr::T(Schema::AllOf(all)),
+    );
 }
 
 /// Where the code went (`dto.SendLoginCodeResponse`).
@@ -129,13 +169,15 @@ pub struct CodeLoginFields {
 /// Defines the request body of a code sign-in whose target is the field `$target`; the
 /// fields are flat (not `serde(flatten)`) so that a bad field is named in `errors[]`.
 macro_rules! code_login_request {
-    ($(#[$doc:meta])* $name:ident, $target:ident, $target_doc:literal) => {
+    ($(#[$doc:meta])* $name:ident, $target:ident, $target_doc:literal, $target_pattern:literal) => {
         $(#[$doc])*
         #[derive(Debug, Deserialize, ToSchema)]
         pub struct $name {
             #[doc = $target_doc]
+            #[schema(pattern = $target_pattern)]
             pub $target: String,
             /// The code.
+            #[schema(min_length = 1, pattern = r"\S")]
             pub code: String,
             /// Create the account if there is none (when the tenant allows sign-up by code).
             #[serde(default)]
@@ -179,13 +221,15 @@ code_login_request!(
     /// Sign-in by email code.
     EmailCodeLoginRequest,
     email,
-    "The address the code was sent to."
+    "The address the code was sent to.",
+    r"^\s*[^@\s]{1,64}@[^@\s.]+(\.[^@\s.]+)+\s*$"
 );
 code_login_request!(
     /// Sign-in by SMS code.
     PhoneCodeLoginRequest,
     phone,
-    "The number (E.164) the code was sent to."
+    "The number (E.164) the code was sent to.",
+    r"^\s*\+[1-9][0-9]{6,14}\s*$"
 );
 
 /// `LoginResponse` and whether the sign-in created the account.

@@ -15,9 +15,11 @@ use utoipa::ToSchema;
 pub struct IdTokenSigninRequest {
     /// The id_token (a JWT signed by the provider).
     #[serde(default)]
+    #[schema(required = true, min_length = 1, pattern = r"\S")]
     pub id_token: String,
     /// The configured provider's name.
     #[serde(default)]
+    #[schema(required = true, min_length = 1, pattern = r"\S")]
     pub provider: String,
 }
 

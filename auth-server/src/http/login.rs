@@ -16,12 +16,16 @@ use utoipa::ToSchema;
 /// Password sign-in request (`dto.LoginRequest`).
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct LoginRequest {
-    /// Username, email or phone.
+    /// Username, email or phone (not blank, at most 320 characters).
+    #[schema(min_length = 1, max_length = 320, pattern = r"\S")]
     pub identity: String,
-    /// The password, or its digest or ciphertext depending on `password_transmission`.
+    /// The password, or its digest or ciphertext depending on `password_transmission`
+    /// (`plain`: at most 1024 bytes; the other modes: at most 4096).
+    #[schema(min_length = 1, max_length = 4096)]
     pub password: String,
-    /// `plain` (default), `hash`, `symmetric` or `asymmetric`.
+    /// `plain` (default, also when empty), `hash`, `symmetric` or `asymmetric`.
     #[serde(default)]
+    #[schema(pattern = r"^\s*(plain|hash|symmetric|asymmetric)?\s*$")]
     pub password_transmission: Option<String>,
     /// Tenant; else `X-Tenant-ID`; else `default`.
     #[serde(default)]

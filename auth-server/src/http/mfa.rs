@@ -18,11 +18,15 @@ use utoipa::ToSchema;
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct VerifyChallengeRequest {
     /// `challenge_token` from the sign-in response.
+    #[schema(min_length = 1, pattern = r"\S")]
     pub challenge_token: String,
     /// The code.
+    #[schema(min_length = 1, pattern = r"\S")]
     pub code: String,
-    /// `totp` (default), `backup`, `email` or `sms` (from `required_mfa_methods`).
+    /// `totp` (default, also when empty), `backup` (or `backup_code`), `email` or `sms` (from
+    /// `required_mfa_methods`).
     #[serde(default)]
+    #[schema(pattern = r"^\s*(totp|backup|backup_code|email|sms)?\s*$")]
     pub mfa_method: Option<String>,
     /// CAPTCHA provider; only the tenant's own is accepted.
     #[serde(default)]
@@ -74,8 +78,10 @@ pub async fn verify_challenge(
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct SendChallengeCodeRequest {
     /// `challenge_token` from the sign-in response.
+    #[schema(min_length = 1, pattern = r"\S")]
     pub challenge_token: String,
     /// `email` or `sms` (one of the challenge's `required_mfa_methods`).
+    #[schema(pattern = r"^\s*(email|sms)\s*$")]
     pub mfa_method: String,
 }
 
@@ -148,6 +154,7 @@ pub async fn totp_setup(
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct TotpVerifyRequest {
     /// Six digits.
+    #[schema(min_length = 1, pattern = r"\S")]
     pub code: String,
 }
 

@@ -12,6 +12,7 @@ pub mod federation;
 pub mod health;
 pub mod login;
 pub mod mfa;
+pub mod openapi;
 pub mod public;
 pub mod tickets;
 pub mod tokens;
@@ -142,9 +143,11 @@ fn api(base_path: &str) -> OpenApiRouter<AppState> {
     }
 }
 
-/// The OpenAPI document for routes under `base_path`.
+/// The OpenAPI document for routes under `base_path`, with the responses operations share.
 pub fn openapi(base_path: &str) -> utoipa::openapi::OpenApi {
-    api(base_path).into_openapi()
+    let mut doc = api(base_path).into_openapi();
+    utoipa::Modify::modify(&openapi::SharedResponses { base_path }, &mut doc);
+    doc
 }
 
 /// The complete application.

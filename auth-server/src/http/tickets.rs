@@ -15,6 +15,7 @@ use utoipa::ToSchema;
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct GenerateTicketRequest {
     /// The user who will be signed in.
+    #[schema(min_length = 1, pattern = r"\S")]
     pub user_id: String,
     /// The user's tenant: a user caller's own (the default); for a ServiceAccount, one of its
     /// granted tenants (the default when it has only one).
@@ -22,6 +23,7 @@ pub struct GenerateTicketRequest {
     pub tenant_id: Option<String>,
     /// Why (up to 200 characters; in the token's `act.reason` and the audit trail).
     #[serde(default)]
+    #[schema(max_length = 200)]
     pub reason: Option<String>,
 }
 
@@ -76,6 +78,7 @@ pub async fn generate_ticket(
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct TicketSigninRequest {
     /// The one-time ticket.
+    #[schema(min_length = 1, pattern = r"\S")]
     pub ticket: String,
 }
 

@@ -14,6 +14,7 @@ use utoipa::ToSchema;
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RefreshRequest {
     /// The current refresh token.
+    #[schema(min_length = 1, max_length = 512)]
     pub refresh_token: String,
 }
 
@@ -67,10 +68,11 @@ pub async fn logout(
     Bearer(claims): Bearer,
     body: axum::body::Bytes,
 ) -> Result<Json<SimpleResponse>, ApiError> {
+    // No body, an empty one and `null` all mean no other session.
     let req: LogoutRequest = if body.iter().all(u8::is_ascii_whitespace) {
         LogoutRequest::default()
     } else {
-        super::extract::parse_json(&body)?
+        super::extract::parse_json::<Option<LogoutRequest>>(&body)?.unwrap_or_default()
     };
     state
         .auth
