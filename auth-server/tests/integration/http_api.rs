@@ -366,7 +366,11 @@ async fn logout_revokes_the_session_and_the_access_token() {
     // And with `null`, which the document allows (schema fuzzing found it refused).
     let d = app.login("alice", PW).await.body;
     let r = app
-        .post("/api/v1/auth/logout", json!(null), d["access_token"].as_str())
+        .post(
+            "/api/v1/auth/logout",
+            json!(null),
+            d["access_token"].as_str(),
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
 }
