@@ -123,11 +123,12 @@ pub fn verify(
     let claims = jsonwebtoken::decode::<AccessClaims>(token, key, &v)
         .map_err(|e| TokenError::Invalid(e.to_string()))?
         .claims;
+    // Saturating: a validly signed `exp` or `nbf` at the ends of the range must not overflow.
     let leeway = LEEWAY_SECONDS as i64;
-    if claims.exp + leeway <= now {
+    if claims.exp.saturating_add(leeway) <= now {
         return Err(invalid("expired"));
     }
-    if claims.nbf - leeway > now {
+    if claims.nbf.saturating_sub(leeway) > now {
         return Err(invalid("not yet valid"));
     }
     Ok(claims)
@@ -199,6 +200,29 @@ mod tests {
         );
         parts[1] = &forged;
         assert!(verify(&r, &parts.join("."), "https://id.example", "keygate", now).is_err());
+    }
+
+    #[test]
+    fn times_at_the_ends_of_the_range_do_not_overflow() {
+        // Found by fuzzing (fuzz/corpus/access_token/regression-exp-max): `exp + leeway`
+        // overflowed, a panic where overflow is checked.
+        let r = ring("k1");
+        let now = 1_800_000_000;
+        let far = AccessClaims {
+            exp: i64::MAX,
+            ..claims(now)
+        };
+        let t = sign(&r, &far).unwrap();
+        assert_eq!(
+            verify(&r, &t, "https://id.example", "keygate", now).unwrap(),
+            far
+        );
+        let early = AccessClaims {
+            nbf: i64::MIN,
+            ..claims(now)
+        };
+        let t = sign(&r, &early).unwrap();
+        assert!(verify(&r, &t, "https://id.example", "keygate", now).is_err());
     }
 
     #[test]
