@@ -1,7 +1,8 @@
 # Shared by scripts/test and scripts/bench: installs (when missing) and starts real Postgres and
 # Redis servers on free loopback ports under a scratch directory, and stops them by PID.
 # Source it, then call start_services DIR; it exports KEYGATE_TEST_DATABASE_URL and
-# KEYGATE_TEST_REDIS_URL and registers stop_services on EXIT.
+# KEYGATE_TEST_REDIS_URL and registers stop_services on EXIT. With PG_DURABLE=1 Postgres keeps
+# its durable defaults (the benchmark's setting).
 
 apt_updated=0
 apt_install() {
@@ -48,6 +49,13 @@ start_services() {
   pg_port=$(free_port)
   PG_DATA="$SERVICES_DIR/pg"
   mkdir -p "$PG_DATA"
+  # Tests trade durability for speed; the benchmark (PG_DURABLE=1) keeps the defaults a
+  # production database has (fsync, synchronous commit, full-page writes) and records every
+  # statement's cost in pg_stat_statements.
+  local pg_settings="-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+  if [ "${PG_DURABLE:-0}" = 1 ]; then
+    pg_settings="-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all"
+  fi
   local run=()
   if [ "$(id -u)" = 0 ]; then
     chown -R postgres:postgres "$SERVICES_DIR"
@@ -56,7 +64,7 @@ start_services() {
   fi
   "${run[@]}" "$bindir/initdb" -D "$PG_DATA" -U postgres --auth=trust -E UTF8 >/dev/null
   "${run[@]}" "$bindir/pg_ctl" -D "$PG_DATA" -l "$SERVICES_DIR/pg.log" -w -t 60 \
-    -o "-p $pg_port -k $PG_DATA -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
+    -o "-p $pg_port -k $PG_DATA -c listen_addresses=127.0.0.1 -c max_connections=300 $pg_settings" \
     start >/dev/null
   PG_CTL="${run[*]} $bindir/pg_ctl"
   export KEYGATE_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"

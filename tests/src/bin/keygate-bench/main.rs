@@ -1,0 +1,1032 @@
+//! `keygate-bench`: measures Keygate against the limits it cannot beat, in one run on one
+//! machine. Password login against raw argon2id with the server's parameters; each
+//! store-bound operation (refresh, ticket sign-in, `/auth/me`) against `pgbench` running
+//! exactly the statements the operation issued (checked against `pg_stat_statements`) plus a
+//! bare client sending its Redis commands (checked against `INFO commandstats`); latency at
+//! half the maximum rate; resident memory idle and under load; time to ready; one against
+//! three replicas; and a thousand against a million users (with the tables scanned). Run it
+//! through `scripts/bench`, which starts a durable Postgres and a Redis.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod drive;
+mod pg;
+mod raw;
+
+use anyhow::{Context, Result, ensure};
+use clap::Parser;
+use drive::Measured;
+use keygate_tests::{ServerOptions, ServerProcess, add_user};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+
+/// Keygate benchmark.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Seconds of measurement per scenario (after one second of warm-up).
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Concurrent clients (HTTP clients for Keygate, connections for the baselines).
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Postgres server URL (a superuser; databases are created). Durable settings expected.
+    #[arg(long, env = "KEYGATE_TEST_DATABASE_URL")]
+    postgres_url: String,
+    /// Redis server URL.
+    #[arg(long, env = "KEYGATE_TEST_REDIS_URL")]
+    redis_url: String,
+    /// The `pgbench` program.
+    #[arg(long, default_value = "pgbench")]
+    pgbench: PathBuf,
+    /// argon2id memory cost in KiB (the server default).
+    #[arg(long, default_value_t = 19456)]
+    memory_kib: u32,
+    /// argon2id iterations.
+    #[arg(long, default_value_t = 2)]
+    iterations: u32,
+    /// User counts for the scaling scenario (users added to the database before it runs).
+    #[arg(long, value_delimiter = ',', default_value = "1000,1000000")]
+    users: Vec<u64>,
+    /// Only these parts: login, refresh, ticket, me, jwks, ready, replicas, users.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Replica counts compared (refresh on shared Postgres and Redis).
+    #[arg(long, value_delimiter = ',', default_value = "1,3")]
+    replicas: Vec<usize>,
+}
+
+const PW: &str = "benchmark password 1";
+/// The clients' `User-Agent` (recorded in audit events).
+const AGENT: &str = "keygate-bench";
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .user_agent(AGENT)
+        .build()
+        .expect("HTTP client")
+}
+/// Fixed times of the baselines' rows (their values cost nothing in particular).
+const NOW: i64 = 1_800_000_000;
+
+async fn post(client: &reqwest::Client, url: &str, body: &Value) -> Result<Value> {
+    let res = client.post(url).json(body).send().await?;
+    let status = res.status();
+    let body: Value = res.json().await?;
+    ensure!(status == 200, "{url} answered {status}: {body}");
+    Ok(body)
+}
+
+fn text(v: &Value, path: &[&str]) -> Result<String> {
+    let mut v = v;
+    for p in path {
+        v = &v[*p];
+    }
+    v.as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("no {} in {v}", path.join(".")))
+}
+
+/// A server for one scenario, with its users (`bench0..`, `bench-admin`).
+struct Server {
+    process: ServerProcess,
+    env: Vec<(String, String)>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(args: &Args, database_url: Option<&str>, redis: bool, users: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut env = vec![
+            ("KEYGATE_CONFIG".to_owned(), config_file(dir.path(), args)),
+            ("KEYGATE_LOG".to_owned(), "warn".to_owned()),
+        ];
+        if let Some(url) = database_url {
+            env.push(("KEYGATE_DATABASE_URL".to_owned(), url.to_owned()));
+        }
+        if redis {
+            env.push(("KEYGATE_REDIS_URL".to_owned(), args.redis_url.clone()));
+        }
+        for i in 0..users {
+            add_user(dir.path(), &env, &["--username", &format!("bench{i}")], PW);
+        }
+        add_user(
+            dir.path(),
+            &env,
+            &["--username", "bench-admin", "--role", "admin"],
+            PW,
+        );
+        let process = ServerProcess::start(ServerOptions {
+            data_dir: Some(dir.path().to_path_buf()),
+            env: env.clone(),
+            ..Default::default()
+        });
+        Self {
+            process,
+            env,
+            _dir: dir,
+        }
+    }
+
+    /// Another process with the same data and settings (a replica).
+    fn replica(&self) -> ServerProcess {
+        ServerProcess::start(ServerOptions {
+            data_dir: Some(self._dir.path().to_path_buf()),
+            env: self.env.clone(),
+            ..Default::default()
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.process.base_url)
+    }
+
+    async fn login(&self, client: &reqwest::Client, who: &str) -> Result<Value> {
+        post(
+            client,
+            &self.url("/api/v1/auth/login"),
+            &json!({"identity": who, "password": PW}),
+        )
+        .await
+    }
+}
+
+fn config_file(dir: &std::path::Path, args: &Args) -> String {
+    let path = dir.join("bench-config.json");
+    // The limiter is not what is measured here: no rules.
+    let config = json!({
+        "password_hashing": {"memory_kib": args.memory_kib, "iterations": args.iterations, "parallelism": 1},
+        "rate_limits": {"rules": []}
+    });
+    std::fs::write(&path, config.to_string()).unwrap();
+    path.display().to_string()
+}
+
+/// CPU seconds (user + system) a process has used so far, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i)?.parse::<f64>().ok())
+        .sum();
+    ticks / 100.0
+}
+
+/// A `/proc/PID/status` field in MiB (`VmRSS`, `VmHWM`).
+fn memory_mib(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.trim().strip_suffix("kB"))
+        .and_then(|kb| kb.trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Refresh tokens (or tickets) shared by the clients: taking waits until one is there, so an
+/// operation that is due while all are in flight waits (and its latency shows it).
+struct Pool {
+    items: Mutex<Vec<String>>,
+    available: tokio::sync::Semaphore,
+}
+
+impl Pool {
+    fn new() -> Self {
+        Self {
+            items: Mutex::new(Vec::new()),
+            available: tokio::sync::Semaphore::new(0),
+        }
+    }
+
+    async fn take(&self) -> Result<String> {
+        self.available.acquire().await?.forget();
+        self.items.lock().await.pop().context("pool empty")
+    }
+
+    async fn put(&self, item: String) {
+        self.items.lock().await.push(item);
+        self.available.add_permits(1);
+    }
+}
+
+/// One line of the results table.
+struct Row {
+    name: String,
+    keygate: Measured,
+    limit: Option<(String, f64)>,
+    half: Option<Measured>,
+}
+
+struct Login {
+    row: Row,
+    server_cpu_ms: f64,
+    client_cpu_ms: f64,
+    raw_cpu_ms: f64,
+    rss_idle: f64,
+    rss_peak: f64,
+}
+
+async fn login(args: &Args, raw: &Measured) -> Result<Login> {
+    let server = Server::start(args, None, false, args.concurrency);
+    let pid = server.process.pid();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_idle = memory_mib(pid, "VmRSS:");
+    let client = client();
+    let url = server.url("/api/v1/auth/login");
+    let (server_cpu, own_cpu) = (cpu_seconds(pid), cpu_seconds(std::process::id()));
+    let op = move |w: usize| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            post(
+                &client,
+                &url,
+                &json!({"identity": format!("bench{}", w % 8), "password": PW}),
+            )
+            .await?;
+            Ok(())
+        }
+    };
+    let m = drive::closed(args.concurrency, args.seconds, op.clone()).await?;
+    let server_cpu = cpu_seconds(pid) - server_cpu;
+    let own_cpu = cpu_seconds(std::process::id()) - own_cpu;
+    let rss_peak = memory_mib(pid, "VmHWM:");
+    let half = drive::open(m.rate() / 2.0, args.seconds, move |n| op(n as usize)).await?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    Ok(Login {
+        server_cpu_ms: server_cpu * 1000.0 / m.total as f64,
+        client_cpu_ms: own_cpu * 1000.0 / m.total as f64,
+        raw_cpu_ms: cpus * 1000.0 / raw.rate(),
+        rss_idle,
+        rss_peak,
+        row: Row {
+            name: "POST /auth/login (SQLite)".into(),
+            limit: Some(("raw argon2id verify".into(), raw.rate())),
+            keygate: m,
+            half: Some(half),
+        },
+    })
+}
+
+/// The database work of one operation, measured by `pgbench` on a database of its own with
+/// Keygate's schema, after checking (on Keygate's own run) which statements that is.
+struct Baseline {
+    script: &'static str,
+    /// Rows the script's clients need, as SQL over `:clients` (replaced).
+    seed: String,
+    defines: Vec<(&'static str, String)>,
+}
+
+/// Rows for `clients` users `0..clients` (ids as text), each with a session `0..` holding
+/// refresh token `0..`.
+fn seed_users_sessions(clients: usize, hash: &str) -> String {
+    let last = clients - 1;
+    format!(
+        "INSERT INTO users (id, tenant_id, username, password_hash, status, roles, \
+         must_change_password, created_at, updated_at) \
+         SELECT i::text, 'default', 'bench' || i, '{hash}', 'active', '', 0, {NOW}, {NOW} \
+         FROM generate_series(0, {last}) i; \
+         INSERT INTO sessions (id, tenant_id, user_id, amr, created_at, expires_at) \
+         SELECT i::text, 'default', i::text, 'pwd', {NOW}, {NOW} + 2592000 \
+         FROM generate_series(0, {last}) i; \
+         INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at, access_expires_at) \
+         SELECT i::text, i::text, {NOW}, {NOW} + 2592000, {NOW} FROM generate_series(0, {last}) i;"
+    )
+}
+
+/// The scaling scenario's population, added directly in SQL: `n` users, each with a
+/// session, a refresh token and an audit event, so that every table an operation reads is
+/// large.
+fn seed_population(n: u64) -> String {
+    format!(
+        "INSERT INTO users (id, tenant_id, username, email, password_hash, status, roles, \
+         must_change_password, created_at, updated_at) \
+         SELECT 'usr_pop_' || i, 'default', 'pop' || i, 'pop' || i || '@example.com', \
+         'x', 'active', '', 0, {NOW}, {NOW} FROM generate_series(1, {n}) i; \
+         INSERT INTO sessions (id, tenant_id, user_id, amr, created_at, expires_at) \
+         SELECT 'ses_pop_' || i, 'default', 'usr_pop_' || i, 'pwd', {NOW}, {NOW} + 2592000 \
+         FROM generate_series(1, {n}) i; \
+         INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at, access_expires_at) \
+         SELECT md5(i::text) || md5('r' || i), 'ses_pop_' || i, {NOW}, {NOW} + 2592000, {NOW} \
+         FROM generate_series(1, {n}) i; \
+         INSERT INTO audit_events (id, occurred_at, tenant_id, type, outcome, method, user_id) \
+         SELECT 'evt_pop_' || i, {NOW}, 'default', 'sign_in', 'success', 'password', 'usr_pop_' || i \
+         FROM generate_series(1, {n}) i; ANALYZE;"
+    )
+}
+
+struct Ctx<'a> {
+    args: &'a Args,
+    bench_dir: PathBuf,
+    migrations: PathBuf,
+    /// A password hash as the server stores them (the baseline's users carry one).
+    hash: String,
+}
+
+impl Ctx<'_> {
+    /// Measures `baseline` and checks that it issued the statements `ours` lists per op.
+    async fn pgbench(
+        &self,
+        baseline: &Baseline,
+        ours: &pg::Statements,
+        ops: u64,
+    ) -> Result<raw::PgbenchRun> {
+        let url = keygate_tests::fresh_postgres_database_on(&self.args.postgres_url).await;
+        pg::migrate(&url, &self.migrations).await?;
+        pg::run(&url, &baseline.seed).await?;
+        pg::run(&url, "ANALYZE").await?;
+        pg::reset(&self.args.postgres_url).await?;
+        let db = pg::database_name(&url);
+        let script = self.bench_dir.join(baseline.script);
+        let control = pg::script_control(&std::fs::read_to_string(&script)?);
+        let run = raw::pgbench(
+            &self.args.pgbench,
+            &url,
+            &script,
+            self.args.concurrency,
+            self.args.seconds,
+            &baseline.defines,
+        )?;
+        let theirs = pg::statements(&self.args.postgres_url, db).await?;
+        ours.same_work(ops, &theirs, run.transactions, &control)
+            .with_context(|| format!("checking {}", baseline.script))?;
+        Ok(run)
+    }
+}
+
+/// A server on Postgres and Redis with its users, and the population added around them.
+struct Shared {
+    server: Server,
+    db: String,
+    population: u64,
+}
+
+impl Shared {
+    async fn start(args: &Args, population: u64) -> Result<Self> {
+        let db = keygate_tests::fresh_postgres_database_on(&args.postgres_url).await;
+        let server = Server::start(args, Some(&db), true, args.concurrency);
+        if population > 0 {
+            let started = Instant::now();
+            pg::run(&db, &seed_population(population)).await?;
+            println!(
+                "{population} users with a session, a refresh token and an audit event each added in {:.0} s",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Ok(Self {
+            server,
+            db,
+            population,
+        })
+    }
+
+    fn label(&self, name: &str) -> String {
+        if self.population == 0 {
+            name.to_owned()
+        } else {
+            format!("{name} ({} users)", self.population)
+        }
+    }
+}
+
+/// What a store-bound scenario measured.
+struct StoreRun {
+    row: Row,
+    statements: String,
+    redis: String,
+    /// Tables the statements' generic plans read by sequential scan.
+    scans: Vec<String>,
+}
+
+/// Runs Keygate's side of a store-bound operation (closed loop, statements and commands
+/// recorded, then the open loop at half the rate), then, on the population of the bench
+/// users alone, its baselines.
+async fn store_bound<F, Fut>(
+    ctx: &Ctx<'_>,
+    shared: &Shared,
+    name: &str,
+    baseline: &Baseline,
+    redis_op: Option<RedisOp>,
+    op: F,
+) -> Result<StoreRun>
+where
+    F: Fn(u64) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send + 'static,
+{
+    let args = ctx.args;
+    let name = shared.label(name);
+    let db_name = pg::database_name(&shared.db);
+    pg::reset(&args.postgres_url).await?;
+    raw::reset_command_stats(&args.redis_url).await?;
+    let closed_op = {
+        let op = op.clone();
+        move |w: usize| op(w as u64)
+    };
+    let m = drive::closed(args.concurrency, args.seconds, closed_op).await?;
+    let ours = pg::statements(&args.postgres_url, db_name).await?;
+    let commands = raw::commands_per_op(&raw::command_stats(&args.redis_url).await?, m.total);
+    let scans = pg::sequential_scans(&shared.db, &ours.per_op_raw(m.total, 0.5)).await?;
+    let half = drive::open(m.rate() / 2.0, args.seconds, op).await?;
+    let mut run = StoreRun {
+        statements: format!("{name}\n{}", ours.describe(m.total)),
+        redis: "none".into(),
+        scans,
+        row: Row {
+            name,
+            limit: None,
+            keygate: m,
+            half: Some(half),
+        },
+    };
+    if shared.population > 0 {
+        return Ok(run);
+    }
+    let pgb = ctx.pgbench(baseline, &ours, run.row.keygate.total).await?;
+    let mut limit_ms = 1000.0 / pgb.tps;
+    let mut what = format!("pgbench {}", baseline.script);
+    run.statements
+        .push_str(&format!("\n  pgbench alone: {:.0} tx/s", pgb.tps));
+    if let Some(redis_op) = redis_op {
+        let r = redis_op.measure(args, &commands).await?;
+        limit_ms += 1000.0 / r.rate();
+        what.push_str(" + Redis");
+        run.redis = format!(
+            "{} ({:.0}/s alone)",
+            commands
+                .iter()
+                .map(|(c, n)| format!("{n:.2} {}", c.to_uppercase()))
+                .collect::<Vec<_>>()
+                .join(", "),
+            r.rate()
+        );
+    } else {
+        ensure!(
+            commands.is_empty(),
+            "{} sent Redis commands the baseline lacks: {commands:?}",
+            run.row.name
+        );
+    }
+    run.row.limit = Some((what, 1000.0 / limit_ms));
+    Ok(run)
+}
+
+/// The Redis side of an operation's baseline.
+#[derive(Clone, Copy)]
+enum RedisOp {
+    /// `GETDEL` of a stored ticket (values as the server stores them).
+    TakeTicket,
+    /// `EXISTS` of the two deny-list keys of a bearer check.
+    DenyCheck,
+}
+
+impl RedisOp {
+    async fn measure(
+        self,
+        args: &Args,
+        ours: &std::collections::BTreeMap<String, f64>,
+    ) -> Result<Measured> {
+        let url = args.redis_url.clone();
+        let value = format!(
+            "{{\"user_id\":\"usr_{}\",\"tenant_id\":\"default\",\"issued_by\":\"usr_{}\",\"expires_at\":{NOW},\"reason\":null,\"issuer_act\":null}}",
+            "0".repeat(26),
+            "1".repeat(26)
+        );
+        if let Self::TakeTicket = self {
+            // Enough tickets for the window: stored beforehand, pipelined.
+            let mut c = raw::Resp::connect(&url).await?;
+            for w in 0..args.concurrency {
+                for step in 0..60_000u64 {
+                    let key = ticket_key(w, step);
+                    c.command(&[b"SET", key.as_bytes(), value.as_bytes(), b"EX", b"600"])
+                        .await?;
+                }
+            }
+        }
+        raw::reset_command_stats(&url).await?;
+        let m = raw::redis_closed(
+            &url,
+            args.concurrency,
+            args.seconds,
+            move |conn, w, step| async move {
+                let mut conn = conn.lock().await;
+                match self {
+                    Self::TakeTicket => {
+                        let key = ticket_key(w, step);
+                        let got = conn.command(&[b"GETDEL", key.as_bytes()]).await?;
+                        ensure!(got != raw::Reply::Nil, "ticket {key} missing");
+                    }
+                    Self::DenyCheck => {
+                        conn.command(&[
+                            b"EXISTS",
+                            b"kg:deny:jti:0123456789abcdefghijkl",
+                            b"kg:deny:sid:ses_01m8tmd9363evp9zbxe6gp928p",
+                        ])
+                        .await?;
+                    }
+                }
+                Ok(())
+            },
+        )
+        .await?;
+        let theirs = raw::commands_per_op(&raw::command_stats(&url).await?, m.total);
+        raw::same_commands(ours, &theirs)?;
+        Ok(m)
+    }
+}
+
+fn ticket_key(w: usize, step: u64) -> String {
+    format!("kg:ticket:{w:02}{step:062}")
+}
+
+/// Refresh on Postgres + Redis: each operation takes a refresh token from the pool and puts
+/// its successor back.
+async fn refresh(ctx: &Ctx<'_>, shared: &Shared) -> Result<StoreRun> {
+    let args = ctx.args;
+    let server = &shared.server;
+    let client = client();
+    let pool = Arc::new(Pool::new());
+    for i in 0..64 {
+        let login = server
+            .login(&client, &format!("bench{}", i % args.concurrency))
+            .await?;
+        pool.put(text(&login, &["refresh_token"])?).await;
+    }
+    let url = server.url("/api/v1/auth/refresh");
+    let op = move |_| {
+        let (client, url, pool) = (client.clone(), url.clone(), pool.clone());
+        async move {
+            let token = pool.take().await?;
+            let body = post(&client, &url, &json!({"refresh_token": token})).await?;
+            pool.put(text(&body, &["refresh_token"])?).await;
+            Ok(())
+        }
+    };
+    let baseline = Baseline {
+        script: "refresh.pgbench",
+        seed: seed_users_sessions(args.concurrency, &ctx.hash),
+        defines: vec![
+            ("now", NOW.to_string()),
+            ("expires", (NOW + 2_592_000).to_string()),
+        ],
+    };
+    store_bound(
+        ctx,
+        shared,
+        "POST /auth/refresh (Postgres + Redis)",
+        &baseline,
+        None,
+        op,
+    )
+    .await
+}
+
+/// Ticket sign-in alone: an administrator issues the tickets beforehand (for other users, as
+/// SSO and impersonation do), each operation redeems one.
+async fn ticket(ctx: &Ctx<'_>, shared: &Shared) -> Result<StoreRun> {
+    let args = ctx.args;
+    let server = &shared.server;
+    let client = client();
+    let admin = text(
+        &server.login(&client, "bench-admin").await?,
+        &["access_token"],
+    )?;
+    let mut users = Vec::new();
+    for i in 0..args.concurrency {
+        let login = server.login(&client, &format!("bench{i}")).await?;
+        let me: Value = client
+            .get(server.url("/api/v1/auth/me"))
+            .bearer_auth(text(&login, &["access_token"])?)
+            .send()
+            .await?
+            .json()
+            .await?;
+        users.push(text(&me, &["data", "id"])?);
+    }
+    // Enough for the closed window at 3000/s and the open one at half of it.
+    let needed = (3000.0 * (args.seconds as f64 + 1.0) * 1.6) as usize;
+    let issued = Arc::new(Mutex::new(Vec::with_capacity(needed)));
+    let issue_url = server.url("/api/v1/auth/generate-ticket");
+    drive_n(needed, args.concurrency, {
+        let (client, admin, users, issued) =
+            (client.clone(), admin.clone(), users.clone(), issued.clone());
+        move |n| {
+            let (client, admin, url, issued) = (
+                client.clone(),
+                admin.clone(),
+                issue_url.clone(),
+                issued.clone(),
+            );
+            let user = users[n % users.len()].clone();
+            async move {
+                let res = client
+                    .post(&url)
+                    .bearer_auth(&admin)
+                    .json(&json!({"user_id": user}))
+                    .send()
+                    .await?;
+                ensure!(
+                    res.status() == 200,
+                    "generate-ticket answered {}",
+                    res.status()
+                );
+                let body: Value = res.json().await?;
+                issued.lock().await.push(text(&body, &["data", "ticket"])?);
+                Ok(())
+            }
+        }
+    })
+    .await?;
+    let url = server.url("/api/v1/auth/ticket/signin");
+    let op = move |_| {
+        let (client, url, issued) = (client.clone(), url.clone(), issued.clone());
+        async move {
+            let ticket = issued
+                .lock()
+                .await
+                .pop()
+                .context("out of tickets: issue more")?;
+            post(&client, &url, &json!({"ticket": ticket})).await?;
+            Ok(())
+        }
+    };
+    let actor = json!({"sub": format!("usr_{}", "1".repeat(26))}).to_string();
+    let baseline = Baseline {
+        script: "ticket.pgbench",
+        seed: seed_users_sessions(args.concurrency, &ctx.hash),
+        defines: vec![
+            ("now", NOW.to_string()),
+            ("expires", (NOW + 2_592_000).to_string()),
+            ("tenant", "default".into()),
+            ("amr", "ticket".into()),
+            ("actor", actor.clone()),
+            ("admin", format!("usr_{}", "1".repeat(26))),
+            ("sign_in", "sign_in".into()),
+            ("impersonation", "impersonation".into()),
+            ("success", "success".into()),
+            ("ip", "127.0.0.1".into()),
+            ("agent", AGENT.into()),
+            // Keygate binds NULL here; pgbench cannot bind NULL, so the baseline binds "-".
+            ("reason", "-".into()),
+            (
+                "details",
+                json!({"act": json!({"sub": format!("usr_{}", "1".repeat(26))}), "session_id": format!("ses_{}", "2".repeat(26))}).to_string(),
+            ),
+        ],
+    };
+    store_bound(
+        ctx,
+        shared,
+        "POST /auth/ticket/signin (Postgres + Redis)",
+        &baseline,
+        Some(RedisOp::TakeTicket),
+        op,
+    )
+    .await
+}
+
+/// `/auth/me` with a bearer token: the token's check (signature, deny list, session) and the
+/// user.
+async fn me(ctx: &Ctx<'_>, shared: &Shared) -> Result<StoreRun> {
+    let args = ctx.args;
+    let server = &shared.server;
+    let client = client();
+    let mut tokens = Vec::new();
+    for i in 0..args.concurrency {
+        tokens.push(text(
+            &server.login(&client, &format!("bench{i}")).await?,
+            &["access_token"],
+        )?);
+    }
+    let tokens = Arc::new(tokens);
+    let url = server.url("/api/v1/auth/me");
+    let op = move |n: u64| {
+        let (client, url, tokens) = (client.clone(), url.clone(), tokens.clone());
+        async move {
+            let res = client
+                .get(&url)
+                .bearer_auth(&tokens[n as usize % tokens.len()])
+                .send()
+                .await?;
+            ensure!(res.status() == 200, "/auth/me answered {}", res.status());
+            res.bytes().await?;
+            Ok(())
+        }
+    };
+    let baseline = Baseline {
+        script: "me.pgbench",
+        seed: seed_users_sessions(args.concurrency, &ctx.hash),
+        defines: vec![],
+    };
+    store_bound(
+        ctx,
+        shared,
+        "GET /auth/me (Postgres + Redis)",
+        &baseline,
+        Some(RedisOp::DenyCheck),
+        op,
+    )
+    .await
+}
+
+/// Runs `op(0..n)` from `concurrency` workers until all are done.
+async fn drive_n<F, Fut>(n: usize, concurrency: usize, op: F) -> Result<()>
+where
+    F: Fn(usize) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send,
+{
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (op, next) = (op.clone(), next.clone());
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    return anyhow::Ok(());
+                }
+                op(i).await?;
+            }
+        }));
+    }
+    for w in workers {
+        w.await??;
+    }
+    Ok(())
+}
+
+/// `GET /.well-known/jwks.json`: no store, the published keys.
+async fn jwks(args: &Args) -> Result<Row> {
+    let server = Server::start(args, None, false, 0);
+    let client = client();
+    let url = server.url("/.well-known/jwks.json");
+    let op = move |_: u64| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let res = client.get(&url).send().await?;
+            ensure!(res.status() == 200, "JWKS answered {}", res.status());
+            res.bytes().await?;
+            Ok(())
+        }
+    };
+    let closed_op = {
+        let op = op.clone();
+        move |w: usize| op(w as u64)
+    };
+    let m = drive::closed(args.concurrency, args.seconds, closed_op).await?;
+    let half = drive::open(m.rate() / 2.0, args.seconds, op).await?;
+    Ok(Row {
+        name: "GET /.well-known/jwks.json".into(),
+        keygate: m,
+        limit: None,
+        half: Some(half),
+    })
+}
+
+/// Time from spawning the server on a fresh embedded default (no arguments but a listen
+/// address, new data directory) to its first `200` from `/readyz`, the median of `runs`.
+fn ready_time(runs: usize) -> Result<(f64, f64)> {
+    let bin = keygate_tests::workspace_bin("auth-server");
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        let dir = tempfile::tempdir()?;
+        let port = keygate_tests::free_port();
+        let started = Instant::now();
+        let mut child = std::process::Command::new(&bin)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .env("KEYGATE_DATA_DIR", dir.path())
+            .env("KEYGATE_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let ready = loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                use std::io::{Read, Write};
+                s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+                let mut buf = [0u8; 12];
+                if s.read(&mut buf)
+                    .is_ok_and(|n| buf[..n].starts_with(b"HTTP/1.1 200"))
+                {
+                    break started.elapsed();
+                }
+            }
+            ensure!(
+                started.elapsed() < Duration::from_secs(30),
+                "not ready in 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        child.kill().ok();
+        child.wait().ok();
+        times.push(ready.as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((times[times.len() / 2], times[times.len() - 1]))
+}
+
+/// Refresh throughput and latency with `n` replicas on the same Postgres and Redis, clients
+/// spread over them.
+async fn replicas(args: &Args, n: usize) -> Result<Measured> {
+    let db = keygate_tests::fresh_postgres_database_on(&args.postgres_url).await;
+    let first = Server::start(args, Some(&db), true, args.concurrency);
+    let mut urls = vec![first.url("/api/v1/auth/refresh")];
+    let mut others = Vec::new();
+    for _ in 1..n {
+        let p = first.replica();
+        urls.push(format!("{}/api/v1/auth/refresh", p.base_url));
+        others.push(p);
+    }
+    let client = client();
+    let pool = Arc::new(Pool::new());
+    for i in 0..64 {
+        let login = first
+            .login(&client, &format!("bench{}", i % args.concurrency))
+            .await?;
+        pool.put(text(&login, &["refresh_token"])?).await;
+    }
+    let urls = Arc::new(urls);
+    drive::closed(args.concurrency, args.seconds, move |w| {
+        let (client, urls, pool) = (client.clone(), urls.clone(), pool.clone());
+        async move {
+            let token = pool.take().await?;
+            let body = post(
+                &client,
+                &urls[w % urls.len()],
+                &json!({"refresh_token": token}),
+            )
+            .await?;
+            pool.put(text(&body, &["refresh_token"])?).await;
+            Ok(())
+        }
+    })
+    .await
+}
+
+fn print_rows(rows: &[&Row]) {
+    println!(
+        "| operation | ops/s | p50 ms | p99 ms | limit (same run) | limit ops/s | Keygate / limit | p50 / p99 ms at half the rate |"
+    );
+    println!("|---|---:|---:|---:|---|---:|---:|---:|");
+    for r in rows {
+        let (what, limit, ratio) = match &r.limit {
+            Some((what, l)) => (
+                what.clone(),
+                format!("{l:.1}"),
+                format!("{:.3}", r.keygate.rate() / l),
+            ),
+            None => ("none".into(), String::new(), String::new()),
+        };
+        let half = r.half.as_ref().map_or(String::new(), |h| {
+            format!("{:.1} / {:.1}", h.p50_ms, h.p99_ms)
+        });
+        println!(
+            "| {} | {:.1} | {:.1} | {:.1} | {what} | {limit} | {ratio} | {half} |",
+            r.name,
+            r.keygate.rate(),
+            r.keygate.p50_ms,
+            r.keygate.p99_ms,
+        );
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "keygate-bench: {cpus} CPUs, argon2id m={} KiB t={} p=1, {} clients, {} s per scenario",
+        args.memory_kib, args.iterations, args.concurrency, args.seconds
+    );
+    let mut conn = pg::connect(&args.postgres_url).await?;
+    pg::run(
+        &args.postgres_url,
+        "CREATE EXTENSION IF NOT EXISTS pg_stat_statements",
+    )
+    .await?;
+    let settings: Vec<(String, String)> = sqlx::query_as::<_, (String, String)>(
+        "SELECT name, setting FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', 'full_page_writes', 'server_version') ORDER BY name",
+    )
+    .fetch_all(&mut conn)
+    .await?;
+    println!(
+        "Postgres: {}\n",
+        settings
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let root = keygate_tests::repo_root();
+    let ctx = Ctx {
+        args: &args,
+        bench_dir: root.join("tests/bench"),
+        migrations: root.join("auth-server/migrations/postgres"),
+        hash: {
+            use argon2::password_hash::{PasswordHasher, SaltString};
+            let params = argon2::Params::new(args.memory_kib, args.iterations, 1, None).unwrap();
+            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+                .hash_password(
+                    b"baseline",
+                    &SaltString::encode_b64(b"baseline-salt").unwrap(),
+                )
+                .unwrap()
+                .to_string()
+        },
+    };
+
+    let want = |part: &str| args.only.is_empty() || args.only.iter().any(|o| o == part);
+    let raw = raw::argon2(args.memory_kib, args.iterations, args.seconds);
+    println!(
+        "raw argon2id verify ({cpus} threads): {:.1} ops/s\n",
+        raw.rate()
+    );
+    let mut rows = Vec::new();
+    let mut login_facts = None;
+    if want("login") {
+        let signin = login(&args, &raw).await?;
+        login_facts = Some(format!(
+            "CPU per login: server {:.2} ms, load generator {:.2} ms; raw argon2id verify {:.2} ms\n\
+             Resident memory (login server, SQLite): {:.1} MiB idle, {:.1} MiB peak under login load",
+            signin.server_cpu_ms,
+            signin.client_cpu_ms,
+            signin.raw_cpu_ms,
+            signin.rss_idle,
+            signin.rss_peak
+        ));
+        rows.push(signin.row);
+    }
+    let mut runs = Vec::new();
+    if want("refresh") || want("ticket") || want("me") {
+        let shared = Shared::start(&args, 0).await?;
+        if want("refresh") {
+            runs.push(refresh(&ctx, &shared).await?);
+        }
+        if want("ticket") {
+            runs.push(ticket(&ctx, &shared).await?);
+        }
+        if want("me") {
+            runs.push(me(&ctx, &shared).await?);
+        }
+    }
+    if want("jwks") {
+        rows.push(jwks(&args).await?);
+    }
+    let mut all: Vec<&Row> = rows.iter().collect();
+    all.extend(runs.iter().map(|r| &r.row));
+    print_rows(&all);
+    if let Some(facts) = login_facts {
+        println!("\n{facts}");
+    }
+    println!(
+        "\nStatements per operation (pg_stat_statements of Keygate's run; the baselines issued the same):"
+    );
+    for s in &runs {
+        println!("{}\n  Redis: {}", s.statements, s.redis);
+    }
+    if want("ready") {
+        let (ready_p50, ready_max) = ready_time(9)?;
+        println!(
+            "\nStart to ready (embedded default, fresh directory, 9 starts): median {ready_p50:.0} ms, slowest {ready_max:.0} ms"
+        );
+    }
+    if want("replicas") {
+        println!("\n| replicas | refresh ops/s | p50 ms | p99 ms |\n|---:|---:|---:|---:|");
+        for n in &args.replicas {
+            let m = replicas(&args, *n).await?;
+            println!(
+                "| {n} | {:.1} | {:.1} | {:.1} |",
+                m.rate(),
+                m.p50_ms,
+                m.p99_ms
+            );
+        }
+    }
+    if want("users") {
+        let mut scaled = Vec::new();
+        for users in &args.users {
+            let shared = Shared::start(&args, *users).await?;
+            scaled.push(refresh(&ctx, &shared).await?);
+            scaled.push(ticket(&ctx, &shared).await?);
+            scaled.push(me(&ctx, &shared).await?);
+        }
+        println!();
+        print_rows(&scaled.iter().map(|s| &s.row).collect::<Vec<_>>());
+        println!("\nSequential scans in the generic plans of the statements each operation ran:");
+        for s in &scaled {
+            println!(
+                "  {}: {}",
+                s.row.name,
+                if s.scans.is_empty() {
+                    "none".to_owned()
+                } else {
+                    s.scans.join(", ")
+                }
+            );
+        }
+    }
+    Ok(())
+}
