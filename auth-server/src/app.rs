@@ -103,6 +103,7 @@ pub async fn service(
     issuer: String,
     clock: SharedClock,
 ) -> Result<(AuthService, DevKeys), StartError> {
+    crate::auth::jwt_crypto::install();
     let ephemeral = match redis_url {
         Some(url) => Ephemeral::Redis(
             RedisEphemeral::connect(url, clock.clone())

@@ -90,8 +90,19 @@ impl AuthService {
     /// Records an event. The trail must not take sign-in down with it: a failed write is
     /// logged as an error and counted, and the request goes on.
     pub async fn audit(&self, event: Event<'_>) {
+        let kind = event.kind;
+        let record = self.audit_record(event);
+        if let Err(e) = self.store.insert_audit(&record).await {
+            crate::metrics::AUDIT_WRITE_FAILURES.inc();
+            tracing::error!(error = %e, kind, "audit event could not be written");
+        }
+    }
+
+    /// The entry an event makes, with the request's origin (written by `audit`, or in the
+    /// transaction of the session it records).
+    pub(super) fn audit_record(&self, event: Event<'_>) -> AuditRecord {
         let origin = ORIGIN.try_with(Origin::clone).unwrap_or_default();
-        let record = AuditRecord {
+        AuditRecord {
             id: random::id("evt"),
             occurred_at: self.clock.unix(),
             tenant_id: event.tenant_id.to_owned(),
@@ -104,10 +115,6 @@ impl AuthService {
             user_agent: origin.user_agent,
             reason: event.reason.map(str::to_owned),
             details: event.details.map(|d| d.to_string()),
-        };
-        if let Err(e) = self.store.insert_audit(&record).await {
-            crate::metrics::AUDIT_WRITE_FAILURES.inc();
-            tracing::error!(error = %e, kind = event.kind, "audit event could not be written");
         }
     }
 
@@ -131,6 +138,31 @@ impl AuthService {
             Err(AuthError::Validation(_) | AuthError::UnknownTenant) => return,
             Err(e) => ("failure", account.map(str::to_owned), Some(e.reason())),
         };
+        let record = self.sign_in_record(
+            method,
+            tenant_id,
+            identity,
+            outcome,
+            user_id.as_deref(),
+            reason,
+        );
+        if let Err(e) = self.store.insert_audit(&record).await {
+            crate::metrics::AUDIT_WRITE_FAILURES.inc();
+            tracing::error!(error = %e, kind = kind::SIGN_IN, "audit event could not be written");
+        }
+    }
+
+    /// The `sign_in` entry of an attempt with `outcome` (written by `audit_sign_in`, or, for a
+    /// success that opens a session, in the session's transaction).
+    pub(super) fn sign_in_record(
+        &self,
+        method: &str,
+        tenant_id: &str,
+        identity: Option<&str>,
+        outcome: &str,
+        user_id: Option<&str>,
+        reason: Option<&str>,
+    ) -> AuditRecord {
         // An identity that names no account is kept only as a hash: people type passwords
         // into the identity field.
         let details = identity.map(|value| {
@@ -140,17 +172,16 @@ impl AuthService {
                 serde_json::json!({ "identity_sha256": &random::secret_hash(value)[..16] })
             }
         });
-        self.audit(Event {
+        self.audit_record(Event {
             kind: kind::SIGN_IN,
             tenant_id,
             outcome,
             method: Some(method),
-            user_id: user_id.as_deref(),
+            user_id,
             reason,
             details,
             ..Default::default()
         })
-        .await;
     }
 
     /// Lists the caller's tenant's trail (administrators only).

@@ -23,23 +23,30 @@ impl AuthService {
         let tenant_id = req.tenant_id.clone();
         let (_, identity) = users::classify_identity(&req.identity);
         let mut account = None;
-        let result = self.login_password_unaudited(req, &mut account).await;
-        self.audit_sign_in(
-            "password",
-            &tenant_id,
-            Some(&identity),
-            account.as_deref(),
-            &result,
-            challenge::LoginOutcome::audit_summary,
-        )
-        .await;
+        let result = self
+            .login_password_unaudited(req, &identity, &mut account)
+            .await;
+        // A success is recorded in its session's transaction.
+        if !matches!(result, Ok(challenge::LoginOutcome::SignedIn(_))) {
+            self.audit_sign_in(
+                "password",
+                &tenant_id,
+                Some(&identity),
+                account.as_deref(),
+                &result,
+                challenge::LoginOutcome::audit_summary,
+            )
+            .await;
+        }
         result
     }
 
     /// The sign-in itself; `account` learns the account the identity names, once looked up.
+    /// A success's audit entry (naming `audit_identity`) is written with its session.
     async fn login_password_unaudited(
         &self,
         req: PasswordLogin,
+        audit_identity: &str,
         account: &mut Option<String>,
     ) -> Result<challenge::LoginOutcome, AuthError> {
         let mut errors = Vec::new();
@@ -111,7 +118,14 @@ impl AuthService {
             }
         };
         let outcome = self
-            .after_password(user, &req, totp_active, stored_profile, recent_failures)
+            .after_password(
+                user,
+                &req,
+                audit_identity,
+                totp_active,
+                stored_profile,
+                recent_failures,
+            )
             .await;
         // The failures are reset only when the whole sign-in is done: a right password that
         // leads to a second factor (or to a refusal) only gives its own attempt back.
@@ -126,6 +140,7 @@ impl AuthService {
         &self,
         user: User,
         req: &PasswordLogin,
+        audit_identity: &str,
         totp_active: bool,
         stored_profile: Option<String>,
         recent_failures: u32,
@@ -164,8 +179,18 @@ impl AuthService {
         }
         risk::remember(&mut profile, &context, policy.risk.remember);
         let profile_json = profile.to_stored();
+        let record = self.sign_in_record(
+            "password",
+            &user.tenant_id,
+            Some(audit_identity),
+            "success",
+            Some(&user.id),
+            None,
+        );
         let tokens = self
-            .open_session_recording(&user, vec!["pwd".into()], None, Some(&profile_json))
+            .open_session_recording(&user, vec!["pwd".into()], None, Some(&profile_json), |_| {
+                vec![record]
+            })
             .await?;
         Ok(challenge::LoginOutcome::SignedIn(SignedIn {
             user,

@@ -11,6 +11,7 @@ pub mod codes;
 pub mod error;
 pub mod federation;
 pub mod gate;
+pub mod jwt_crypto;
 pub mod key_cache;
 pub mod keys;
 pub mod limits;

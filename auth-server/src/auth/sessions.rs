@@ -185,10 +185,13 @@ impl AuthService {
         amr: Vec<String>,
         act: Option<Actor>,
     ) -> Result<IssuedTokens, AuthError> {
-        self.open_session_recording(user, amr, act, None).await
+        self.open_session_recording(user, amr, act, None, |_| Vec::new())
+            .await
     }
 
-    /// Opens a session and, in the same transaction, stores the user's updated risk profile.
+    /// Opens a session and, in the same transaction, stores the user's updated risk profile
+    /// and the audit entries `audit` makes for the new session's id (one commit for the
+    /// sign-in and its record: neither is stored without the other).
     #[tracing::instrument(name = "auth.session_open", skip_all)]
     pub(super) async fn open_session_recording(
         &self,
@@ -196,6 +199,7 @@ impl AuthService {
         amr: Vec<String>,
         act: Option<Actor>,
         risk_profile: Option<&str>,
+        audit: impl FnOnce(&str) -> Vec<crate::store::AuditRecord>,
     ) -> Result<IssuedTokens, AuthError> {
         let rt = self.runtime();
         let policy = &rt.config.tokens;
@@ -222,8 +226,9 @@ impl AuthService {
             expires_at: (now + secs(policy.refresh_token_ttl_seconds)).min(session.expires_at),
             access_expires_at: now + secs(policy.access_token_ttl_seconds),
         };
+        let records = audit(&session.id);
         self.store
-            .create_session_with_profile(&session, &first, risk_profile)
+            .create_session_with_profile(&session, &first, risk_profile, &records)
             .await?;
         let access_token = self.sign_access(&rt, &session, now, act)?;
         Ok(IssuedTokens {

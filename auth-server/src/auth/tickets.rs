@@ -288,29 +288,28 @@ impl AuthService {
         } else {
             stored.issuer_act.clone()
         };
-        let impersonation = act.is_some();
-        let tokens = self
-            .open_session(&user, vec!["ticket".into()], act.clone())
-            .await?;
-        let audit = |kind, actor| super::audit::Event {
-            kind,
-            tenant_id: &user.tenant_id,
-            outcome: "success",
-            method: Some("ticket"),
-            user_id: Some(&user.id),
-            actor_id: actor,
-            reason: stored.reason.as_deref(),
-            details: Some(serde_json::json!({ "session_id": tokens.session_id, "act": act })),
+        // The sign-in (and, when another account issued the ticket, the impersonation) is
+        // recorded in the session's transaction.
+        let audit = |session_id: &str| {
+            let event = |kind| super::audit::Event {
+                kind,
+                tenant_id: &user.tenant_id,
+                outcome: "success",
+                method: Some("ticket"),
+                user_id: Some(&user.id),
+                actor_id: Some(&stored.issued_by),
+                reason: stored.reason.as_deref(),
+                details: Some(serde_json::json!({ "session_id": session_id, "act": act })),
+            };
+            let mut records = vec![self.audit_record(event(super::audit::kind::SIGN_IN))];
+            if act.is_some() {
+                records.push(self.audit_record(event(super::audit::kind::IMPERSONATION)));
+            }
+            records
         };
-        self.audit(audit(super::audit::kind::SIGN_IN, Some(&stored.issued_by)))
-            .await;
-        if impersonation {
-            self.audit(audit(
-                super::audit::kind::IMPERSONATION,
-                Some(&stored.issued_by),
-            ))
-            .await;
-        }
+        let tokens = self
+            .open_session_recording(&user, vec!["ticket".into()], act.clone(), None, audit)
+            .await?;
         Ok(TicketSignIn {
             signed_in: SignedIn {
                 password: self.password_status(&user),

@@ -171,6 +171,45 @@ mod tests {
         }
     }
 
+    /// The process's verifier (ring for ECDSA and Ed25519, RustCrypto for RSA) accepts what
+    /// the server signs and refuses one changed bit and another key under the same `kid`.
+    #[test]
+    fn installed_verifier_accepts_own_tokens_and_nothing_else() {
+        use base64::Engine;
+        crate::auth::jwt_crypto::install();
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let now = 1_800_000_000;
+        for alg in [
+            SigningAlgorithm::ES256,
+            SigningAlgorithm::EdDSA,
+            SigningAlgorithm::RS256,
+        ] {
+            let keys_of = || {
+                KeyRing::new(vec![
+                    SigningKey::from_config(&SigningKeyConfig {
+                        kid: "k1".into(),
+                        algorithm: alg,
+                        private_key_pem: generate_pem(alg).unwrap(),
+                        activates_at: None,
+                        retires_at: None,
+                        signs_until: None,
+                    })
+                    .unwrap(),
+                ])
+            };
+            let keys = keys_of();
+            let token = sign(&keys, &claims(now)).unwrap();
+            let check = |t: &str, k: &KeyRing| verify(k, t, "https://id.example", "keygate", now);
+            assert_eq!(check(&token, &keys).unwrap().sub, "usr_1", "{alg:?}");
+            let (head, sig) = token.rsplit_once('.').unwrap();
+            let mut sig = b64.decode(sig).unwrap();
+            sig[5] ^= 0x01;
+            let forged = format!("{head}.{}", b64.encode(sig));
+            assert!(check(&forged, &keys).is_err(), "{alg:?}");
+            assert!(check(&token, &keys_of()).is_err(), "{alg:?}");
+        }
+    }
+
     #[test]
     fn round_trip_and_strict_checks() {
         let r = ring("k1");

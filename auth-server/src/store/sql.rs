@@ -743,16 +743,18 @@ impl SqlStore {
 
     /// Opens a session with its first refresh token, atomically.
     pub async fn create_session(&self, s: &Session, first: &NewRefresh) -> Result<(), StoreError> {
-        self.create_session_with_profile(s, first, None).await
+        self.create_session_with_profile(s, first, None, &[]).await
     }
 
-    /// Opens a session and, in the same transaction, stores the user's updated risk profile.
+    /// Opens a session and, in the same transaction, stores the user's updated risk profile
+    /// and the audit entries that record it.
     #[tracing::instrument(name = "store.create_session_with_profile", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn create_session_with_profile(
         &self,
         s: &Session,
         first: &NewRefresh,
         profile: Option<&str>,
+        audit: &[AuditRecord],
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(db)?;
         if let Some(profile) = profile {
@@ -779,6 +781,9 @@ impl SqlStore {
         .await
         .map_err(db)?;
         insert_refresh(&mut tx, &s.id, first).await?;
+        for e in audit {
+            audit_insert(e).execute(&mut *tx).await.map_err(db)?;
+        }
         tx.commit().await.map_err(db)
     }
 
@@ -894,27 +899,11 @@ impl SqlStore {
     /// Appends an entry to the audit trail.
     #[tracing::instrument(name = "store.insert_audit", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn insert_audit(&self, e: &AuditRecord) -> Result<(), StoreError> {
-        self.affected(
-            "INSERT INTO audit_events (id, occurred_at, tenant_id, type, outcome, method, user_id, \
-             actor_id, client_ip, user_agent, reason, details) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-            |q| {
-                q.bind(&e.id)
-                    .bind(e.occurred_at)
-                    .bind(&e.tenant_id)
-                    .bind(&e.event_type)
-                    .bind(&e.outcome)
-                    .bind(&e.method)
-                    .bind(&e.user_id)
-                    .bind(&e.actor_id)
-                    .bind(&e.client_ip)
-                    .bind(&e.user_agent)
-                    .bind(&e.reason)
-                    .bind(&e.details)
-            },
-        )
-        .await
-        .map(|_| ())
+        audit_insert(e)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(db)
     }
 
     /// Audit entries matching `q`, newest first.
@@ -1030,6 +1019,27 @@ async fn insert_link(
         StoreError::Conflict(_) => StoreError::Conflict("link"),
         other => other,
     })
+}
+
+/// The statement that appends `e` to the audit trail (on the pool or in a transaction).
+fn audit_insert(e: &AuditRecord) -> Statement<'_> {
+    sqlx::query(
+        "INSERT INTO audit_events (id, occurred_at, tenant_id, type, outcome, method, user_id, \
+         actor_id, client_ip, user_agent, reason, details) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+    )
+    .bind(&e.id)
+    .bind(e.occurred_at)
+    .bind(&e.tenant_id)
+    .bind(&e.event_type)
+    .bind(&e.outcome)
+    .bind(&e.method)
+    .bind(&e.user_id)
+    .bind(&e.actor_id)
+    .bind(&e.client_ip)
+    .bind(&e.user_agent)
+    .bind(&e.reason)
+    .bind(&e.details)
 }
 
 async fn insert_refresh(
