@@ -245,13 +245,14 @@ pub fn password_status(
 
 /// A pragmatic email check: one `@`, a non-empty local part, a dotted domain, no spaces.
 pub fn is_email(s: &str) -> bool {
-    if s.len() > 254 || s.chars().any(char::is_whitespace) {
+    // Lengths in characters, as the OpenAPI document's maxLength and pattern count them.
+    if s.chars().count() > 254 || s.chars().any(char::is_whitespace) {
         return false;
     }
     match s.split_once('@') {
         Some((local, domain)) => {
             !local.is_empty()
-                && local.len() <= 64
+                && local.chars().count() <= 64
                 && !domain.contains('@')
                 && domain.contains('.')
                 && !domain.starts_with('.')
@@ -275,6 +276,16 @@ pub fn is_e164(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn email_lengths_count_characters() {
+        let local = "é".repeat(64);
+        assert!(is_email(&format!("{local}@example.com")));
+        assert!(!is_email(&format!("{local}é@example.com")));
+        let long = format!("a@{}.com", "é".repeat(248));
+        assert_eq!(long.chars().count(), 254);
+        assert!(is_email(&long));
+    }
 
     #[test]
     fn identities_are_classified_and_normalised() {

@@ -147,6 +147,7 @@ fn api(base_path: &str) -> OpenApiRouter<AppState> {
 pub fn openapi(base_path: &str) -> utoipa::openapi::OpenApi {
     let mut doc = api(base_path).into_openapi();
     utoipa::Modify::modify(&openapi::SharedResponses { base_path }, &mut doc);
+    openapi::spell_whitespace(&mut doc);
     doc
 }
 

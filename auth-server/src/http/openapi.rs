@@ -1,11 +1,11 @@
-//! The responses the OpenAPI document shares between operations, added in one walk over the
-//! generated document: the problems of a JSON body (400, 413, 415), of a bearer token (401),
-//! of rate limits (429 with `Retry-After`), of backing services (503) and of an internal
-//! failure (500), each only where the server can answer with it, and the `X-Request-ID`
-//! header of every response.
+//! The OpenAPI document's shared parts, added in one walk over the generated document: the
+//! responses operations share (the problems of a JSON body, 400/413/415; of a bearer token,
+//! 401; of rate limits, 429 with `Retry-After`; of backing services, 503; of an internal
+//! failure, 500), each only where the server can answer with it, the `X-Request-ID` header of
+//! every response, and the server's whitespace spelled out in the schemas' patterns.
 
 use utoipa::openapi::path::Operation;
-use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::schema::{ArrayItems, ObjectBuilder, Schema, Type};
 use utoipa::openapi::{Content, Header, OpenApi, Ref, RefOr, Required, Response};
 
 /// Operations (paths below the API prefix or at the root) and the rate-limit endpoint their
@@ -71,6 +71,65 @@ impl utoipa::Modify for SharedResponses<'_> {
             .flatten()
             {
                 add_shared(op, rate_rule, backed);
+            }
+        }
+    }
+}
+
+/// The characters the server trims and calls whitespace (Unicode `White_Space`, as Rust's
+/// `char::is_whitespace`), as a regular-expression class body.
+const WHITESPACE: &str = r"\t\n\x0B\f\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000";
+
+/// Patterns are written with `\s` and `\S`; ECMA-262 (the document's dialect) and the server
+/// disagree about a few characters of those, so the document spells out the server's set.
+pub fn spell_whitespace(doc: &mut OpenApi) {
+    fn spell(pattern: &mut String) {
+        *pattern = pattern
+            .replace(r"[^@\s.]", &format!("[^@.{WHITESPACE}]"))
+            .replace(r"[^@\s]", &format!("[^@{WHITESPACE}]"))
+            .replace(r"\s", &format!("[{WHITESPACE}]"))
+            .replace(r"\S", &format!("[^{WHITESPACE}]"));
+    }
+    fn walk(schema: &mut RefOr<Schema>) {
+        let RefOr::T(schema) = schema else {
+            return;
+        };
+        match schema {
+            Schema::Object(o) => {
+                if let Some(p) = o.pattern.as_mut() {
+                    spell(p);
+                }
+                o.properties.values_mut().for_each(walk);
+            }
+            Schema::Array(a) => {
+                if let ArrayItems::RefOrSchema(items) = &mut a.items {
+                    walk(items);
+                }
+            }
+            Schema::OneOf(o) => o.items.iter_mut().for_each(walk),
+            Schema::AllOf(o) => o.items.iter_mut().for_each(walk),
+            Schema::AnyOf(o) => o.items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    if let Some(components) = doc.components.as_mut() {
+        components.schemas.values_mut().for_each(walk);
+    }
+    for item in doc.paths.paths.values_mut() {
+        for op in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            for param in op.parameters.iter_mut().flatten() {
+                if let Some(schema) = param.schema.as_mut() {
+                    walk(schema);
+                }
             }
         }
     }
@@ -201,6 +260,13 @@ mod tests {
         assert!(!me.contains(&"415".to_owned()) && !me.contains(&"429".to_owned()));
         let health = statuses(&doc, "get", "/healthz");
         assert_eq!(health, ["200", "500"]);
+    }
+
+    #[test]
+    fn patterns_spell_the_servers_whitespace() {
+        let json = super::super::openapi("").to_pretty_json().unwrap();
+        assert!(!json.contains(r"\\s") && !json.contains(r"\\S"), "{json}");
+        assert!(json.contains(r"\\x85"));
     }
 
     #[test]
