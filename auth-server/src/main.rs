@@ -157,6 +157,7 @@ fn parse_cli() -> (StorageSettings, Command) {
 }
 
 fn main() -> anyhow::Result<()> {
+    auth_server::auth::jwt_crypto::install();
     let (storage, command) = parse_cli();
     let workers = match &command {
         Command::Serve(settings) => settings.effective_worker_threads(),

@@ -62,13 +62,17 @@ fn verifier(algorithm: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerif
     }
 }
 
-/// Makes this the process's provider (once; later calls, and a provider installed before,
-/// leave it as it is).
-pub fn install() {
+/// Makes this the process's provider; whether it is. It must run before the first use of
+/// `jsonwebtoken`, which otherwise settles on the crate's default for good: the server calls
+/// it first thing, and so does building a signing key (the library's first use).
+pub fn install() -> bool {
     static PROVIDER: OnceLock<CryptoProvider> = OnceLock::new();
     let provider = PROVIDER.get_or_init(|| CryptoProvider {
         verifier_factory: verifier,
         ..rust_crypto::DEFAULT_PROVIDER.clone()
     });
-    let _ = provider.install_default();
+    match provider.install_default() {
+        Ok(()) => true,
+        Err(current) => std::ptr::eq(current, provider),
+    }
 }

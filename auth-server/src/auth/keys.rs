@@ -115,6 +115,7 @@ impl std::fmt::Debug for SigningKey {
 impl SigningKey {
     /// Builds a key from its configuration; fails if the PEM does not match the algorithm.
     pub fn from_config(c: &SigningKeyConfig) -> Result<Self, KeyError> {
+        crate::auth::jwt_crypto::install();
         let invalid = |reason: String| KeyError::Invalid {
             kid: c.kid.clone(),
             reason,

@@ -176,7 +176,6 @@ mod tests {
     #[test]
     fn installed_verifier_accepts_own_tokens_and_nothing_else() {
         use base64::Engine;
-        crate::auth::jwt_crypto::install();
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let now = 1_800_000_000;
         for alg in [
@@ -198,6 +197,8 @@ mod tests {
                 ])
             };
             let keys = keys_of();
+            // Building a key put ring's verifier in force (before jsonwebtoken's first use).
+            assert!(crate::auth::jwt_crypto::install());
             let token = sign(&keys, &claims(now)).unwrap();
             let check = |t: &str, k: &KeyRing| verify(k, t, "https://id.example", "keygate", now);
             assert_eq!(check(&token, &keys).unwrap().sub, "usr_1", "{alg:?}");
