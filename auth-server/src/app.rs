@@ -99,13 +99,13 @@ pub async fn open(storage: &StorageSettings) -> Result<Opened, StartError> {
 /// Builds the domain service from opened storage.
 pub async fn service(
     opened: Opened,
-    redis_url: Option<&str>,
+    redis: Option<&crate::settings::RedisTarget>,
     issuer: String,
     clock: SharedClock,
 ) -> Result<(AuthService, DevKeys), StartError> {
-    let ephemeral = match redis_url {
-        Some(url) => Ephemeral::Redis(
-            RedisEphemeral::connect(url, clock.clone())
+    let ephemeral = match redis {
+        Some(target) => Ephemeral::Redis(
+            RedisEphemeral::connect_waiting(&target.url, clock.clone(), target.wait)
                 .await
                 .map_err(|e| StartError(format!("redis: {e}")))?,
         ),
@@ -152,6 +152,7 @@ pub fn cluster_verifier(
 
 /// Runs the server until SIGTERM or SIGINT, then lets in-flight requests finish.
 pub async fn serve(storage: StorageSettings, settings: ServeSettings) -> Result<(), StartError> {
+    let redis = settings.redis().map_err(StartError)?;
     let opened = open(&storage).await?;
     if opened.dev_keys.signing.is_some()
         && opened.store.backend() == crate::store::Backend::Postgres
@@ -161,9 +162,16 @@ pub async fn serve(storage: StorageSettings, settings: ServeSettings) -> Result<
              sharing a database must share keys through the runtime configuration"
         );
     }
+    if let Some(wait) = redis.as_ref().and_then(|r| r.wait) {
+        tracing::info!(
+            replicas = wait.replicas,
+            timeout_ms = wait.timeout.as_millis() as u64,
+            "single-use and counted Redis writes are acknowledged once replicas confirm them (WAIT)"
+        );
+    }
     let (auth, dev_keys) = service(
         opened,
-        settings.redis_url.as_deref(),
+        redis.as_ref(),
         settings.effective_issuer(),
         Arc::new(SystemClock),
     )

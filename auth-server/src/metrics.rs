@@ -204,6 +204,11 @@ type HistogramFamily = Histograms<LatencyLabels>;
 pub static DEGRADED_DECISIONS: std::sync::LazyLock<Counter> =
     std::sync::LazyLock::new(Counter::default);
 
+/// Single-use or counted Redis writes that fewer replicas than required confirmed in time
+/// (process-wide); each failed its request closed.
+pub static REDIS_WAIT_SHORTFALLS: std::sync::LazyLock<Counter> =
+    std::sync::LazyLock::new(Counter::default);
+
 /// Audit events that could not be written (process-wide).
 pub static AUDIT_WRITE_FAILURES: std::sync::LazyLock<Counter> =
     std::sync::LazyLock::new(Counter::default);
@@ -274,6 +279,11 @@ impl Default for Metrics {
             "ephemeral_degraded_decisions",
             "Delay, lockout and rate-limit decisions taken on per-replica counters while Redis was unavailable",
             DEGRADED_DECISIONS.clone(),
+        );
+        registry.register(
+            "redis_wait_shortfalls",
+            "Single-use or counted Redis writes not confirmed by the required replicas in time (the request failed closed)",
+            REDIS_WAIT_SHORTFALLS.clone(),
         );
         registry.register(
             "audit_write_failures",

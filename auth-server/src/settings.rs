@@ -76,10 +76,23 @@ pub struct ServeSettings {
     #[arg(long, env = "KEYGATE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// Ephemeral state (revoked tokens, later codes, tickets, counters):
-    /// `redis://HOST:PORT` or `rediss://`. Unset: kept in process (one replica only).
+    /// Ephemeral state (revoked tokens, codes, tickets, challenges, counters):
+    /// `redis://HOST:PORT` or `rediss://`, or through Sentinel
+    /// `redis-sentinel://HOST:PORT,HOST:PORT,HOST:PORT?sentinelServiceName=NAME` (the sentinels;
+    /// `rediss-sentinel://` for TLS). Unset: kept in process (one replica only).
     #[arg(long, env = "KEYGATE_REDIS_URL")]
     pub redis_url: Option<String>,
+
+    /// Redis replicas that must confirm every single-use or counted write (ticket, code and
+    /// challenge takes, attempt counters, resend claims, revocations) before it is
+    /// acknowledged, with `WAIT`; when fewer confirm in time the request fails with 503.
+    /// Default: 1 with a Sentinel URL, else 0 (no wait).
+    #[arg(long, env = "KEYGATE_REDIS_WAIT_REPLICAS")]
+    pub redis_wait_replicas: Option<u32>,
+
+    /// Milliseconds such a write waits for its replicas (1 to 1500).
+    #[arg(long, env = "KEYGATE_REDIS_WAIT_TIMEOUT_MS", default_value_t = 500)]
+    pub redis_wait_timeout_ms: u64,
 
     /// Prefix of every API route. Deployed clients behind a gateway may need
     /// `/identity/api/v1`.
@@ -270,7 +283,51 @@ impl DeliverySettings {
     }
 }
 
+/// Redis as configured: the URL (in fred's form) and the replica requirement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisTarget {
+    /// `redis://`, `rediss://`, `redis-sentinel://` ...
+    pub url: String,
+    /// Replicas a single-use or counted write must reach (none: acknowledged at once).
+    pub wait: Option<crate::ephemeral::ReplicaWait>,
+}
+
 impl ServeSettings {
+    /// Redis as configured, checked: `None` without a URL; an error naming the setting when
+    /// the URL cannot be used or the replica wait is out of range.
+    pub fn redis(&self) -> Result<Option<RedisTarget>, String> {
+        use crate::ephemeral::{MAX_WAIT, ReplicaWait, fred_url, is_sentinel};
+        let timeout = std::time::Duration::from_millis(self.redis_wait_timeout_ms);
+        if timeout.is_zero() || timeout > MAX_WAIT {
+            return Err(format!(
+                "KEYGATE_REDIS_WAIT_TIMEOUT_MS (--redis-wait-timeout-ms) must be within 1..={}",
+                MAX_WAIT.as_millis()
+            ));
+        }
+        let Some(url) = self.redis_url.as_deref() else {
+            if self.redis_wait_replicas.is_some_and(|n| n > 0) {
+                return Err(
+                    "KEYGATE_REDIS_WAIT_REPLICAS (--redis-wait-replicas) needs KEYGATE_REDIS_URL"
+                        .into(),
+                );
+            }
+            return Ok(None);
+        };
+        let fred = fred_url(url).map_err(|e| format!("KEYGATE_REDIS_URL (--redis-url): {e}"))?;
+        let replicas = self
+            .redis_wait_replicas
+            .unwrap_or(u32::from(is_sentinel(url)));
+        if replicas > 16 {
+            return Err(
+                "KEYGATE_REDIS_WAIT_REPLICAS (--redis-wait-replicas) must be at most 16".into(),
+            );
+        }
+        Ok(Some(RedisTarget {
+            url: fred,
+            wait: (replicas > 0).then_some(ReplicaWait { replicas, timeout }),
+        }))
+    }
+
     /// The issuer in force, without a trailing slash.
     pub fn effective_issuer(&self) -> String {
         match &self.issuer {
@@ -349,6 +406,124 @@ mod tests {
             kubernetes_audience: "keygate".into(),
         };
         assert_eq!(off.resolve(|_| Some("10.0.0.1".into()), dir.path()), None);
+    }
+
+    fn serve(args: &[&str]) -> ServeSettings {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeSettings,
+        }
+        let mut all = vec!["serve"];
+        all.extend_from_slice(args);
+        <Cli as clap::Parser>::try_parse_from(all).unwrap().serve
+    }
+
+    #[test]
+    fn sentinel_urls_wait_for_one_replica_unless_told_otherwise() {
+        use crate::ephemeral::ReplicaWait;
+        use std::time::Duration;
+        assert_eq!(serve(&[]).redis(), Ok(None));
+        let plain = serve(&["--redis-url", "redis://127.0.0.1:6379"])
+            .redis()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (plain.url.as_str(), plain.wait),
+            ("redis://127.0.0.1:6379", None)
+        );
+        let sentinel = serve(&[
+            "--redis-url",
+            "redis-sentinel://:pw@10.0.0.1:26379,10.0.0.2:26379,10.0.0.3:26380/0?sentinelServiceName=kg",
+        ])
+        .redis()
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            sentinel.url,
+            "redis-sentinel://:pw@10.0.0.1:26379/0?sentinelServiceName=kg&node=10.0.0.2:26379&node=10.0.0.3:26380"
+        );
+        assert_eq!(
+            sentinel.wait,
+            Some(ReplicaWait {
+                replicas: 1,
+                timeout: Duration::from_millis(500)
+            })
+        );
+        // fred's own form passes unchanged.
+        let fred_form =
+            "redis-sentinel://10.0.0.1:26379?sentinelServiceName=kg&node=10.0.0.2:26379";
+        assert_eq!(
+            serve(&["--redis-url", fred_form])
+                .redis()
+                .unwrap()
+                .unwrap()
+                .url,
+            fred_form
+        );
+        let opted_out = serve(&[
+            "--redis-url",
+            "redis-sentinel://10.0.0.1:26379?sentinelServiceName=kg",
+            "--redis-wait-replicas",
+            "0",
+        ]);
+        assert_eq!(opted_out.redis().unwrap().unwrap().wait, None);
+        let two = serve(&[
+            "--redis-url",
+            "redis://h:6379",
+            "--redis-wait-replicas",
+            "2",
+            "--redis-wait-timeout-ms",
+            "50",
+        ]);
+        assert_eq!(
+            two.redis().unwrap().unwrap().wait,
+            Some(ReplicaWait {
+                replicas: 2,
+                timeout: Duration::from_millis(50)
+            })
+        );
+    }
+
+    #[test]
+    fn unusable_redis_settings_are_refused_by_name() {
+        let no_service = serve(&[
+            "--redis-url",
+            "redis-sentinel://10.0.0.1:26379,10.0.0.2:26379",
+        ]);
+        assert!(
+            no_service
+                .redis()
+                .unwrap_err()
+                .starts_with("KEYGATE_REDIS_URL")
+        );
+        let garbage = serve(&["--redis-url", "not a url"]);
+        assert!(
+            garbage
+                .redis()
+                .unwrap_err()
+                .starts_with("KEYGATE_REDIS_URL")
+        );
+        let no_url = serve(&["--redis-wait-replicas", "1"]);
+        assert!(
+            no_url
+                .redis()
+                .unwrap_err()
+                .starts_with("KEYGATE_REDIS_WAIT_REPLICAS")
+        );
+        for timeout in ["0", "1501"] {
+            let bad = serve(&[
+                "--redis-url",
+                "redis://h:1",
+                "--redis-wait-timeout-ms",
+                timeout,
+            ]);
+            assert!(
+                bad.redis()
+                    .unwrap_err()
+                    .starts_with("KEYGATE_REDIS_WAIT_TIMEOUT_MS")
+            );
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod collector;
 pub mod delivery;
 pub mod oidc;
 pub mod operator;
+pub mod sentinel;
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -326,17 +327,7 @@ impl RedisProcess {
     /// Starts the server again on the same port.
     pub fn restart(&mut self) {
         self.stop();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+        let child = redis_server(self.port)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -351,6 +342,22 @@ impl RedisProcess {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// `redis-server` on 127.0.0.1:`port` without persistence (a restart starts it empty).
+pub fn redis_server(port: u16) -> Command {
+    let mut cmd = Command::new("redis-server");
+    cmd.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]);
+    cmd
 }
 
 impl Drop for RedisProcess {

@@ -8,7 +8,7 @@ mod redis;
 
 pub use attempts::{Gate, GateRule};
 pub use memory::MemoryEphemeral;
-pub use redis::RedisEphemeral;
+pub use redis::{MAX_WAIT, RedisEphemeral, ReplicaWait, fred_url, is_sentinel};
 
 use std::time::Duration;
 

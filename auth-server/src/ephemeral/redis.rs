@@ -1,11 +1,16 @@
 //! The Redis ephemeral store through a fred connection pool: commands time out quickly and the
-//! pool reconnects by itself, so a Redis outage is an error now and recovery needs no restart.
+//! pool reconnects by itself (behind Sentinel, to whichever node the sentinels name primary), so
+//! a Redis outage is an error now and recovery needs no restart. With a replica requirement,
+//! every write whose loss could allow a second use is acknowledged only once `WAIT` confirms it
+//! reached that many replicas.
 
 use super::attempts::{Gate, GateRule};
 use super::{EphemeralError, MemoryEphemeral};
 use crate::auth::clock::SharedClock;
+use fred::clients::Pipeline;
 use fred::prelude::*;
-use fred::types::Expiration;
+use fred::types::config::Options;
+use fred::types::{ClusterHash, CustomCommand, Expiration};
 use std::time::Duration;
 
 /// Ephemeral state in Redis.
@@ -14,6 +19,103 @@ pub struct RedisEphemeral {
     pool: Pool,
     /// Per-replica counters used while Redis is unreachable.
     fallback: MemoryEphemeral,
+    /// Replicas every single-use or counted write must reach before it counts.
+    wait: Option<ReplicaWait>,
+}
+
+/// How many replicas a write must reach (`WAIT numreplicas timeout`) before it is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaWait {
+    /// Replicas that must confirm the write (at least 1).
+    pub replicas: u32,
+    /// How long to wait for them.
+    pub timeout: Duration,
+}
+
+/// Longest replica wait: it must end well inside the command timeout.
+pub const MAX_WAIT: Duration = Duration::from_millis(1500);
+
+/// A write whose loss could allow a second use (a taken ticket, a spent attempt).
+enum Write<'a> {
+    GetDel(&'a str),
+    SetPx(&'a str, &'a str, i64),
+    Eval(&'static str, Vec<String>, Vec<Value>),
+}
+
+impl Write<'_> {
+    /// Sends the command on the pool.
+    async fn send(&self, pool: &Pool) -> Result<Value, fred::error::Error> {
+        match self {
+            Self::GetDel(key) => pool.getdel(*key).await,
+            Self::SetPx(key, value, ms) => {
+                pool.set(*key, *value, Some(Expiration::PX(*ms)), None, false)
+                    .await
+            }
+            Self::Eval(script, keys, args) => pool.eval(*script, keys.clone(), args.clone()).await,
+        }
+    }
+
+    /// Queues the command on a pipeline (scripts as plain `EVAL`, which fred's pipelines
+    /// take only as a custom command).
+    async fn queue<C: KeysInterface + Sync>(
+        &self,
+        pipeline: &Pipeline<C>,
+    ) -> Result<(), fred::error::Error> {
+        match self {
+            Self::GetDel(key) => pipeline.getdel(*key).await,
+            Self::SetPx(key, value, ms) => {
+                pipeline
+                    .set(*key, *value, Some(Expiration::PX(*ms)), None, false)
+                    .await
+            }
+            Self::Eval(script, keys, args) => {
+                let mut all: Vec<Value> = vec![(*script).into(), (keys.len() as i64).into()];
+                all.extend(keys.iter().map(|k| Value::from(k.as_str())));
+                all.extend(args.iter().cloned());
+                let eval = CustomCommand::new_static("EVAL", ClusterHash::Offset(2), false);
+                pipeline.custom(eval, all).await
+            }
+        }
+    }
+}
+
+/// A Redis URL in fred's form: `redis-sentinel://H1:P1,H2:P2/...` (the sentinel list most
+/// tools write) becomes `redis-sentinel://H1:P1/...?node=H2:P2`; other URLs are unchanged.
+/// Checks that fred can read it, and that a Sentinel URL names its service.
+pub fn fred_url(url: &str) -> Result<String, String> {
+    let normalized = match url.split_once("://") {
+        Some((scheme, rest)) if scheme.ends_with("-sentinel") => {
+            let end = rest.find(['/', '?']).unwrap_or(rest.len());
+            let (authority, tail) = rest.split_at(end);
+            let (userinfo, hosts) = match authority.rsplit_once('@') {
+                Some((u, h)) => (format!("{u}@"), h),
+                None => (String::new(), authority),
+            };
+            let mut hosts = hosts.split(',').filter(|h| !h.is_empty());
+            let first = hosts.next().ok_or("no sentinel address")?;
+            let others: Vec<String> = hosts.map(|h| format!("node={h}")).collect();
+            let mut out = format!("{scheme}://{userinfo}{first}{tail}");
+            if !others.is_empty() {
+                out.push(if tail.contains('?') { '&' } else { '?' });
+                out.push_str(&others.join("&"));
+            }
+            out
+        }
+        _ => url.to_owned(),
+    };
+    let config = Config::from_url(&normalized).map_err(|e| e.to_string())?;
+    if let fred::types::config::ServerConfig::Sentinel { service_name, .. } = &config.server
+        && service_name.is_empty()
+    {
+        return Err("a Sentinel URL needs ?sentinelServiceName=NAME".into());
+    }
+    Ok(normalized)
+}
+
+/// Whether `url` reaches Redis through Sentinel.
+pub fn is_sentinel(url: &str) -> bool {
+    url.split_once("://")
+        .is_some_and(|(scheme, _)| scheme.ends_with("-sentinel"))
 }
 
 /// Deletes and returns the value under KEYS[1] only if it contains ARGV[1] (plain text).
@@ -148,7 +250,17 @@ impl RedisEphemeral {
     /// Connects a pool to `url` (`redis://`, `rediss://`, or fred's sentinel/cluster URL
     /// forms). Fails if the first connection cannot be made within a few seconds.
     pub async fn connect(url: &str, clock: SharedClock) -> Result<Self, EphemeralError> {
-        let config = Config::from_url(url).map_err(err)?;
+        Self::connect_waiting(url, clock, None).await
+    }
+
+    /// [`connect`](Self::connect), with every single-use or counted write acknowledged only
+    /// once `wait` replicas confirm it (a shortfall is an error, so the request fails closed).
+    pub async fn connect_waiting(
+        url: &str,
+        clock: SharedClock,
+        wait: Option<ReplicaWait>,
+    ) -> Result<Self, EphemeralError> {
+        let config = Config::from_url(&fred_url(url).map_err(EphemeralError)?).map_err(err)?;
         let pool = Builder::from_config(config)
             .with_connection_config(|c| {
                 c.connection_timeout = Duration::from_secs(3);
@@ -165,7 +277,47 @@ impl RedisEphemeral {
         Ok(Self {
             pool,
             fallback: MemoryEphemeral::new(clock),
+            wait: wait.filter(|w| w.replicas > 0),
         })
+    }
+
+    /// Runs `write`; with a replica requirement, follows it with `WAIT` on the same connection
+    /// (one pipeline, never retried on another connection, where `WAIT` would count nothing
+    /// of this write) and fails unless enough replicas confirmed it.
+    async fn write<R: FromValue>(&self, write: Write<'_>) -> Result<R, EphemeralError> {
+        let Some(wait) = self.wait else {
+            return write
+                .send(&self.pool)
+                .await
+                .and_then(Value::convert)
+                .map_err(err);
+        };
+        let options = Options {
+            max_attempts: Some(1),
+            timeout: Some(wait.timeout + Duration::from_secs(1)),
+            ..Options::default()
+        };
+        let pipeline = Pipeline::from(self.pool.next().with_options(&options));
+        write.queue(&pipeline).await.map_err(err)?;
+        let timeout_ms = i64::try_from(wait.timeout.as_millis()).unwrap_or(i64::MAX);
+        pipeline
+            .wait::<Value>(i64::from(wait.replicas), timeout_ms)
+            .await
+            .map_err(err)?;
+        let mut replies: Vec<Value> = pipeline.all().await.map_err(err)?;
+        let acked = replies.pop().and_then(|v| v.as_i64()).unwrap_or(0);
+        let value = replies
+            .pop()
+            .ok_or_else(|| EphemeralError("empty reply".into()))?;
+        if acked < i64::from(wait.replicas) {
+            crate::metrics::REDIS_WAIT_SHORTFALLS.inc();
+            return Err(EphemeralError(format!(
+                "the write reached {acked} of {} Redis replicas within {} ms",
+                wait.replicas,
+                wait.timeout.as_millis()
+            )));
+        }
+        value.convert().map_err(err)
     }
 
     #[tracing::instrument(name = "redis.set", skip_all, fields(db.system.name = "redis"))]
@@ -176,10 +328,9 @@ impl RedisEphemeral {
         ttl: Duration,
     ) -> Result<(), EphemeralError> {
         let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
-        self.pool
-            .set::<(), _, _>(key, value, Some(Expiration::PX(ms)), None, false)
+        self.write::<Value>(Write::SetPx(key, value, ms))
             .await
-            .map_err(err)
+            .map(|_| ())
     }
 
     #[tracing::instrument(name = "redis.exists_any", skip_all, fields(db.system.name = "redis"))]
@@ -199,10 +350,12 @@ impl RedisEphemeral {
     #[tracing::instrument(name = "redis.incr", skip_all, fields(db.system.name = "redis"))]
     pub(super) async fn incr(&self, key: &str, ttl: Duration) -> Result<i64, EphemeralError> {
         let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
-        self.pool
-            .eval(INCR_SCRIPT, vec![key.to_owned()], vec![ms])
-            .await
-            .map_err(err)
+        self.write(Write::Eval(
+            INCR_SCRIPT,
+            vec![key.to_owned()],
+            vec![Value::from(ms)],
+        ))
+        .await
     }
 
     #[tracing::instrument(name = "redis.take_if", skip_all, fields(db.system.name = "redis"))]
@@ -211,19 +364,17 @@ impl RedisEphemeral {
         key: &str,
         marker: &str,
     ) -> Result<Option<String>, EphemeralError> {
-        self.pool
-            .eval(
-                TAKE_IF_SCRIPT,
-                vec![key.to_owned()],
-                vec![marker.to_owned()],
-            )
-            .await
-            .map_err(err)
+        self.write(Write::Eval(
+            TAKE_IF_SCRIPT,
+            vec![key.to_owned()],
+            vec![Value::from(marker)],
+        ))
+        .await
     }
 
     #[tracing::instrument(name = "redis.take", skip_all, fields(db.system.name = "redis"))]
     pub(super) async fn take(&self, key: &str) -> Result<Option<String>, EphemeralError> {
-        self.pool.getdel(key).await.map_err(err)
+        self.write(Write::GetDel(key)).await
     }
 
     #[tracing::instrument(name = "redis.ping", skip_all, fields(db.system.name = "redis"))]
@@ -247,10 +398,12 @@ impl RedisEphemeral {
         args.extend(rule_args(rules.0));
         args.extend(rule_args(rules.1));
         let reply: Vec<i64> = self
-            .pool
-            .eval(GATE_SCRIPT, vec![account.to_owned(), ip.to_owned()], args)
-            .await
-            .map_err(err)?;
+            .write(Write::Eval(
+                GATE_SCRIPT,
+                vec![account.to_owned(), ip.to_owned()],
+                args.into_iter().map(Value::from).collect(),
+            ))
+            .await?;
         let field = |i: usize| reply.get(i).copied().unwrap_or(0);
         Ok(if field(0) == 1 {
             Gate::Refused {
@@ -304,10 +457,12 @@ impl RedisEphemeral {
     ) -> Result<Option<u64>, EphemeralError> {
         let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
         let held: i64 = self
-            .pool
-            .eval(CLAIM_SCRIPT, vec![key.to_owned()], vec![ms])
-            .await
-            .map_err(err)?;
+            .write(Write::Eval(
+                CLAIM_SCRIPT,
+                vec![key.to_owned()],
+                vec![Value::from(ms)],
+            ))
+            .await?;
         Ok(u64::try_from(held).ok())
     }
 

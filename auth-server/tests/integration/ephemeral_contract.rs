@@ -281,3 +281,57 @@ async fn claim_and_refund_contract_redis() {
     .unwrap();
     claim_and_refund_contract(Ephemeral::Redis(e), &keygate_tests::unique("test:claim:")).await;
 }
+
+/// Behind Sentinel with every single-use or counted write confirmed by a replica: the same
+/// contracts hold, every write the store acknowledged is on the replica, and with the replica
+/// gone those writes fail (closed) within the wait instead of being acknowledged unreplicated.
+#[tokio::test]
+async fn contracts_hold_behind_sentinel_and_unreplicated_writes_fail_closed() {
+    use auth_server::ephemeral::ReplicaWait;
+    use keygate_tests::sentinel::{SentinelSet, cli};
+    let mut set = SentinelSet::start();
+    let url = auth_server::ephemeral::fred_url(&set.url()).unwrap();
+    let connect = |wait| {
+        let url = url.clone();
+        async move {
+            RedisEphemeral::connect_waiting(
+                &url,
+                std::sync::Arc::new(auth_server::auth::clock::SystemClock),
+                wait,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let wait = ReplicaWait {
+        replicas: 1,
+        timeout: Duration::from_millis(300),
+    };
+    let e = Ephemeral::Redis(connect(Some(wait)).await);
+    contract(e.clone(), "s:", async || {
+        tokio::time::sleep(Duration::from_millis(2100)).await
+    })
+    .await;
+    gate_contract(e.clone(), "s:gate:").await;
+    claim_and_refund_contract(e.clone(), "s:claim:").await;
+    // Acknowledged means on the replica, with nothing more to wait for.
+    let replica = set.replica();
+    e.set("s:ticket", "t", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(cli(replica, &["GET", "s:ticket"]), ["t"]);
+    assert_eq!(e.take("s:ticket").await.unwrap().as_deref(), Some("t"));
+    assert_eq!(cli(replica, &["EXISTS", "s:ticket"]), ["0"]);
+
+    set.kill(replica);
+    e.set("s:code", "c", Duration::from_secs(60)).await.ok();
+    let started = std::time::Instant::now();
+    assert!(e.take("s:code").await.is_err(), "an unreplicated take");
+    assert!(started.elapsed() >= wait.timeout);
+    assert!(e.incr("s:n", Duration::from_secs(60)).await.is_err());
+    assert!(e.claim("s:c", Duration::from_secs(60)).await.is_err());
+    // Reads need no replica, and a store without the requirement keeps working.
+    assert!(!e.exists_any(&["s:none".into()]).await.unwrap());
+    let plain = Ephemeral::Redis(connect(None).await);
+    assert_eq!(plain.incr("s:m", Duration::from_secs(60)).await.unwrap(), 1);
+}
