@@ -49,6 +49,10 @@ struct Args {
     /// User counts for the scaling scenario (users added to the database before it runs).
     #[arg(long, value_delimiter = ',', default_value = "1000,1000000")]
     users: Vec<u64>,
+    /// The servers' async worker threads (`KEYGATE_WORKER_THREADS`; unset: the server's
+    /// default, half the CPUs).
+    #[arg(long)]
+    worker_threads: Option<usize>,
     /// Only these parts: login, refresh, ticket, me, jwks, ready, replicas, users.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -102,6 +106,9 @@ impl Server {
             ("KEYGATE_CONFIG".to_owned(), config_file(dir.path(), args)),
             ("KEYGATE_LOG".to_owned(), "warn".to_owned()),
         ];
+        if let Some(n) = args.worker_threads {
+            env.push(("KEYGATE_WORKER_THREADS".to_owned(), n.to_string()));
+        }
         if let Some(url) = database_url {
             env.push(("KEYGATE_DATABASE_URL".to_owned(), url.to_owned()));
         }
@@ -161,6 +168,72 @@ fn config_file(dir: &std::path::Path, args: &Args) -> String {
     });
     std::fs::write(&path, config.to_string()).unwrap();
     path.display().to_string()
+}
+
+/// CPU seconds the whole machine has spent busy (not idle, not waiting for I/O) so far, from
+/// /proc/stat.
+fn machine_busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let total: f64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3).copied().unwrap_or(0.0) + ticks.get(4).copied().unwrap_or(0.0);
+    (total - idle) / 100.0
+}
+
+/// CPU seconds used so far by the Postgres backends serving database `db` (their command
+/// line names it).
+fn backend_cpu_seconds(db: &str) -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c);
+                c.starts_with("postgres: ") && c.contains(&format!(" {db} "))
+            })
+        })
+        .map(cpu_seconds)
+        .sum()
+}
+
+/// Where the CPU of one operation went, in milliseconds.
+#[derive(Debug, Clone, Copy)]
+struct CpuSplit {
+    machine: f64,
+    server: f64,
+    database: f64,
+    client: f64,
+}
+
+impl CpuSplit {
+    /// Reads the counters now; `since` turns two readings into per-operation figures.
+    fn now(server_pid: u32, db: &str) -> Self {
+        Self {
+            machine: machine_busy_seconds(),
+            server: cpu_seconds(server_pid),
+            database: backend_cpu_seconds(db),
+            client: cpu_seconds(std::process::id()),
+        }
+    }
+
+    fn per_op(self, before: Self, ops: u64) -> Self {
+        let ms = |a: f64, b: f64| (a - b) * 1000.0 / ops.max(1) as f64;
+        Self {
+            machine: ms(self.machine, before.machine),
+            server: ms(self.server, before.server),
+            database: ms(self.database, before.database),
+            client: ms(self.client, before.client),
+        }
+    }
 }
 
 /// CPU seconds (user + system) a process has used so far, from /proc.
@@ -401,6 +474,9 @@ struct StoreRun {
     redis: String,
     /// Tables the statements' generic plans read by sequential scan.
     scans: Vec<String>,
+    /// CPU per operation in Keygate's closed loop, and the machine's per baseline transaction.
+    cpu: CpuSplit,
+    baseline_machine_ms: Option<f64>,
 }
 
 /// Runs Keygate's side of a store-bound operation (closed loop, statements and commands
@@ -427,7 +503,10 @@ where
         let op = op.clone();
         move |w: usize| op(w as u64)
     };
+    let pid = shared.server.process.pid();
+    let cpu_before = CpuSplit::now(pid, db_name);
     let m = drive::closed(args.concurrency, args.seconds, closed_op).await?;
+    let cpu = CpuSplit::now(pid, db_name).per_op(cpu_before, m.total);
     let ours = pg::statements(&args.postgres_url, db_name).await?;
     let commands = raw::commands_per_op(&raw::command_stats(&args.redis_url).await?, m.total);
     let scans = pg::sequential_scans(&shared.db, &ours.per_op_raw(m.total, 0.5)).await?;
@@ -436,6 +515,8 @@ where
         statements: format!("{name}\n{}", ours.describe(m.total)),
         redis: "none".into(),
         scans,
+        cpu,
+        baseline_machine_ms: None,
         row: Row {
             name,
             limit: None,
@@ -446,7 +527,11 @@ where
     if shared.population > 0 {
         return Ok(run);
     }
+    let busy = machine_busy_seconds();
     let pgb = ctx.pgbench(baseline, &ours, run.row.keygate.total).await?;
+    // Set-up and the statement check are inside this reading too: an upper bound.
+    run.baseline_machine_ms =
+        Some((machine_busy_seconds() - busy) * 1000.0 / pgb.transactions.max(1) as f64);
     let mut limit_ms = 1000.0 / pgb.tps;
     let mut what = format!("pgbench {}", baseline.script);
     run.statements
@@ -496,14 +581,26 @@ impl RedisOp {
             "0".repeat(26),
             "1".repeat(26)
         );
+        // Redis answers in microseconds: three seconds measure it well, and bound the tickets
+        // that must be stored beforehand (pipelined) for the window.
+        let seconds = args.seconds.min(3);
         if let Self::TakeTicket = self {
-            // Enough tickets for the window: stored beforehand, pipelined.
             let mut c = raw::Resp::connect(&url).await?;
             for w in 0..args.concurrency {
-                for step in 0..60_000u64 {
-                    let key = ticket_key(w, step);
-                    c.command(&[b"SET", key.as_bytes(), value.as_bytes(), b"EX", b"600"])
-                        .await?;
+                for chunk in (0..TICKETS_PER_CLIENT).collect::<Vec<_>>().chunks(10_000) {
+                    let commands: Vec<Vec<Vec<u8>>> = chunk
+                        .iter()
+                        .map(|step| {
+                            vec![
+                                b"SET".to_vec(),
+                                ticket_key(w, *step).into_bytes(),
+                                value.clone().into_bytes(),
+                                b"EX".to_vec(),
+                                b"600".to_vec(),
+                            ]
+                        })
+                        .collect();
+                    c.pipeline(&commands).await?;
                 }
             }
         }
@@ -511,7 +608,7 @@ impl RedisOp {
         let m = raw::redis_closed(
             &url,
             args.concurrency,
-            args.seconds,
+            seconds,
             move |conn, w, step| async move {
                 let mut conn = conn.lock().await;
                 match self {
@@ -538,6 +635,10 @@ impl RedisOp {
         Ok(m)
     }
 }
+
+/// Tickets stored per client for the Redis baseline (more than four seconds at the fastest
+/// rate seen here, 150 000 per second over all clients).
+const TICKETS_PER_CLIENT: u64 = 150_000;
 
 fn ticket_key(w: usize, step: u64) -> String {
     format!("kg:ticket:{w:02}{step:062}")
@@ -898,8 +999,13 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "keygate-bench: {cpus} CPUs, argon2id m={} KiB t={} p=1, {} clients, {} s per scenario",
-        args.memory_kib, args.iterations, args.concurrency, args.seconds
+        "keygate-bench: {cpus} CPUs, argon2id m={} KiB t={} p=1, {} clients, {} s per scenario, server worker threads: {}",
+        args.memory_kib,
+        args.iterations,
+        args.concurrency,
+        args.seconds,
+        args.worker_threads
+            .map_or("default (half the CPUs)".to_owned(), |n| n.to_string())
     );
     let mut conn = pg::connect(&args.postgres_url).await?;
     pg::run(
@@ -986,6 +1092,21 @@ async fn main() -> Result<()> {
     );
     for s in &runs {
         println!("{}\n  Redis: {}", s.statements, s.redis);
+    }
+    println!(
+        "\nCPU per operation, ms (Keygate's closed loop; the baseline's machine-wide figure includes its set-up)\n\n| operation | machine | server | Postgres backends | load generator | baseline machine |\n|---|---:|---:|---:|---:|---:|"
+    );
+    for s in &runs {
+        println!(
+            "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {} |",
+            s.row.name,
+            s.cpu.machine,
+            s.cpu.server,
+            s.cpu.database,
+            s.cpu.client,
+            s.baseline_machine_ms
+                .map_or(String::new(), |b| format!("{b:.3}"))
+        );
     }
     if want("ready") {
         let (ready_p50, ready_max) = ready_time(9)?;

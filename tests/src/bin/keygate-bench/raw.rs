@@ -148,14 +148,23 @@ impl Resp {
 
     /// Sends one command and reads its reply.
     pub async fn command(&mut self, args: &[&[u8]]) -> Result<Reply> {
-        let mut out = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            out.extend_from_slice(a);
-            out.extend_from_slice(b"\r\n");
-        }
+        let mut out = Vec::new();
+        encode(&mut out, args);
         self.conn.get_mut().write_all(&out).await?;
         self.reply().await
+    }
+
+    /// Sends `commands` in one write (set-up, not measured) and reads every reply.
+    pub async fn pipeline(&mut self, commands: &[Vec<Vec<u8>>]) -> Result<()> {
+        let mut out = Vec::new();
+        for c in commands {
+            encode(&mut out, &c.iter().map(Vec::as_slice).collect::<Vec<_>>());
+        }
+        self.conn.get_mut().write_all(&out).await?;
+        for _ in commands {
+            self.reply().await?;
+        }
+        Ok(())
     }
 
     async fn line(&mut self) -> Result<Vec<u8>> {
@@ -192,6 +201,16 @@ impl Resp {
                 _ => bail!("unexpected reply {}", String::from_utf8_lossy(&line)),
             }
         })
+    }
+}
+
+/// Appends one command in RESP2 to `out`.
+fn encode(out: &mut Vec<u8>, args: &[&[u8]]) {
+    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
     }
 }
 
