@@ -8,6 +8,7 @@ pub mod collector;
 pub mod delivery;
 pub mod oidc;
 pub mod operator;
+pub mod postgres;
 pub mod sentinel;
 
 use std::io::Write;

@@ -314,6 +314,20 @@ async fn contracts_hold_behind_sentinel_and_unreplicated_writes_fail_closed() {
     .await;
     gate_contract(e.clone(), "s:gate:").await;
     claim_and_refund_contract(e.clone(), "s:claim:").await;
+    // What WAIT costs: a ticket's set and take, one at a time, without and with it.
+    let plain = Ephemeral::Redis(connect(None).await);
+    for (name, store) in [("without WAIT", &plain), ("with WAIT 1", &e)] {
+        let started = std::time::Instant::now();
+        for n in 0..300 {
+            let key = format!("s:cost:{n}");
+            store.set(&key, "t", Duration::from_secs(60)).await.unwrap();
+            store.take(&key).await.unwrap().unwrap();
+        }
+        println!(
+            "set + take {name}: {:.0} µs",
+            started.elapsed().as_micros() as f64 / 300.0
+        );
+    }
     // Acknowledged means on the replica, with nothing more to wait for.
     let replica = set.replica();
     e.set("s:ticket", "t", Duration::from_secs(60))
@@ -332,6 +346,5 @@ async fn contracts_hold_behind_sentinel_and_unreplicated_writes_fail_closed() {
     assert!(e.claim("s:c", Duration::from_secs(60)).await.is_err());
     // Reads need no replica, and a store without the requirement keeps working.
     assert!(!e.exists_any(&["s:none".into()]).await.unwrap());
-    let plain = Ephemeral::Redis(connect(None).await);
     assert_eq!(plain.incr("s:m", Duration::from_secs(60)).await.unwrap(), 1);
 }
