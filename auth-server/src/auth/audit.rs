@@ -90,11 +90,15 @@ impl AuthService {
     /// Records an event. The trail must not take sign-in down with it: a failed write is
     /// logged as an error and counted, and the request goes on.
     pub async fn audit(&self, event: Event<'_>) {
-        let kind = event.kind;
         let record = self.audit_record(event);
-        if let Err(e) = self.store.insert_audit(&record).await {
+        self.write_audit(&record).await;
+    }
+
+    /// Writes an entry on its own; a failure is logged and counted, never the request's.
+    async fn write_audit(&self, record: &AuditRecord) {
+        if let Err(e) = self.store.insert_audit(record).await {
             crate::metrics::AUDIT_WRITE_FAILURES.inc();
-            tracing::error!(error = %e, kind, "audit event could not be written");
+            tracing::error!(error = %e, kind = %record.event_type, "audit event could not be written");
         }
     }
 
@@ -146,10 +150,7 @@ impl AuthService {
             user_id.as_deref(),
             reason,
         );
-        if let Err(e) = self.store.insert_audit(&record).await {
-            crate::metrics::AUDIT_WRITE_FAILURES.inc();
-            tracing::error!(error = %e, kind = kind::SIGN_IN, "audit event could not be written");
-        }
+        self.write_audit(&record).await;
     }
 
     /// The `sign_in` entry of an attempt with `outcome` (written by `audit_sign_in`, or, for a

@@ -60,20 +60,24 @@ impl utoipa::Modify for SharedResponses<'_> {
                 .find(|(p, _)| *p == route)
                 .map(|(_, rule)| *rule);
             let backed = !WITHOUT_BACKING_SERVICES.contains(&path.as_str());
-            for op in [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
-            ]
-            .into_iter()
-            .flatten()
-            {
+            for op in operations(item) {
                 add_shared(op, rate_rule, backed);
             }
         }
     }
+}
+
+/// The operations of a path, whatever their method.
+fn operations(item: &mut utoipa::openapi::PathItem) -> impl Iterator<Item = &mut Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.patch,
+    ]
+    .into_iter()
+    .flatten()
 }
 
 /// The characters the server trims and calls whitespace (Unicode `White_Space`, as Rust's
@@ -116,16 +120,7 @@ pub fn spell_whitespace(doc: &mut OpenApi) {
         components.schemas.values_mut().for_each(walk);
     }
     for item in doc.paths.paths.values_mut() {
-        for op in [
-            &mut item.get,
-            &mut item.put,
-            &mut item.post,
-            &mut item.delete,
-            &mut item.patch,
-        ]
-        .into_iter()
-        .flatten()
-        {
+        for op in operations(item) {
             for param in op.parameters.iter_mut().flatten() {
                 if let Some(schema) = param.schema.as_mut() {
                     walk(schema);

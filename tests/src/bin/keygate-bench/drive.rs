@@ -58,10 +58,10 @@ impl Measured {
 }
 
 /// Runs `op` from `concurrency` workers for one warm-up second, then `seconds` measured.
-/// `op` gets the worker's number.
+/// `op` gets the worker's number (the same operation serves `open`, which numbers its starts).
 pub async fn closed<F, Fut>(concurrency: usize, seconds: u64, op: F) -> Result<Measured>
 where
-    F: Fn(usize) -> Fut + Send + Sync + Clone + 'static,
+    F: Fn(u64) -> Fut + Send + Sync + Clone + 'static,
     Fut: Future<Output = Result<()>> + Send,
 {
     let measuring = Arc::new(AtomicBool::new(false));
@@ -75,7 +75,7 @@ where
             let mut latencies = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let started = Instant::now();
-                op(w).await?;
+                op(w as u64).await?;
                 total.fetch_add(1, Ordering::Relaxed);
                 if measuring.load(Ordering::Relaxed) {
                     latencies.push(started.elapsed().as_secs_f64() * 1000.0);

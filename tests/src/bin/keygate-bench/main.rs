@@ -96,7 +96,7 @@ fn text(v: &Value, path: &[&str]) -> Result<String> {
 struct Server {
     process: ServerProcess,
     env: Vec<(String, String)>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Server {
@@ -129,17 +129,13 @@ impl Server {
             env: env.clone(),
             ..Default::default()
         });
-        Self {
-            process,
-            env,
-            _dir: dir,
-        }
+        Self { process, env, dir }
     }
 
     /// Another process with the same data and settings (a replica).
     fn replica(&self) -> ServerProcess {
         ServerProcess::start(ServerOptions {
-            data_dir: Some(self._dir.path().to_path_buf()),
+            data_dir: Some(self.dir.path().to_path_buf()),
             env: self.env.clone(),
             ..Default::default()
         })
@@ -313,7 +309,7 @@ async fn login(args: &Args, raw: &Measured) -> Result<Login> {
     let client = client();
     let url = server.url("/api/v1/auth/login");
     let (server_cpu, own_cpu) = (cpu_seconds(pid), cpu_seconds(std::process::id()));
-    let op = move |w: usize| {
+    let op = move |w: u64| {
         let (client, url) = (client.clone(), url.clone());
         async move {
             post(
@@ -329,7 +325,7 @@ async fn login(args: &Args, raw: &Measured) -> Result<Login> {
     let server_cpu = cpu_seconds(pid) - server_cpu;
     let own_cpu = cpu_seconds(std::process::id()) - own_cpu;
     let rss_peak = memory_mib(pid, "VmHWM:");
-    let half = drive::open(m.rate() / 2.0, args.seconds, move |n| op(n as usize)).await?;
+    let half = drive::open(m.rate() / 2.0, args.seconds, op).await?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     Ok(Login {
         server_cpu_ms: server_cpu * 1000.0 / m.total as f64,
@@ -499,13 +495,9 @@ where
     let db_name = pg::database_name(&shared.db);
     pg::reset(&args.postgres_url).await?;
     raw::reset_command_stats(&args.redis_url).await?;
-    let closed_op = {
-        let op = op.clone();
-        move |w: usize| op(w as u64)
-    };
     let pid = shared.server.process.pid();
     let cpu_before = CpuSplit::now(pid, db_name);
-    let m = drive::closed(args.concurrency, args.seconds, closed_op).await?;
+    let m = drive::closed(args.concurrency, args.seconds, op.clone()).await?;
     let cpu = CpuSplit::now(pid, db_name).per_op(cpu_before, m.total);
     let ours = pg::statements(&args.postgres_url, db_name).await?;
     let commands = raw::commands_per_op(&raw::command_stats(&args.redis_url).await?, m.total);
@@ -644,29 +636,37 @@ fn ticket_key(w: usize, step: u64) -> String {
     format!("kg:ticket:{w:02}{step:062}")
 }
 
+/// 64 sessions of the bench users: their refresh tokens, shared by the clients.
+async fn refresh_chains(
+    server: &Server,
+    client: &reqwest::Client,
+    users: usize,
+) -> Result<Arc<Pool>> {
+    let pool = Arc::new(Pool::new());
+    for i in 0..64 {
+        let login = server.login(client, &format!("bench{}", i % users)).await?;
+        pool.put(text(&login, &["refresh_token"])?).await;
+    }
+    Ok(pool)
+}
+
+/// One refresh: a token from the pool exchanged at `url`, its successor put back.
+async fn refresh_once(client: reqwest::Client, url: String, pool: Arc<Pool>) -> Result<()> {
+    let token = pool.take().await?;
+    let body = post(&client, &url, &json!({"refresh_token": token})).await?;
+    pool.put(text(&body, &["refresh_token"])?).await;
+    Ok(())
+}
+
 /// Refresh on Postgres + Redis: each operation takes a refresh token from the pool and puts
 /// its successor back.
 async fn refresh(ctx: &Ctx<'_>, shared: &Shared) -> Result<StoreRun> {
     let args = ctx.args;
     let server = &shared.server;
     let client = client();
-    let pool = Arc::new(Pool::new());
-    for i in 0..64 {
-        let login = server
-            .login(&client, &format!("bench{}", i % args.concurrency))
-            .await?;
-        pool.put(text(&login, &["refresh_token"])?).await;
-    }
+    let pool = refresh_chains(server, &client, args.concurrency).await?;
     let url = server.url("/api/v1/auth/refresh");
-    let op = move |_| {
-        let (client, url, pool) = (client.clone(), url.clone(), pool.clone());
-        async move {
-            let token = pool.take().await?;
-            let body = post(&client, &url, &json!({"refresh_token": token})).await?;
-            pool.put(text(&body, &["refresh_token"])?).await;
-            Ok(())
-        }
-    };
+    let op = move |_| refresh_once(client.clone(), url.clone(), pool.clone());
     let baseline = Baseline {
         script: "refresh.pgbench",
         seed: seed_users_sessions(args.concurrency, &ctx.hash),
@@ -874,11 +874,7 @@ async fn jwks(args: &Args) -> Result<Row> {
             Ok(())
         }
     };
-    let closed_op = {
-        let op = op.clone();
-        move |w: usize| op(w as u64)
-    };
-    let m = drive::closed(args.concurrency, args.seconds, closed_op).await?;
+    let m = drive::closed(args.concurrency, args.seconds, op.clone()).await?;
     let half = drive::open(m.rate() / 2.0, args.seconds, op).await?;
     Ok(Row {
         name: "GET /.well-known/jwks.json".into(),
@@ -942,27 +938,10 @@ async fn replicas(args: &Args, n: usize) -> Result<Measured> {
         others.push(p);
     }
     let client = client();
-    let pool = Arc::new(Pool::new());
-    for i in 0..64 {
-        let login = first
-            .login(&client, &format!("bench{}", i % args.concurrency))
-            .await?;
-        pool.put(text(&login, &["refresh_token"])?).await;
-    }
-    let urls = Arc::new(urls);
+    let pool = refresh_chains(&first, &client, args.concurrency).await?;
     drive::closed(args.concurrency, args.seconds, move |w| {
-        let (client, urls, pool) = (client.clone(), urls.clone(), pool.clone());
-        async move {
-            let token = pool.take().await?;
-            let body = post(
-                &client,
-                &urls[w % urls.len()],
-                &json!({"refresh_token": token}),
-            )
-            .await?;
-            pool.put(text(&body, &["refresh_token"])?).await;
-            Ok(())
-        }
+        let url = urls[w as usize % urls.len()].clone();
+        refresh_once(client.clone(), url, pool.clone())
     })
     .await
 }

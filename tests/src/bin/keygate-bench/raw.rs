@@ -295,6 +295,7 @@ where
     let steps: Arc<Vec<AtomicU64>> = Arc::new((0..clients).map(|_| AtomicU64::new(0)).collect());
     drive::closed(clients, seconds, move |w| {
         let (op, conns, steps) = (op.clone(), conns.clone(), steps.clone());
+        let w = w as usize;
         async move {
             let step = steps[w].fetch_add(1, Ordering::Relaxed);
             op(conns[w].clone(), w, step).await
