@@ -119,14 +119,7 @@ pub fn is_sentinel(url: &str) -> bool {
 }
 
 /// Deletes and returns the value under KEYS[1] only if it contains ARGV[1] (plain text).
-const TAKE_IF_SCRIPT: &str = r"
-local v = redis.call('GET', KEYS[1])
-if v and string.find(v, ARGV[1], 1, true) then
-  redis.call('DEL', KEYS[1])
-  return v
-end
-return false
-";
+const TAKE_IF_SCRIPT: &str = include_str!("lua/take_if.lua");
 
 /// The attempt gate of `attempts.rs`, as one atomic script over both keys. Fields: `f`
 /// failures, `n` next allowed (ms), `l` locked until (ms).
@@ -189,11 +182,7 @@ return {1, 0}
 "#;
 
 /// INCR that sets the expiry when it creates the counter.
-const INCR_SCRIPT: &str = r#"
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-return n
-"#;
+const INCR_SCRIPT: &str = include_str!("lua/incr.lua");
 
 const SUCCESS_SCRIPT: &str = r#"
 redis.call('DEL', KEYS[1])
@@ -217,12 +206,7 @@ return 1
 "#;
 
 /// SET NX with an expiry; when the key is held, its remaining time (ms) instead.
-const CLAIM_SCRIPT: &str = r#"
-if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return -1 end
-local t = redis.call('PTTL', KEYS[1])
-if t < 1 then t = 1 end
-return t
-"#;
+const CLAIM_SCRIPT: &str = include_str!("lua/claim.lua");
 
 fn rule_args(r: &GateRule) -> [i64; 6] {
     let c = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);

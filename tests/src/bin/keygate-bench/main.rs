@@ -9,12 +9,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod drive;
+mod issuer;
 mod pg;
 mod raw;
 
 use anyhow::{Context, Result, ensure};
 use clap::Parser;
 use drive::Measured;
+use keygate_tests::delivery::SmtpServer;
 use keygate_tests::{ServerOptions, ServerProcess, add_user};
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -53,7 +55,8 @@ struct Args {
     /// default, half the CPUs).
     #[arg(long)]
     worker_threads: Option<usize>,
-    /// Only these parts: login, refresh, ticket, me, jwks, ready, replicas, users.
+    /// Only these parts: login, refresh, ticket, code, id_token, me, jwks, ready, reload,
+    /// replicas, users.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Replica counts compared (refresh on shared Postgres and Redis).
@@ -73,6 +76,8 @@ fn client() -> reqwest::Client {
 }
 /// Fixed times of the baselines' rows (their values cost nothing in particular).
 const NOW: i64 = 1_800_000_000;
+/// The issuer of the baselines' external accounts.
+const BASELINE_ISSUER: &str = "http://127.0.0.1:1";
 
 async fn post(client: &reqwest::Client, url: &str, body: &Value) -> Result<Value> {
     let res = client.post(url).json(body).send().await?;
@@ -100,12 +105,31 @@ struct Server {
 }
 
 impl Server {
-    fn start(args: &Args, database_url: Option<&str>, redis: bool, users: usize) -> Self {
+    fn start(
+        args: &Args,
+        database_url: Option<&str>,
+        redis: bool,
+        users: usize,
+        extras: Option<&Extras>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let providers = extras.map_or(json!([]), |e| {
+            json!([e.issuer.provider_config(ISSUER_NAME)])
+        });
         let mut env = vec![
-            ("KEYGATE_CONFIG".to_owned(), config_file(dir.path(), args)),
+            (
+                "KEYGATE_CONFIG".to_owned(),
+                config_file(dir.path(), args, providers),
+            ),
             ("KEYGATE_LOG".to_owned(), "warn".to_owned()),
         ];
+        if let Some(e) = extras {
+            env.push(("KEYGATE_SMTP_URL".to_owned(), e.smtp.url()));
+            env.push((
+                "KEYGATE_SMTP_FROM".to_owned(),
+                "bench@keygate.test".to_owned(),
+            ));
+        }
         if let Some(n) = args.worker_threads {
             env.push(("KEYGATE_WORKER_THREADS".to_owned(), n.to_string()));
         }
@@ -155,12 +179,13 @@ impl Server {
     }
 }
 
-fn config_file(dir: &std::path::Path, args: &Args) -> String {
+fn config_file(dir: &std::path::Path, args: &Args, oidc_providers: Value) -> String {
     let path = dir.join("bench-config.json");
     // The limiter is not what is measured here: no rules.
     let config = json!({
         "password_hashing": {"memory_kib": args.memory_kib, "iterations": args.iterations, "parallelism": 1},
-        "rate_limits": {"rules": []}
+        "rate_limits": {"rules": []},
+        "oidc_providers": oidc_providers,
     });
     std::fs::write(&path, config.to_string()).unwrap();
     path.display().to_string()
@@ -290,6 +315,8 @@ struct Row {
     keygate: Measured,
     limit: Option<(String, f64)>,
     half: Option<Measured>,
+    /// The database work's own p50 and p99 (ms) at the open loop's rate.
+    limit_half: Option<(f64, f64)>,
 }
 
 struct Login {
@@ -302,7 +329,7 @@ struct Login {
 }
 
 async fn login(args: &Args, raw: &Measured) -> Result<Login> {
-    let server = Server::start(args, None, false, args.concurrency);
+    let server = Server::start(args, None, false, args.concurrency, None);
     let pid = server.process.pid();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_idle = memory_mib(pid, "VmRSS:");
@@ -338,6 +365,7 @@ async fn login(args: &Args, raw: &Measured) -> Result<Login> {
             limit: Some(("raw argon2id verify".into(), raw.rate())),
             keygate: m,
             half: Some(half),
+            limit_half: None,
         },
     })
 }
@@ -351,15 +379,18 @@ struct Baseline {
     defines: Vec<(&'static str, String)>,
 }
 
-/// Rows for `clients` users `0..clients` (ids as text), each with a session `0..` holding
-/// refresh token `0..`.
+/// Rows for `clients` users `0..clients` (ids, and addresses, as text: pgbench binds a client
+/// id, not a string made of it), each with a session `0..` holding refresh token `0..` and
+/// an external account `0..` of the benchmark's issuer.
 fn seed_users_sessions(clients: usize, hash: &str) -> String {
     let last = clients - 1;
     format!(
-        "INSERT INTO users (id, tenant_id, username, password_hash, status, roles, \
+        "INSERT INTO users (id, tenant_id, username, email, password_hash, status, roles, \
          must_change_password, created_at, updated_at) \
-         SELECT i::text, 'default', 'bench' || i, '{hash}', 'active', '', 0, {NOW}, {NOW} \
+         SELECT i::text, 'default', 'bench' || i, i::text, '{hash}', 'active', '', 0, {NOW}, {NOW} \
          FROM generate_series(0, {last}) i; \
+         INSERT INTO federated_identities (tenant_id, issuer, subject, user_id, created_at) \
+         SELECT 'default', '{BASELINE_ISSUER}', i::text, i::text, {NOW} FROM generate_series(0, {last}) i; \
          INSERT INTO sessions (id, tenant_id, user_id, amr, created_at, expires_at) \
          SELECT i::text, 'default', i::text, 'pwd', {NOW}, {NOW} + 2592000 \
          FROM generate_series(0, {last}) i; \
@@ -398,12 +429,14 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// Measures `baseline` and checks that it issued the statements `ours` lists per op.
+    /// Measures `baseline` on rows of its own (as fast as it goes, or at `rate` with its
+    /// latency) and checks that it issued the statements `ours` lists per op.
     async fn pgbench(
         &self,
         baseline: &Baseline,
         ours: &pg::Statements,
         ops: u64,
+        rate: Option<f64>,
     ) -> Result<raw::PgbenchRun> {
         let url = keygate_tests::fresh_postgres_database_on(&self.args.postgres_url).await;
         pg::migrate(&url, &self.migrations).await?;
@@ -420,6 +453,7 @@ impl Ctx<'_> {
             self.args.concurrency,
             self.args.seconds,
             &baseline.defines,
+            rate,
         )?;
         let theirs = pg::statements(&self.args.postgres_url, db).await?;
         ours.same_work(ops, &theirs, run.transactions, &control)
@@ -428,17 +462,32 @@ impl Ctx<'_> {
     }
 }
 
+/// What the code and id-token scenarios need besides Postgres and Redis: the SMTP server
+/// codes are delivered to, and an issuer of id_tokens.
+struct Extras {
+    smtp: SmtpServer,
+    issuer: issuer::Issuer,
+}
+
+/// The name the benchmark's issuer is configured under.
+const ISSUER_NAME: &str = "bench";
+
 /// A server on Postgres and Redis with its users, and the population added around them.
 struct Shared {
     server: Server,
     db: String,
     population: u64,
+    extras: Extras,
 }
 
 impl Shared {
     async fn start(args: &Args, population: u64) -> Result<Self> {
         let db = keygate_tests::fresh_postgres_database_on(&args.postgres_url).await;
-        let server = Server::start(args, Some(&db), true, args.concurrency);
+        let extras = Extras {
+            smtp: SmtpServer::start(),
+            issuer: issuer::Issuer::start().await?,
+        };
+        let server = Server::start(args, Some(&db), true, args.concurrency, Some(&extras));
         if population > 0 {
             let started = Instant::now();
             pg::run(&db, &seed_population(population)).await?;
@@ -451,6 +500,7 @@ impl Shared {
             server,
             db,
             population,
+            extras,
         })
     }
 
@@ -514,16 +564,29 @@ where
             limit: None,
             keygate: m,
             half: Some(half),
+            limit_half: None,
         },
     };
     if shared.population > 0 {
         return Ok(run);
     }
     let busy = machine_busy_seconds();
-    let pgb = ctx.pgbench(baseline, &ours, run.row.keygate.total).await?;
+    let pgb = ctx
+        .pgbench(baseline, &ours, run.row.keygate.total, None)
+        .await?;
     // Set-up and the statement check are inside this reading too: an upper bound.
     run.baseline_machine_ms =
         Some((machine_busy_seconds() - busy) * 1000.0 / pgb.transactions.max(1) as f64);
+    // The database's own latency at the rate Keygate's open loop ran at.
+    let at_half = ctx
+        .pgbench(
+            baseline,
+            &ours,
+            run.row.keygate.total,
+            Some(run.row.keygate.rate() / 2.0),
+        )
+        .await?;
+    run.row.limit_half = at_half.latency;
     let mut limit_ms = 1000.0 / pgb.tps;
     let mut what = format!("pgbench {}", baseline.script);
     run.statements
@@ -559,33 +622,57 @@ enum RedisOp {
     TakeTicket,
     /// `EXISTS` of the two deny-list keys of a bearer check.
     DenyCheck,
+    /// A code redeemed as the server does it: `GET` of the stored code, the attempt counter's
+    /// script, and the take-if-unchanged script (the server's own Lua).
+    RedeemCode,
+    /// The single-use claim of an id_token (the server's own Lua: `SET NX PX`).
+    SpendIdToken,
 }
 
+/// The server's Lua scripts, as it sends them.
+const INCR_LUA: &str = include_str!("../../../../auth-server/src/ephemeral/lua/incr.lua");
+const TAKE_IF_LUA: &str = include_str!("../../../../auth-server/src/ephemeral/lua/take_if.lua");
+const CLAIM_LUA: &str = include_str!("../../../../auth-server/src/ephemeral/lua/claim.lua");
+/// The nonce of the baseline's stored codes (the server's are random, of this length).
+const CODE_NONCE: &str = "bench-code-nonce";
+
 impl RedisOp {
+    /// The value stored under each key beforehand, for the operations that take one.
+    fn stored_value(self) -> Option<String> {
+        match self {
+            Self::TakeTicket => Some(format!(
+                "{{\"user_id\":\"usr_{}\",\"tenant_id\":\"default\",\"issued_by\":\"usr_{}\",\"expires_at\":{NOW},\"reason\":null,\"issuer_act\":null}}",
+                "0".repeat(26),
+                "1".repeat(26)
+            )),
+            Self::RedeemCode => Some(format!(
+                "{{\"nonce\":\"{CODE_NONCE}\",\"hash\":\"{}\",\"expires_at\":{NOW}}}",
+                "0".repeat(64)
+            )),
+            Self::DenyCheck | Self::SpendIdToken => None,
+        }
+    }
+
     async fn measure(
         self,
         args: &Args,
         ours: &std::collections::BTreeMap<String, f64>,
     ) -> Result<Measured> {
         let url = args.redis_url.clone();
-        let value = format!(
-            "{{\"user_id\":\"usr_{}\",\"tenant_id\":\"default\",\"issued_by\":\"usr_{}\",\"expires_at\":{NOW},\"reason\":null,\"issuer_act\":null}}",
-            "0".repeat(26),
-            "1".repeat(26)
-        );
-        // Redis answers in microseconds: three seconds measure it well, and bound the tickets
+        // Redis answers in microseconds: three seconds measure it well, and bound the values
         // that must be stored beforehand (pipelined) for the window.
         let seconds = args.seconds.min(3);
-        if let Self::TakeTicket = self {
+        let run: u32 = rand::random();
+        if let Some(value) = self.stored_value() {
             let mut c = raw::Resp::connect(&url).await?;
             for w in 0..args.concurrency {
-                for chunk in (0..TICKETS_PER_CLIENT).collect::<Vec<_>>().chunks(10_000) {
+                for chunk in (0..KEYS_PER_CLIENT).collect::<Vec<_>>().chunks(10_000) {
                     let commands: Vec<Vec<Vec<u8>>> = chunk
                         .iter()
                         .map(|step| {
                             vec![
                                 b"SET".to_vec(),
-                                ticket_key(w, *step).into_bytes(),
+                                baseline_key(run, w, *step).into_bytes(),
                                 value.clone().into_bytes(),
                                 b"EX".to_vec(),
                                 b"600".to_vec(),
@@ -603,9 +690,9 @@ impl RedisOp {
             seconds,
             move |conn, w, step| async move {
                 let mut conn = conn.lock().await;
+                let key = baseline_key(run, w, step);
                 match self {
                     Self::TakeTicket => {
-                        let key = ticket_key(w, step);
                         let got = conn.command(&[b"GETDEL", key.as_bytes()]).await?;
                         ensure!(got != raw::Reply::Nil, "ticket {key} missing");
                     }
@@ -616,6 +703,44 @@ impl RedisOp {
                             b"kg:deny:sid:ses_01m8tmd9363evp9zbxe6gp928p",
                         ])
                         .await?;
+                    }
+                    Self::RedeemCode => {
+                        let got = conn.command(&[b"GET", key.as_bytes()]).await?;
+                        ensure!(got != raw::Reply::Nil, "code {key} missing");
+                        let attempts = format!("kg:code:att:{run:08x}{w:02}{step:022}");
+                        conn.command(&[
+                            b"EVAL",
+                            INCR_LUA.as_bytes(),
+                            b"1",
+                            attempts.as_bytes(),
+                            b"360000",
+                        ])
+                        .await?;
+                        let taken = conn
+                            .command(&[
+                                b"EVAL",
+                                TAKE_IF_LUA.as_bytes(),
+                                b"1",
+                                key.as_bytes(),
+                                CODE_NONCE.as_bytes(),
+                            ])
+                            .await?;
+                        ensure!(taken != raw::Reply::Nil, "code {key} not taken");
+                    }
+                    Self::SpendIdToken => {
+                        let claimed = conn
+                            .command(&[
+                                b"EVAL",
+                                CLAIM_LUA.as_bytes(),
+                                b"1",
+                                key.as_bytes(),
+                                b"660000",
+                            ])
+                            .await?;
+                        ensure!(
+                            claimed == raw::Reply::Value(b"-1".to_vec()),
+                            "{key} claimed twice"
+                        );
                     }
                 }
                 Ok(())
@@ -628,12 +753,14 @@ impl RedisOp {
     }
 }
 
-/// Tickets stored per client for the Redis baseline (more than four seconds at the fastest
+/// Values stored per client for the Redis baselines (more than four seconds at the fastest
 /// rate seen here, 150 000 per second over all clients).
-const TICKETS_PER_CLIENT: u64 = 150_000;
+const KEYS_PER_CLIENT: u64 = 150_000;
 
-fn ticket_key(w: usize, step: u64) -> String {
-    format!("kg:ticket:{w:02}{step:062}")
+/// The baseline's key for client `w`'s `step`-th operation of run `run` (as long as the
+/// server's keys; a run of its own so that keys an earlier run left are not met again).
+fn baseline_key(run: u32, w: usize, step: u64) -> String {
+    format!("kg:bench:{run:08x}{w:02}{step:054}")
 }
 
 /// 64 sessions of the bench users: their refresh tokens, shared by the clients.
@@ -708,9 +835,8 @@ async fn ticket(ctx: &Ctx<'_>, shared: &Shared) -> Result<StoreRun> {
             .await?;
         users.push(text(&me, &["data", "id"])?);
     }
-    // Enough for the closed window at 3000/s and the open one at half of it.
-    let needed = (3000.0 * (args.seconds as f64 + 1.0) * 1.6) as usize;
-    let issued = Arc::new(Mutex::new(Vec::with_capacity(needed)));
+    let needed = prepared(args);
+    let issued: Prepared<String> = Arc::new(Mutex::new(Vec::with_capacity(needed)));
     let issue_url = server.url("/api/v1/auth/generate-ticket");
     drive_n(needed, args.concurrency, {
         let (client, admin, users, issued) =
@@ -746,11 +872,7 @@ async fn ticket(ctx: &Ctx<'_>, shared: &Shared) -> Result<StoreRun> {
     let op = move |_| {
         let (client, url, issued) = (client.clone(), url.clone(), issued.clone());
         async move {
-            let ticket = issued
-                .lock()
-                .await
-                .pop()
-                .context("out of tickets: issue more")?;
+            let ticket = next_prepared(&issued).await?;
             post(&client, &url, &json!({"ticket": ticket})).await?;
             Ok(())
         }
@@ -834,6 +956,245 @@ async fn me(ctx: &Ctx<'_>, shared: &Shared) -> Result<StoreRun> {
     .await
 }
 
+/// Operations prepared beforehand for the code and id-token scenarios: enough for the closed
+/// window at 2000/s and the open one at half of it (faster than any store-bound operation
+/// measured here).
+fn prepared(args: &Args) -> usize {
+    (2000.0 * (args.seconds as f64 + 1.0) * 1.6) as usize
+}
+
+/// Items made beforehand, one per operation.
+type Prepared<T> = Arc<Mutex<Vec<T>>>;
+
+async fn next_prepared<T>(items: &Prepared<T>) -> Result<T> {
+    items
+        .lock()
+        .await
+        .pop()
+        .context("out of prepared items: prepare more")
+}
+
+/// The `-D` variables of a sign-in baseline's session and `sign_in` audit entry.
+fn sign_in_defines(amr: &str, method: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("now", NOW.to_string()),
+        ("expires", (NOW + 2_592_000).to_string()),
+        ("tenant", "default".into()),
+        ("amr", amr.into()),
+        ("method", method.into()),
+        ("sign_in", "sign_in".into()),
+        ("success", "success".into()),
+        // Keygate binds NULL for these; pgbench cannot bind NULL, so the baseline binds "-".
+        ("actor", "-".into()),
+        ("reason", "-".into()),
+        ("ip", "127.0.0.1".into()),
+        ("agent", AGENT.into()),
+        (
+            "details",
+            json!({"session_id": format!("ses_{}", "2".repeat(26))}).to_string(),
+        ),
+    ]
+}
+
+/// The address of the `i`-th account of the code scenario.
+fn code_email(i: usize) -> String {
+    format!("code{i}@bench.keygate.test")
+}
+
+/// Code sign-in alone: accounts with an address each (added in SQL), a code sent to every
+/// one beforehand through the server and delivered to a local SMTP server (the send rate is a
+/// row of its own), each operation signs in with one.
+async fn code(ctx: &Ctx<'_>, shared: &Shared) -> Result<(Row, StoreRun)> {
+    let args = ctx.args;
+    let server = &shared.server;
+    let client = client();
+    let needed = prepared(args);
+    pg::run(
+        &shared.db,
+        &format!(
+            "INSERT INTO users (id, tenant_id, username, email, password_hash, status, roles, \
+             must_change_password, created_at, updated_at) \
+             SELECT 'usr_code_' || i, 'default', 'code' || i, 'code' || i || '@bench.keygate.test', \
+             'x', 'active', '', 0, {NOW}, {NOW} FROM generate_series(0, {}) i; ANALYZE users;",
+            needed - 1
+        ),
+    )
+    .await?;
+    let send_url = server.url("/api/v1/auth/send-login-code");
+    let started = Instant::now();
+    drive_n(needed, args.concurrency, {
+        let client = client.clone();
+        move |n| {
+            let (client, url) = (client.clone(), send_url.clone());
+            async move {
+                post(&client, &url, &json!({"email": code_email(n)})).await?;
+                Ok(())
+            }
+        }
+    })
+    .await?;
+    let send = Row {
+        name: shared.label("POST /auth/send-login-code (SMTP, prepared)"),
+        keygate: Measured::count(needed as u64, started.elapsed().as_secs_f64()),
+        limit: None,
+        half: None,
+        limit_half: None,
+    };
+    let codes: Vec<(String, String)> = shared
+        .extras
+        .smtp
+        .messages()
+        .into_iter()
+        .map(|m| {
+            let code = m.code(6);
+            (m.to, code)
+        })
+        .collect();
+    ensure!(
+        codes.len() == needed,
+        "{} of {needed} codes arrived",
+        codes.len()
+    );
+    let codes: Prepared<(String, String)> = Arc::new(Mutex::new(codes));
+    let url = server.url("/api/v1/auth/login/email-code");
+    let op = move |_| {
+        let (client, url, codes) = (client.clone(), url.clone(), codes.clone());
+        async move {
+            let (email, code) = next_prepared(&codes).await?;
+            post(&client, &url, &json!({"email": email, "code": code})).await?;
+            Ok(())
+        }
+    };
+    let baseline = Baseline {
+        script: "code.pgbench",
+        seed: seed_users_sessions(args.concurrency, &ctx.hash),
+        defines: sign_in_defines("otp_email", "email_code"),
+    };
+    let run = store_bound(
+        ctx,
+        shared,
+        "POST /auth/login/email-code (Postgres + Redis)",
+        &baseline,
+        Some(RedisOp::RedeemCode),
+        op,
+    )
+    .await?;
+    Ok((send, run))
+}
+
+/// Id-token sign-in with the issuer's keys cached: each of the bench subjects signs in once
+/// beforehand (creating and linking its account, fetching the keys), then every operation
+/// presents a fresh id_token (its own `jti`: tokens are single use) of one of them.
+async fn id_token(ctx: &Ctx<'_>, shared: &Shared) -> Result<StoreRun> {
+    let args = ctx.args;
+    let server = &shared.server;
+    let client = client();
+    let issuer = &shared.extras.issuer;
+    let url = server.url("/api/v1/auth/id-token/signin");
+    let subject = |i: usize| format!("bench-subject-{i}");
+    for token in issuer.id_tokens(args.concurrency, subject).await? {
+        post(
+            &client,
+            &url,
+            &json!({"provider": ISSUER_NAME, "id_token": token}),
+        )
+        .await?;
+    }
+    let clients = args.concurrency;
+    let tokens: Prepared<String> = Arc::new(Mutex::new(
+        issuer
+            .id_tokens(prepared(args), move |i| subject(i % clients))
+            .await?,
+    ));
+    let op = move |_| {
+        let (client, url, tokens) = (client.clone(), url.clone(), tokens.clone());
+        async move {
+            let token = next_prepared(&tokens).await?;
+            post(
+                &client,
+                &url,
+                &json!({"provider": ISSUER_NAME, "id_token": token}),
+            )
+            .await?;
+            Ok(())
+        }
+    };
+    let baseline = Baseline {
+        script: "id_token.pgbench",
+        seed: seed_users_sessions(args.concurrency, &ctx.hash),
+        defines: [
+            sign_in_defines("fed", "federated"),
+            vec![("issuer", BASELINE_ISSUER.into())],
+        ]
+        .concat(),
+    };
+    store_bound(
+        ctx,
+        shared,
+        "POST /auth/id-token/signin (Postgres + Redis)",
+        &baseline,
+        Some(RedisOp::SpendIdToken),
+        op,
+    )
+    .await
+}
+
+/// Configuration reload latency: the runtime configuration in a directory laid out as the
+/// kubelet mounts a Secret, each change swapped in atomically as the kubelet does (the
+/// operator's path to a server), timed to the first JWKS answer that lists the signing key
+/// the new version added. Median and slowest of `runs` changes, made at random points of
+/// the server's polling interval.
+async fn reload(runs: usize) -> Result<(f64, f64)> {
+    let dir = tempfile::tempdir()?;
+    let mount = dir.path().join("config");
+    std::fs::create_dir(&mount)?;
+    let keys: Vec<Value> = (0..=runs)
+        .map(|_| keygate_tests::generate_signing_key())
+        .collect();
+    let version = |k: &Value| {
+        vec![(
+            "keygate.json".to_owned(),
+            json!({"signing_keys": [k]}).to_string().into_bytes(),
+        )]
+    };
+    keygate_tests::operator::project(&mount, &version(&keys[0]));
+    let process = ServerProcess::start(ServerOptions {
+        data_dir: Some(dir.path().join("data")),
+        env: vec![
+            (
+                "KEYGATE_CONFIG".to_owned(),
+                mount.join("keygate.json").display().to_string(),
+            ),
+            ("KEYGATE_LOG".to_owned(), "warn".to_owned()),
+        ],
+        ..Default::default()
+    });
+    let client = client();
+    let url = format!("{}/.well-known/jwks.json", process.base_url);
+    let mut times = Vec::new();
+    for (i, key) in keys.iter().enumerate().skip(1) {
+        let kid = text(key, &["kid"])?;
+        // Spread the changes over the 250 ms polling interval.
+        tokio::time::sleep(Duration::from_millis(300 + (i as u64 * 37) % 250)).await;
+        keygate_tests::operator::project(&mount, &version(key));
+        let started = Instant::now();
+        loop {
+            let jwks = client.get(&url).send().await?.text().await?;
+            if jwks.contains(&kid) {
+                break;
+            }
+            ensure!(
+                started.elapsed() < Duration::from_secs(5),
+                "the new key was not served within 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((times[times.len() / 2], times[times.len() - 1]))
+}
+
 /// Runs `op(0..n)` from `concurrency` workers until all are done.
 async fn drive_n<F, Fut>(n: usize, concurrency: usize, op: F) -> Result<()>
 where
@@ -862,7 +1223,7 @@ where
 
 /// `GET /.well-known/jwks.json`: no store, the published keys.
 async fn jwks(args: &Args) -> Result<Row> {
-    let server = Server::start(args, None, false, 0);
+    let server = Server::start(args, None, false, 0, None);
     let client = client();
     let url = server.url("/.well-known/jwks.json");
     let op = move |_: u64| {
@@ -881,6 +1242,7 @@ async fn jwks(args: &Args) -> Result<Row> {
         keygate: m,
         limit: None,
         half: Some(half),
+        limit_half: None,
     })
 }
 
@@ -929,7 +1291,7 @@ fn ready_time(runs: usize) -> Result<(f64, f64)> {
 /// spread over them.
 async fn replicas(args: &Args, n: usize) -> Result<Measured> {
     let db = keygate_tests::fresh_postgres_database_on(&args.postgres_url).await;
-    let first = Server::start(args, Some(&db), true, args.concurrency);
+    let first = Server::start(args, Some(&db), true, args.concurrency, None);
     let mut urls = vec![first.url("/api/v1/auth/refresh")];
     let mut others = Vec::new();
     for _ in 1..n {
@@ -948,9 +1310,9 @@ async fn replicas(args: &Args, n: usize) -> Result<Measured> {
 
 fn print_rows(rows: &[&Row]) {
     println!(
-        "| operation | ops/s | p50 ms | p99 ms | limit (same run) | limit ops/s | Keygate / limit | p50 / p99 ms at half the rate |"
+        "| operation | ops/s | p50 ms | p99 ms | limit (same run) | limit ops/s | Keygate / limit | p50 / p99 ms at half the rate | pgbench p50 / p99 ms at that rate |"
     );
-    println!("|---|---:|---:|---:|---|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---|---:|---:|---:|---:|");
     for r in rows {
         let (what, limit, ratio) = match &r.limit {
             Some((what, l)) => (
@@ -963,8 +1325,11 @@ fn print_rows(rows: &[&Row]) {
         let half = r.half.as_ref().map_or(String::new(), |h| {
             format!("{:.1} / {:.1}", h.p50_ms, h.p99_ms)
         });
+        let limit_half = r
+            .limit_half
+            .map_or(String::new(), |(p50, p99)| format!("{p50:.1} / {p99:.1}"));
         println!(
-            "| {} | {:.1} | {:.1} | {:.1} | {what} | {limit} | {ratio} | {half} |",
+            "| {} | {:.1} | {:.1} | {:.1} | {what} | {limit} | {ratio} | {half} | {limit_half} |",
             r.name,
             r.keygate.rate(),
             r.keygate.p50_ms,
@@ -1045,13 +1410,24 @@ async fn main() -> Result<()> {
         rows.push(signin.row);
     }
     let mut runs = Vec::new();
-    if want("refresh") || want("ticket") || want("me") {
+    if ["refresh", "ticket", "code", "id_token", "me"]
+        .iter()
+        .any(|p| want(p))
+    {
         let shared = Shared::start(&args, 0).await?;
         if want("refresh") {
             runs.push(refresh(&ctx, &shared).await?);
         }
         if want("ticket") {
             runs.push(ticket(&ctx, &shared).await?);
+        }
+        if want("code") {
+            let (send, run) = code(&ctx, &shared).await?;
+            rows.push(send);
+            runs.push(run);
+        }
+        if want("id_token") {
+            runs.push(id_token(&ctx, &shared).await?);
         }
         if want("me") {
             runs.push(me(&ctx, &shared).await?);
@@ -1091,6 +1467,12 @@ async fn main() -> Result<()> {
         let (ready_p50, ready_max) = ready_time(9)?;
         println!(
             "\nStart to ready (embedded default, fresh directory, 9 starts): median {ready_p50:.0} ms, slowest {ready_max:.0} ms"
+        );
+    }
+    if want("reload") {
+        let (reload_p50, reload_max) = reload(20).await?;
+        println!(
+            "\nConfiguration reload (a mounted Secret's atomic swap to the new key in the JWKS, 20 changes): median {reload_p50:.0} ms, slowest {reload_max:.0} ms"
         );
     }
     if want("replicas") {

@@ -73,11 +73,15 @@ pub struct PgbenchRun {
     pub transactions: u64,
     /// Transactions per second, without connection set-up.
     pub tps: f64,
+    /// At a fixed arrival rate: median and 99th percentile latency in ms, from each
+    /// transaction's scheduled start (pgbench's own per-transaction log).
+    pub latency: Option<(f64, f64)>,
 }
 
 /// Runs `pgbench` with `script` (prepared statements, as the server's driver uses) from
 /// `clients` connections for `seconds`, with `-D` variables `clients`, `k` (the per-client
-/// step, from 0) and `defines`.
+/// step, from 0) and `defines`: as fast as it goes, or at `rate` transactions per second
+/// with every transaction's latency logged.
 pub fn pgbench(
     bin: &Path,
     url: &str,
@@ -85,6 +89,7 @@ pub fn pgbench(
     clients: usize,
     seconds: u64,
     defines: &[(&str, String)],
+    rate: Option<f64>,
 ) -> Result<PgbenchRun> {
     let mut cmd = std::process::Command::new(bin);
     cmd.args(["-n", "-M", "prepared", "--no-vacuum"])
@@ -96,6 +101,12 @@ pub fn pgbench(
         .arg(format!("--file={}", script.display()));
     for (k, v) in defines {
         cmd.arg(format!("--define={k}={v}"));
+    }
+    let logs = tempfile::tempdir()?;
+    if let Some(rate) = rate {
+        cmd.arg(format!("--rate={rate:.1}"))
+            .arg("--log")
+            .arg(format!("--log-prefix={}", logs.path().join("tx").display()));
     }
     let out = cmd
         .arg(url)
@@ -115,10 +126,36 @@ pub fn pgbench(
             .map(|v| v.split('/').next().unwrap_or(v).to_owned())
             .with_context(|| format!("pgbench printed no `{prefix}`: {text}"))
     };
+    let latency = match rate {
+        None => None,
+        Some(_) => Some(logged_latency(logs.path())?),
+    };
     Ok(PgbenchRun {
         transactions: field("number of transactions actually processed:")?.parse()?,
         tps: field("tps =")?.parse()?,
+        latency,
     })
+}
+
+/// Median and 99th percentile (ms) of the `time` column (µs) of pgbench's per-transaction
+/// logs in `dir`.
+fn logged_latency(dir: &Path) -> Result<(f64, f64)> {
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        for line in std::fs::read_to_string(entry?.path())?.lines() {
+            if let Some(us) = line
+                .split_whitespace()
+                .nth(2)
+                .and_then(|t| t.parse::<f64>().ok())
+            {
+                all.push(us / 1000.0);
+            }
+        }
+    }
+    ensure!(!all.is_empty(), "pgbench logged no transaction");
+    all.sort_by(f64::total_cmp);
+    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+    Ok((pct(0.5), pct(0.99)))
 }
 
 /// A bare RESP2 connection: one command at a time, the reply read whole.
