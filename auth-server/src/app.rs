@@ -60,22 +60,36 @@ pub async fn open(storage: &StorageSettings) -> Result<Opened, StartError> {
         ))
     })?;
     let config = load_config(storage.config.as_deref())?;
+    // The development keys, when the configuration names none, are loaded (on a first start:
+    // generated, an RSA key taking a good part of the start) while the database opens.
+    let dev_keys = {
+        let (dir, alg) = (storage.data_dir.clone(), storage.signing_alg);
+        let (signing, transmission) = (
+            config.signing_keys.is_empty(),
+            config.transmission_keys.is_empty(),
+        );
+        tokio::task::spawn_blocking(move || -> Result<DevKeys, StartError> {
+            let mut dev_keys = DevKeys::default();
+            if signing {
+                dev_keys.signing = Some(
+                    load_or_generate_dev_key(&dir, alg).map_err(|e| StartError(e.to_string()))?,
+                );
+            }
+            if transmission {
+                dev_keys.transmission = Some(
+                    crate::auth::transmission::load_or_generate_dev_key(&dir)
+                        .map_err(StartError)?,
+                );
+            }
+            Ok(dev_keys)
+        })
+    };
     let store = SqlStore::open(&storage.effective_database_url())
         .await
         .map_err(|e| StartError(format!("database: {e}")))?;
-    let mut dev_keys = DevKeys::default();
-    if config.signing_keys.is_empty() {
-        dev_keys.signing = Some(
-            load_or_generate_dev_key(&storage.data_dir, storage.signing_alg)
-                .map_err(|e| StartError(e.to_string()))?,
-        );
-    }
-    if config.transmission_keys.is_empty() {
-        dev_keys.transmission = Some(
-            crate::auth::transmission::load_or_generate_dev_key(&storage.data_dir)
-                .map_err(StartError)?,
-        );
-    }
+    let dev_keys = dev_keys
+        .await
+        .map_err(|e| StartError(format!("development keys: {e}")))??;
     let pepper = storage
         .password_pepper
         .as_ref()
