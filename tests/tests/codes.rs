@@ -186,7 +186,7 @@ async fn parallel_wrong_codes_over_two_replicas_use_up_the_code_on_both() {
         replicas,
         client,
         _dir,
-        _redis,
+        _redis: redis,
     } = sms_replicas(json!({"rate_limits": {"rules": []}}), &[("pia", &phone)]).await;
     let code = send_code(&client, &replicas[0], &hook, &phone).await;
     let right: u32 = code.parse().unwrap();
@@ -213,6 +213,20 @@ async fn parallel_wrong_codes_over_two_replicas_use_up_the_code_on_both() {
             "{body}"
         );
     }
+    // Every answer was counted once, in the one counter both replicas share: exactly
+    // max_attempts of them (the first five) were compared with the code.
+    let counters =
+        keygate_tests::sentinel::cli(redis.port, &["--scan", "--pattern", "kg:code:att:*"]);
+    assert_eq!(
+        counters.len(),
+        1,
+        "one attempt counter per code: {counters:?}"
+    );
+    assert_eq!(
+        keygate_tests::sentinel::cli(redis.port, &["GET", &counters[0]]),
+        ["10"],
+        "ten answers counted"
+    );
     // Five wrong answers kill the code everywhere: had each replica counted its own, or had
     // the counter raced, it would still sign in somewhere.
     for replica in &replicas {

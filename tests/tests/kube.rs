@@ -1,6 +1,7 @@
-//! The Kubernetes test environment, proven against a real kube-apiserver: a
-//! CustomResourceDefinition applied and established; objects created, watched, patched and
-//! server-side applied, with their status subresource; ServiceAccount tokens minted through
+//! The Kubernetes test environment, proven against a real kube-apiserver with Keygate's own
+//! CustomResourceDefinitions: applied and established; a resource created, refused by its
+//! schema, watched, patched and server-side applied, with its status subresource;
+//! ServiceAccount tokens minted through
 //! the TokenRequest API; RBAC refusing an identity without a role and admitting it with one;
 //! kubectl and helm working against the same cluster.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -9,92 +10,57 @@ use futures::StreamExt;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use keygate_crds::{RateLimitPolicy, RateLimitPolicySpec, Status};
 use keygate_tests::cluster::control_plane;
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::wait::{await_condition, conditions};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{CustomResource, CustomResourceExt, ResourceExt};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Map, Value, json};
 use std::time::Duration;
 
-/// A test-only custom resource with a status subresource.
-#[derive(CustomResource, Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
-#[kube(
-    group = "test.keygate.dev",
-    version = "v1",
-    kind = "Widget",
-    namespaced,
-    status = "WidgetStatus"
-)]
-#[serde(rename_all = "camelCase")]
-pub struct WidgetSpec {
-    size: i32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    color: Option<String>,
+/// A rule of a `RateLimitPolicy`, as users write them.
+fn rule(name: &str, limit: u64) -> Map<String, Value> {
+    json!({"name": name, "endpoints": ["login"], "key": "client_ip", "limit": limit, "windowSeconds": 60})
+        .as_object()
+        .unwrap()
+        .clone()
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct WidgetStatus {
-    ready: bool,
-    observed_generation: Option<i64>,
-}
-
-async fn established_crd(client: kube::Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client);
-    crds.patch(
-        "widgets.test.keygate.dev",
-        &PatchParams::apply("keygate-tests").force(),
-        &Patch::Apply(Widget::crd()),
-    )
-    .await
-    .expect("apply the CRD");
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        await_condition(
-            crds,
-            "widgets.test.keygate.dev",
-            conditions::is_crd_established(),
-        ),
-    )
-    .await
-    .expect("CRD established in time")
-    .expect("watch the CRD");
-}
-
+/// The environment's API server against Keygate's own resources, with nobody reconciling
+/// them (the operator's behaviour is `operator.rs`'s): the committed CRDs applied and
+/// established; a `RateLimitPolicy` created, watched, patched, server-side applied by two
+/// field managers, its status written through the subresource.
 #[tokio::test]
-async fn custom_resources_are_created_watched_patched_applied_and_their_status_written() {
+async fn keygate_resources_are_created_watched_patched_applied_and_their_status_written() {
     let cp = control_plane();
+    keygate_tests::operator::apply_crds(cp);
     let client = cp.admin_client().await;
-    established_crd(client.clone()).await;
     let ns = cp.namespace("kg-crd").await;
-    let widgets: Api<Widget> = Api::namespaced(client, &ns.name);
+    let policies: Api<RateLimitPolicy> = Api::namespaced(client, &ns.name);
 
     // Watch from the start: every change below must arrive as an event.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let watch_api = widgets.clone();
+    let watch_api = policies.clone();
     let watch = tokio::spawn(async move {
         let mut stream = watcher(watch_api, watcher::Config::default())
             .applied_objects()
             .boxed();
-        while let Some(Ok(w)) = stream.next().await {
-            if tx.send(w).is_err() {
+        while let Some(Ok(p)) = stream.next().await {
+            if tx.send(p).is_err() {
                 break;
             }
         }
     });
 
-    let created = widgets
+    let created = policies
         .create(
             &PostParams::default(),
-            &Widget::new(
-                "w1",
-                WidgetSpec {
-                    size: 1,
-                    color: None,
+            &RateLimitPolicy::new(
+                "limits",
+                RateLimitPolicySpec {
+                    rules: vec![rule("login-per-ip", 30)],
+                    replace_defaults: false,
                 },
             ),
         )
@@ -102,40 +68,60 @@ async fn custom_resources_are_created_watched_patched_applied_and_their_status_w
         .unwrap();
     assert_eq!(created.metadata.generation, Some(1));
 
+    // The CRD's schema is enforced by the API server: a rule without its key is refused.
+    let refused = policies
+        .create(
+            &PostParams::default(),
+            &RateLimitPolicy::new(
+                "broken",
+                RateLimitPolicySpec {
+                    rules: vec![json!({"name": "x", "endpoints": ["login"], "limit": 1, "windowSeconds": 1}).as_object().unwrap().clone()],
+                    replace_defaults: false,
+                },
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, kube::Error::Api(ref s) if s.code == 422),
+        "{refused:?}"
+    );
+
     // Merge patch of the spec bumps the generation.
-    let patched = widgets
+    let patched = policies
         .patch(
-            "w1",
+            "limits",
             &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"size": 2}})),
+            &Patch::Merge(json!({"spec": {"rules": [rule("login-per-ip", 20)]}})),
         )
         .await
         .unwrap();
-    assert_eq!(patched.spec.size, 2);
+    assert_eq!(patched.spec.rules, [rule("login-per-ip", 20)]);
     assert_eq!(patched.metadata.generation, Some(2));
 
     // Server-side apply by a field manager (forced: it takes over the fields the merge patch
     // set); a second manager then conflicts unless it forces too.
     let apply = json!({
-        "apiVersion": "test.keygate.dev/v1", "kind": "Widget",
-        "metadata": {"name": "w1"}, "spec": {"size": 3, "color": "blue"}
+        "apiVersion": "keygate.dev/v1alpha1", "kind": "RateLimitPolicy",
+        "metadata": {"name": "limits"},
+        "spec": {"rules": [rule("login-per-ip", 10)], "replaceDefaults": true}
     });
-    let applied = widgets
+    let applied = policies
         .patch(
-            "w1",
-            &PatchParams::apply("keygate-operator").force(),
+            "limits",
+            &PatchParams::apply("platform-team").force(),
             &Patch::Apply(&apply),
         )
         .await
         .unwrap();
-    assert_eq!(applied.spec.color.as_deref(), Some("blue"));
+    assert!(applied.spec.replace_defaults);
     let other = json!({
-        "apiVersion": "test.keygate.dev/v1", "kind": "Widget",
-        "metadata": {"name": "w1"}, "spec": {"size": 4}
+        "apiVersion": "keygate.dev/v1alpha1", "kind": "RateLimitPolicy",
+        "metadata": {"name": "limits"}, "spec": {"replaceDefaults": false}
     });
-    let conflict = widgets
+    let conflict = policies
         .patch(
-            "w1",
+            "limits",
             &PatchParams::apply("someone-else"),
             &Patch::Apply(&other),
         )
@@ -153,55 +139,69 @@ async fn custom_resources_are_created_watched_patched_applied_and_their_status_w
         .filter_map(|m| m.manager)
         .collect();
     assert!(
-        managers.contains(&"keygate-operator".to_owned()),
+        managers.contains(&"platform-team".to_owned()),
         "{managers:?}"
     );
 
-    // Status through the subresource: the spec and generation do not move.
+    // Status through the subresource (as the operator writes it): the spec and generation do
+    // not move.
     let generation = applied.metadata.generation;
-    let with_status = widgets
+    let accepted = Condition {
+        type_: keygate_crds::status::ACCEPTED.into(),
+        status: "True".into(),
+        reason: keygate_crds::status::reason::RENDERED.into(),
+        message: "in the rendered configuration".into(),
+        last_transition_time: Time(
+            k8s_openapi::jiff::Timestamp::now()
+                .round(k8s_openapi::jiff::Unit::Second)
+                .unwrap(),
+        ),
+        observed_generation: generation,
+    };
+    let status = Status {
+        conditions: vec![accepted],
+        observed_generation: generation,
+    };
+    let with_status = policies
         .patch_status(
-            "w1",
+            "limits",
             &PatchParams::apply("keygate-operator").force(),
             &Patch::Apply(json!({
-                "apiVersion": "test.keygate.dev/v1", "kind": "Widget", "metadata": {"name": "w1"},
-                "status": {"ready": true, "observedGeneration": generation}
+                "apiVersion": "keygate.dev/v1alpha1", "kind": "RateLimitPolicy",
+                "metadata": {"name": "limits"}, "status": status
             })),
         )
         .await
         .unwrap();
-    assert_eq!(
-        with_status.status,
-        Some(WidgetStatus {
-            ready: true,
-            observed_generation: generation
-        })
-    );
+    assert_eq!(with_status.status.as_ref(), Some(&status));
     assert_eq!(with_status.metadata.generation, generation);
-    assert_eq!(with_status.spec.size, 3);
+    assert!(with_status.spec.replace_defaults);
     // A status written through the main resource is ignored.
-    let ignored = widgets
+    let ignored = policies
         .patch(
-            "w1",
+            "limits",
             &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"ready": false}})),
+            &Patch::Merge(json!({"status": {"observedGeneration": 99}})),
         )
         .await
         .unwrap();
-    assert_eq!(ignored.status.map(|s| s.ready), Some(true));
+    assert_eq!(
+        ignored.status.and_then(|s| s.observed_generation),
+        generation
+    );
 
     // The watcher saw the object through to its final state.
     let seen = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
-            let w = rx.recv().await.expect("watch stream ended");
-            if w.status.as_ref().is_some_and(|s| s.ready) && w.spec.size == 3 {
-                return w;
+            let p = rx.recv().await.expect("watch stream ended");
+            if p.status.as_ref() == Some(&status) && p.spec.replace_defaults {
+                return p;
             }
         }
     })
     .await
     .expect("the watch delivered the status change");
-    assert_eq!(seen.name_any(), "w1");
+    assert_eq!(seen.name_any(), "limits");
     watch.abort();
 }
 

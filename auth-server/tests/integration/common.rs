@@ -139,6 +139,15 @@ impl TestApp {
 
     /// Sends every body to `path` at once (one task each); the statuses, in order.
     pub async fn post_in_parallel(&self, path: &str, bodies: Vec<Value>) -> Vec<u16> {
+        self.replies_in_parallel(path, bodies)
+            .await
+            .iter()
+            .map(|r| r.status.as_u16())
+            .collect()
+    }
+
+    /// POSTs every body at once; the replies in the bodies' order.
+    pub async fn replies_in_parallel(&self, path: &str, bodies: Vec<Value>) -> Vec<Reply> {
         let tasks: Vec<_> = bodies
             .into_iter()
             .map(|body| {
@@ -147,14 +156,14 @@ impl TestApp {
                     .header("content-type", "application/json")
                     .body(Body::from(body.to_string()))
                     .unwrap();
-                tokio::spawn(async move { router.oneshot(req).await.unwrap().status().as_u16() })
+                tokio::spawn(reply_of(router, req))
             })
             .collect();
-        let mut statuses = Vec::new();
+        let mut replies = Vec::new();
         for t in tasks {
-            statuses.push(t.await.unwrap());
+            replies.push(t.await.unwrap());
         }
-        statuses
+        replies
     }
 
     /// The application accepting ServiceAccount tokens of `cluster`.
@@ -192,21 +201,7 @@ impl TestApp {
     }
 
     pub async fn send(&self, req: Request<Body>) -> Reply {
-        let res = self.router.clone().oneshot(req).await.unwrap();
-        let status = res.status();
-        let headers = res.headers().clone();
-        let bytes = res.into_body().collect().await.unwrap().to_bytes();
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
-        };
-        Reply {
-            status,
-            headers,
-            body,
-        }
+        reply_of(self.router.clone(), req).await
     }
 
     pub async fn post(&self, path: &str, body: Value, bearer: Option<&str>) -> Reply {
@@ -271,4 +266,23 @@ pub fn assert_problem(r: &Reply, status: u16, code: u64) -> &Value {
     assert!(r.body["request_id"].as_str().unwrap().starts_with("req_"));
     assert!(r.body["errors"].is_array());
     &r.body
+}
+
+/// `req` answered by `router`, its body parsed as JSON (or kept as a string).
+async fn reply_of(router: axum::Router, req: Request<Body>) -> Reply {
+    let res = router.oneshot(req).await.unwrap();
+    let status = res.status();
+    let headers = res.headers().clone();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+    };
+    Reply {
+        status,
+        headers,
+        body,
+    }
 }

@@ -383,8 +383,18 @@ async fn racing_first_sign_ins_of_one_external_account_make_one_local_account() 
     let bodies = (0..6)
         .map(|_| json!({"provider": "corp", "id_token": first.id_token("keygate", "alice")}))
         .collect();
-    let statuses = app.post_in_parallel(SIGNIN, bodies).await;
-    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let replies = app.replies_in_parallel(SIGNIN, bodies).await;
+    assert!(
+        replies.iter().all(|r| r.status == 200),
+        "{:?}",
+        replies.iter().map(|r| &r.body).collect::<Vec<_>>()
+    );
+    // Every winner and loser of the race signed in to the same account.
+    let accounts: std::collections::BTreeSet<_> = replies
+        .iter()
+        .map(|r| r.body["user"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(accounts.len(), 1, "{accounts:?}");
     let created = app
         .auth
         .store
