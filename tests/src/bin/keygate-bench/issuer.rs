@@ -91,9 +91,10 @@ impl Issuer {
         let first = self.next.fetch_add(n as u64, Ordering::Relaxed);
         let subjects: Vec<String> = (0..n).map(sub).collect();
         let mut parts = Vec::new();
-        for (t, chunk) in subjects.chunks(n.div_ceil(threads).max(1)).enumerate() {
+        let per_thread = n.div_ceil(threads).max(1);
+        for (t, chunk) in subjects.chunks(per_thread).enumerate() {
             let (key, iss, chunk) = (self.key.clone(), self.url.clone(), chunk.to_vec());
-            let offset = first + (t * n.div_ceil(threads).max(1)) as u64;
+            let offset = first + (t * per_thread) as u64;
             parts.push(tokio::task::spawn_blocking(move || {
                 let mut header = Header::new(Algorithm::RS256);
                 header.kid = Some(KID.into());
