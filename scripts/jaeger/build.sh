@@ -4,7 +4,7 @@
 # out), from `go get -tool github.com/jaegertracing/jaeger/cmd/jaeger` in a small module.
 # Only a cold machine pays the build (a few minutes on 2 cores). Prints the binary's path.
 set -euo pipefail
-JAEGER_VERSION=${JAEGER_VERSION:-v1.76.0}
+JAEGER_VERSION=${JAEGER_VERSION:-v1.75.0}
 CACHE=${KEYGATE_JAEGER_CACHE:-$HOME/.cache/keygate/jaeger}
 OUT="$CACHE/$JAEGER_VERSION"
 BIN="$OUT/jaeger"
