@@ -61,7 +61,8 @@ pub async fn open(storage: &StorageSettings) -> Result<Opened, StartError> {
     })?;
     let config = load_config(storage.config.as_deref())?;
     // The development keys, when the configuration names none, are loaded (on a first start:
-    // generated, an RSA key taking a good part of the start) while the database opens.
+    // generated) while the database opens; the RSA transmission key, slow to generate, is
+    // generated in the background and waited for only by what needs it.
     let dev_keys = {
         let (dir, alg) = (storage.data_dir.clone(), storage.signing_alg);
         let (signing, transmission) = (
@@ -77,7 +78,7 @@ pub async fn open(storage: &StorageSettings) -> Result<Opened, StartError> {
             }
             if transmission {
                 dev_keys.transmission = Some(
-                    crate::auth::transmission::load_or_generate_dev_key(&dir)
+                    crate::auth::transmission::DevTransmissionKey::open(&dir)
                         .map_err(StartError)?,
                 );
             }

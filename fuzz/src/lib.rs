@@ -278,7 +278,9 @@ pub fn dev_keys() -> &'static DevKeys {
     static DEV: OnceLock<DevKeys> = OnceLock::new();
     DEV.get_or_init(|| DevKeys {
         signing: Some(signing_key(&config(Alg::Es256, "dev", None))),
-        transmission: Some(transmission_key().clone()),
+        transmission: Some(
+            auth_server::auth::transmission::DevTransmissionKey::ready(transmission_key().clone()),
+        ),
     })
 }
 

@@ -297,30 +297,57 @@ async fn a_fresh_directory_gets_a_working_embedded_default() {
             let _ = self.0.wait();
         }
     }
-    let _server = Killed(
-        Command::new(workspace_bin("auth-server"))
-            .current_dir(dir.path())
-            .env_remove("KEYGATE_DATA_DIR")
-            .env("KEYGATE_LISTEN", format!("127.0.0.1:{port}"))
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let start = || {
+        Killed(
+            Command::new(workspace_bin("auth-server"))
+                .current_dir(dir.path())
+                .env_remove("KEYGATE_DATA_DIR")
+                .env("KEYGATE_LISTEN", format!("127.0.0.1:{port}"))
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
     let base = format!("http://127.0.0.1:{port}");
-    let ready = keygate_tests::eventually(
-        Duration::from_secs(30),
-        "the server started with no arguments",
-        async || {
-            let client = client();
-            let res = client.get(format!("{base}/readyz")).send().await.ok()?;
-            (res.status() == reqwest::StatusCode::OK).then_some(())?;
-            res.json::<Value>().await.ok()
-        },
-    )
-    .await;
+    let until_ready = async || {
+        keygate_tests::eventually(
+            Duration::from_secs(30),
+            "the server started with no arguments",
+            async || {
+                let client = client();
+                let res = client.get(format!("{base}/readyz")).send().await.ok()?;
+                (res.status() == reqwest::StatusCode::OK).then_some(())?;
+                res.json::<Value>().await.ok()
+            },
+        )
+        .await
+    };
+    let transmission_key = async || {
+        let (status, config) = get(&base, "/api/v1/public/auth-config/default", None).await;
+        assert_eq!(status, StatusCode::OK, "{config}");
+        let data = &config["data"];
+        let pem = data["transmission_public_key"].as_str().unwrap_or_default();
+        assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"), "{config}");
+        let kid = data["transmission_public_key_id"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(!kid.is_empty(), "{config}");
+        (pem.to_owned(), kid.to_owned())
+    };
+    let mut server = start();
+    let ready = until_ready().await;
     assert_eq!(ready["checks"]["database"], "ok", "{ready}");
     assert!(dir.path().join("data/keygate.db").exists());
     assert!(dir.path().join("data/signing-key-es256.pem").exists());
+    // The RSA transmission key is generated in the background of a first start; the tenant
+    // configuration waits for it, and it is kept in the data directory.
+    let first_key = transmission_key().await;
+    assert!(dir.path().join("data/transmission-key-rsa.pem").exists());
+    // A restart loads the same keys instead of making new ones.
+    drop(server);
+    server = start();
+    until_ready().await;
+    assert_eq!(transmission_key().await, first_key);
     // The CLI's defaults find the same database: the first user signs in over HTTP.
     let mut add = Command::new(workspace_bin("auth-server"))
         .current_dir(dir.path())
@@ -351,6 +378,7 @@ async fn a_fresh_directory_gets_a_working_embedded_default() {
     assert_eq!(status, StatusCode::OK, "{me}");
     let (_, jwks) = get(&base, "/.well-known/jwks.json", None).await;
     assert_eq!(jwks["keys"].as_array().map(Vec::len), Some(1), "{jwks}");
+    drop(server);
 }
 
 #[test]

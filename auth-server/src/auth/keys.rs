@@ -283,17 +283,12 @@ pub fn load_or_generate_dev_key(
         path: path.display().to_string(),
         reason,
     };
-    let pem = match std::fs::read_to_string(&path) {
-        Ok(pem) => pem,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(data_dir).map_err(|e| io(e.to_string()))?;
-            let pem = generate_pem(alg).map_err(io)?;
-            write_private(&path, &pem).map_err(|e| io(e.to_string()))?;
-            tracing::info!(path = %path.display(), algorithm = alg.as_str(), "generated a development signing key");
-            pem
-        }
-        Err(e) => return Err(io(e.to_string())),
-    };
+    let pem = read_or_create_private(&path, || {
+        let pem = generate_pem(alg)?;
+        tracing::info!(path = %path.display(), algorithm = alg.as_str(), "generated a development signing key");
+        Ok(pem)
+    })
+    .map_err(io)?;
     SigningKey::from_config(&SigningKeyConfig {
         kid: thumbprint_kid(&pem, alg)?,
         algorithm: alg,
@@ -352,8 +347,44 @@ pub fn generate_config(
     })
 }
 
-/// Writes a new private-key file readable by its owner only; never overwrites.
-pub(crate) fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+/// The contents of the private file at `path` (a development key in the data directory),
+/// creating it from `generate`, readable by its owner only, when there is none. A new file is
+/// written aside and linked into place, so that it appears whole or not at all and is never
+/// overwritten: servers starting together on one data directory all end up with the first one.
+pub(crate) fn read_or_create_private(
+    path: &Path,
+    generate: impl FnOnce() -> Result<String, String>,
+) -> Result<String, String> {
+    let describe = |e: std::io::Error| format!("{}: {e}", path.display());
+    match std::fs::read_to_string(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        read => return read.map_err(describe),
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(describe)?;
+    }
+    let contents = generate()?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("key");
+    let aside = path.with_file_name(format!(".{name}.{}.new", crate::auth::random::secret(9)));
+    let placed = write_new_private(&aside, &contents).and_then(|()| {
+        let linked = std::fs::hard_link(&aside, path);
+        let _ = std::fs::remove_file(&aside);
+        linked
+    });
+    match placed {
+        Ok(()) => Ok(contents),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::read_to_string(path).map_err(describe)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&aside);
+            Err(describe(e))
+        }
+    }
+}
+
+/// Writes a new file readable by its owner only and flushes it to disk; never overwrites.
+fn write_new_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
@@ -449,5 +480,35 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    #[test]
+    fn servers_starting_together_agree_on_one_private_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested").join("data-key");
+        let barrier = std::sync::Barrier::new(8);
+        let seen: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|i| {
+                    let (path, barrier) = (&path, &barrier);
+                    s.spawn(move || {
+                        barrier.wait();
+                        read_or_create_private(path, || Ok(format!("key {i}"))).unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let on_disk = std::fs::read_to_string(&path).unwrap();
+        assert!(on_disk.starts_with("key "), "{on_disk}");
+        assert!(seen.iter().all(|s| *s == on_disk), "{seen:?} vs {on_disk}");
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["data-key"], "nothing left aside");
+        // An existing file is read, never regenerated.
+        let again = read_or_create_private(&path, || panic!("generated again")).unwrap();
+        assert_eq!(again, on_disk);
     }
 }

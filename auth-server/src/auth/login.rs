@@ -510,17 +510,18 @@ impl AuthService {
                 T::Plain => transmission::Recovered::Plain((*value).to_owned()),
                 T::Hash => transmission::recover_hash(value, field)?,
                 T::Asymmetric => {
-                    let key = match sent.key_id.as_deref().filter(|k| !k.is_empty()) {
-                        None => rt.transmission.first(),
-                        Some(kid) => rt.transmission.iter().find(|k| k.kid == kid),
-                    }
-                    .ok_or_else(|| {
-                        AuthError::Validation(vec![FieldViolation::new(
-                            "key_id",
-                            "format",
-                            "unknown transmission key",
-                        )])
-                    })?;
+                    let key = rt
+                        .transmission
+                        .find(sent.key_id.as_deref().filter(|k| !k.is_empty()))
+                        .await
+                        .map_err(AuthError::Internal)?
+                        .ok_or_else(|| {
+                            AuthError::Validation(vec![FieldViolation::new(
+                                "key_id",
+                                "format",
+                                "unknown transmission key",
+                            )])
+                        })?;
                     transmission::recover_asymmetric(value, key, field)?
                 }
                 T::Symmetric => transmission::recover_symmetric(

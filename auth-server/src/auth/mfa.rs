@@ -60,18 +60,10 @@ impl DataKey {
     /// Loads the data key from `data_dir`, generating it (mode 0600) on first start.
     pub fn load_or_generate(data_dir: &Path) -> Result<Self, String> {
         let path = data_dir.join("data-key");
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Self::from_base64(&text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let key: [u8; 32] = super::random::bytes(32)
-                    .try_into()
-                    .map_err(|_| "random".to_owned())?;
-                super::keys::write_private(&path, &STANDARD.encode(key))
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-                Ok(Self::new(key))
-            }
-            Err(e) => Err(format!("{}: {e}", path.display())),
-        }
+        let text = super::keys::read_or_create_private(&path, || {
+            Ok(STANDARD.encode(super::random::bytes(32)))
+        })?;
+        Self::from_base64(&text)
     }
 
     /// `id:base64(nonce ‖ ciphertext)`.

@@ -47,8 +47,8 @@ pub struct Runtime {
     pub config: RuntimeConfig,
     /// Signing keys built from it (or the development key).
     pub keys: KeyRing,
-    /// Password-transmission keys; the first is the current one.
-    pub transmission: Vec<transmission::TransmissionKey>,
+    /// Password-transmission keys.
+    pub transmission: transmission::TransmissionKeys,
     /// `rate_limits.trusted_proxies`, parsed.
     pub trusted_proxies: Vec<(std::net::IpAddr, u8)>,
 }
@@ -59,15 +59,17 @@ impl Runtime {
         let dev_key = dev.signing.as_ref();
         let transmission = if config.transmission_keys.is_empty() {
             match &dev.transmission {
-                Some(k) => vec![k.clone()],
+                Some(k) => transmission::TransmissionKeys::Development(k.clone()),
                 None => return Err("the configuration has no transmission keys".into()),
             }
         } else {
-            config
-                .transmission_keys
-                .iter()
-                .map(transmission::TransmissionKey::from_config)
-                .collect::<Result<_, _>>()?
+            transmission::TransmissionKeys::Configured(
+                config
+                    .transmission_keys
+                    .iter()
+                    .map(transmission::TransmissionKey::from_config)
+                    .collect::<Result<_, _>>()?,
+            )
         };
         let keys = if config.signing_keys.is_empty() {
             match dev_key {
@@ -96,8 +98,8 @@ impl Runtime {
 pub struct DevKeys {
     /// JWT signing key.
     pub signing: Option<SigningKey>,
-    /// Password-transmission key.
-    pub transmission: Option<transmission::TransmissionKey>,
+    /// Password-transmission key (generated in the background on a first start).
+    pub transmission: Option<transmission::DevTransmissionKey>,
 }
 
 /// Refresh tokens carry 256 bits.

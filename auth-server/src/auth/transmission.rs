@@ -13,7 +13,8 @@ use p256::elliptic_curve::sec1::ToEncodedPoint;
 use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey, LineEnding};
 use rsa::{Oaep, RsaPrivateKey};
 use sha2::Sha256;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The algorithm name of the `symmetric` mode; also the HKDF `info`.
 pub const KEX_ALGORITHM: &str = "ECDH-P256-HKDF-SHA256-AES256GCM";
@@ -57,26 +58,107 @@ impl TransmissionKey {
     }
 }
 
+/// The development transmission key's file in the data directory.
+const DEV_KEY_FILE: &str = "transmission-key-rsa.pem";
+
 /// Loads the development transmission key from `data_dir`, generating it (RSA 2048, mode 0600)
 /// on first start.
 pub fn load_or_generate_dev_key(data_dir: &Path) -> Result<TransmissionKey, String> {
-    let path = data_dir.join("transmission-key-rsa.pem");
-    let pem = match std::fs::read_to_string(&path) {
-        Ok(pem) => pem,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let pem = super::keys::generate_pem(keygate_config::SigningAlgorithm::RS256)?;
-            super::keys::write_private(&path, &pem)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            tracing::info!(path = %path.display(), "generated a development password-transmission key");
-            pem
-        }
-        Err(e) => return Err(format!("{}: {e}", path.display())),
-    };
+    let path = data_dir.join(DEV_KEY_FILE);
+    let pem = super::keys::read_or_create_private(&path, || {
+        let pem = super::keys::generate_pem(keygate_config::SigningAlgorithm::RS256)?;
+        tracing::info!(path = %path.display(), "generated a development password-transmission key");
+        Ok(pem)
+    })?;
     let kid = super::keys::short_fingerprint(&pem);
     TransmissionKey::from_config(&TransmissionKeyConfig {
         kid,
         private_key_pem: pem,
     })
+}
+
+/// The development transmission key of a data directory. Loading an existing one is quick
+/// and happens at start; generating one (a first start: RSA-2048 takes up to a second) happens
+/// in the background so that the server is ready without waiting for it, and whatever needs
+/// the key first (the tenant configuration, an `asymmetric` sign-in) waits for it then.
+#[derive(Debug, Clone)]
+pub struct DevTransmissionKey {
+    dir: Arc<PathBuf>,
+    cell: Arc<tokio::sync::OnceCell<TransmissionKey>>,
+}
+
+impl DevTransmissionKey {
+    /// Loads the key of `data_dir` if it has one; otherwise starts generating it (on the
+    /// blocking pool; must be called within a Tokio runtime).
+    pub fn open(data_dir: &Path) -> Result<Self, String> {
+        let path = data_dir.join(DEV_KEY_FILE);
+        let this = Self {
+            dir: Arc::new(data_dir.to_path_buf()),
+            cell: Arc::default(),
+        };
+        if path.exists() {
+            this.cell
+                .set(load_or_generate_dev_key(data_dir)?)
+                .map_err(|e| e.to_string())?;
+        } else {
+            let pending = this.clone();
+            tokio::spawn(async move {
+                if let Err(e) = pending.get().await {
+                    tracing::error!(error = %e, "cannot generate the development transmission key");
+                }
+            });
+        }
+        Ok(this)
+    }
+
+    /// A key that is already there (tests, fixtures).
+    pub fn ready(key: TransmissionKey) -> Self {
+        Self {
+            dir: Arc::default(),
+            cell: Arc::new(tokio::sync::OnceCell::new_with(Some(key))),
+        }
+    }
+
+    /// The key, waiting for its generation if that has not finished; a failed generation is
+    /// tried again by the next caller.
+    pub async fn get(&self) -> Result<&TransmissionKey, String> {
+        self.cell
+            .get_or_try_init(|| {
+                let dir = self.dir.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || load_or_generate_dev_key(&dir))
+                        .await
+                        .map_err(|e| e.to_string())?
+                }
+            })
+            .await
+    }
+}
+
+/// The transmission keys in force: the configured ones (the first is the current one), or the
+/// development key when the configuration names none.
+#[derive(Debug)]
+pub enum TransmissionKeys {
+    /// From the runtime configuration.
+    Configured(Vec<TransmissionKey>),
+    /// The data directory's development key.
+    Development(DevTransmissionKey),
+}
+
+impl TransmissionKeys {
+    /// The current key (`kid` absent) or the key with that id, if there is one.
+    pub async fn find(&self, kid: Option<&str>) -> Result<Option<&TransmissionKey>, String> {
+        Ok(match self {
+            Self::Configured(keys) => match kid {
+                None => keys.first(),
+                Some(kid) => keys.iter().find(|k| k.kid == kid),
+            },
+            Self::Development(dev) => {
+                let key = dev.get().await?;
+                kid.is_none_or(|kid| key.kid == kid).then_some(key)
+            }
+        })
+    }
 }
 
 /// What the client sent.

@@ -118,7 +118,9 @@ pub async fn auth_config(
     let p = &policy.password;
     let key = rt
         .transmission
-        .first()
+        .find(None)
+        .await
+        .map_err(|e| ApiError::new(ProblemKind::Internal, e))?
         .ok_or_else(|| ApiError::new(ProblemKind::Internal, "no transmission key"))?;
     let captcha_enabled = policy.captcha.mode != CaptchaMode::Never;
     let provider = crate::auth::captcha::provider_name(policy.captcha.provider);

@@ -97,9 +97,9 @@ impl TestApp {
         let clock = ManualClock::at(1_800_000_000);
         let dev = DevKeys {
             signing: Some(load_or_generate_dev_key(dir.path(), SigningAlgorithm::ES256).unwrap()),
-            transmission: Some(
+            transmission: Some(auth_server::auth::transmission::DevTransmissionKey::ready(
                 auth_server::auth::transmission::load_or_generate_dev_key(dir.path()).unwrap(),
-            ),
+            )),
         };
         let hasher = PasswordHasher::new(&config.password_hashing, None).unwrap();
         let runtime = Runtime::build(config, &dev.clone()).unwrap();
