@@ -21,6 +21,8 @@ pub struct Measured {
     pub p50_ms: f64,
     /// 99th percentile latency.
     pub p99_ms: f64,
+    /// Every latency inside the window, sorted (empty for a bare count).
+    latencies: Vec<f64>,
 }
 
 impl Measured {
@@ -37,6 +39,19 @@ impl Measured {
             seconds,
             p50_ms: f64::NAN,
             p99_ms: f64::NAN,
+            latencies: Vec::new(),
+        }
+    }
+
+    /// Windows of one scenario taken in turns (with its limit's in between) as one window.
+    pub fn combined(parts: Vec<Self>) -> Self {
+        let ops = parts.iter().map(|p| p.ops).sum();
+        let total = parts.iter().map(|p| p.total).sum();
+        let seconds = parts.iter().map(|p| p.seconds).sum();
+        let latencies = parts.into_iter().flat_map(|p| p.latencies).collect();
+        Self {
+            ops,
+            ..Self::from_latencies(latencies, total, seconds)
         }
     }
 
@@ -53,6 +68,7 @@ impl Measured {
             seconds,
             p50_ms: pct(0.50),
             p99_ms: pct(0.99),
+            latencies: all,
         }
     }
 }
@@ -60,6 +76,26 @@ impl Measured {
 /// Runs `op` from `concurrency` workers for one warm-up second, then `seconds` measured.
 /// `op` gets the worker's number (the same operation serves `open`, which numbers its starts).
 pub async fn closed<F, Fut>(concurrency: usize, seconds: u64, op: F) -> Result<Measured>
+where
+    F: Fn(u64) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = Result<()>> + Send,
+{
+    closed_window(
+        concurrency,
+        Duration::from_secs(1),
+        Duration::from_secs(seconds),
+        op,
+    )
+    .await
+}
+
+/// [`closed`] with the warm-up and the measured window given.
+pub async fn closed_window<F, Fut>(
+    concurrency: usize,
+    warmup: Duration,
+    window: Duration,
+    op: F,
+) -> Result<Measured>
 where
     F: Fn(u64) -> Fut + Send + Sync + Clone + 'static,
     Fut: Future<Output = Result<()>> + Send,
@@ -84,10 +120,10 @@ where
             anyhow::Ok(latencies)
         }));
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(warmup).await;
     measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    tokio::time::sleep(window).await;
     measuring.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
