@@ -349,8 +349,10 @@ pub fn generate_config(
 
 /// The contents of the private file at `path` (a development key in the data directory),
 /// creating it from `generate`, readable by its owner only, when there is none. A new file is
-/// written aside and linked into place, so that it appears whole or not at all and is never
-/// overwritten: servers starting together on one data directory all end up with the first one.
+/// written aside, flushed and linked into place, so that it appears whole or not at all and
+/// is never overwritten: servers starting together on one data directory all end up with the
+/// first one. On a filesystem without hard links the file is created in place instead
+/// (never overwritten either).
 pub(crate) fn read_or_create_private(
     path: &Path,
     generate: impl FnOnce() -> Result<String, String>,
@@ -360,25 +362,79 @@ pub(crate) fn read_or_create_private(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         read => return read.map_err(describe),
     }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(describe)?;
-    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(describe)?;
+    remove_stale_asides(path);
     let contents = generate()?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("key");
-    let aside = path.with_file_name(format!(".{name}.{}.new", crate::auth::random::secret(9)));
-    let placed = write_new_private(&aside, &contents).and_then(|()| {
-        let linked = std::fs::hard_link(&aside, path);
-        let _ = std::fs::remove_file(&aside);
-        linked
-    });
+    let aside = aside_path(path);
+    write_new_private(&aside, &contents).map_err(|e| format!("{}: {e}", aside.display()))?;
+    let linked = std::fs::hard_link(&aside, path);
+    let _ = std::fs::remove_file(&aside);
+    let placed = match linked {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::Unsupported | std::io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            write_new_private(path, &contents)
+        }
+        other => other,
+    };
     match placed {
-        Ok(()) => Ok(contents),
+        Ok(()) => {
+            // The new directory entry survives a power loss too.
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+            Ok(contents)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             std::fs::read_to_string(path).map_err(describe)
         }
-        Err(e) => {
-            let _ = std::fs::remove_file(&aside);
-            Err(describe(e))
+        Err(e) => Err(describe(e)),
+    }
+}
+
+/// Fails unless a private file can be created beside `path` (a quick check at start for
+/// what is generated later).
+pub(crate) fn check_writable(path: &Path) -> Result<(), String> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let describe = |e: std::io::Error| format!("{}: {e}", dir.display());
+    std::fs::create_dir_all(dir).map_err(describe)?;
+    let probe = aside_path(path);
+    write_new_private(&probe, "").map_err(describe)?;
+    std::fs::remove_file(&probe).map_err(describe)
+}
+
+/// A fresh name beside `path` for a file being written: `.NAME.RANDOM.new`.
+fn aside_path(path: &Path) -> std::path::PathBuf {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("key");
+    path.with_file_name(format!(".{name}.{}.new", crate::auth::random::secret(9)))
+}
+
+/// Removes files left aside for `path` by a process that died between writing and linking
+/// (they hold private keys); only those older than a minute, so as not to take one another
+/// process is linking right now.
+fn remove_stale_asides(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return;
+    };
+    let prefix = format!(".{name}.");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(file) = file.to_str() else { continue };
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > std::time::Duration::from_secs(60));
+        if file.starts_with(&prefix) && file.ends_with(".new") && stale {
+            let _ = std::fs::remove_file(entry.path());
         }
     }
 }
@@ -507,6 +563,25 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["data-key"], "nothing left aside");
+        // A file left aside long ago by a process that died is removed by the next creation.
+        let other = dir.path().join("other-key");
+        let left = dir.path().join(".other-key.abc.new");
+        std::fs::write(&left, "secret").unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&left)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let fresh = dir.path().join(".other-key.def.new");
+        std::fs::write(&fresh, "in flight").unwrap();
+        assert_eq!(
+            read_or_create_private(&other, || Ok("made".into())).unwrap(),
+            "made"
+        );
+        assert!(!left.exists(), "the stale file is gone");
+        assert!(fresh.exists(), "a recent one (another process's) stays");
         // An existing file is read, never regenerated.
         let again = read_or_create_private(&path, || panic!("generated again")).unwrap();
         assert_eq!(again, on_disk);

@@ -13,7 +13,7 @@ use p256::elliptic_curve::sec1::ToEncodedPoint;
 use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey, LineEnding};
 use rsa::{Oaep, RsaPrivateKey};
 use sha2::Sha256;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 /// The algorithm name of the `symmetric` mode; also the HKDF `info`.
@@ -79,59 +79,102 @@ pub fn load_or_generate_dev_key(data_dir: &Path) -> Result<TransmissionKey, Stri
 
 /// The development transmission key of a data directory. Loading an existing one is quick
 /// and happens at start; generating one (a first start: RSA-2048 takes up to a second) happens
-/// in the background so that the server is ready without waiting for it, and whatever needs
-/// the key first (the tenant configuration, an `asymmetric` sign-in) waits for it then.
+/// in one background task so that the server is ready without waiting for it, and whatever
+/// needs the key first (the tenant configuration, an `asymmetric` password) waits for it then.
+/// A failed generation is reported to those callers at once and retried by the same task
+/// with a growing pause, so callers never start generations of their own.
 #[derive(Debug, Clone)]
 pub struct DevTransmissionKey {
-    dir: Arc<PathBuf>,
-    cell: Arc<tokio::sync::OnceCell<TransmissionKey>>,
+    key: Arc<std::sync::OnceLock<TransmissionKey>>,
+    status: tokio::sync::watch::Receiver<DevKeyStatus>,
 }
 
+/// Where the background generation stands.
+#[derive(Debug, Clone)]
+enum DevKeyStatus {
+    Pending,
+    /// The key is set.
+    Ready,
+    /// The last attempt failed (the next one is scheduled).
+    Failed(String),
+}
+
+/// The longest pause between two attempts to generate the key.
+const DEV_KEY_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl DevTransmissionKey {
-    /// Loads the key of `data_dir` if it has one; otherwise starts generating it (on the
-    /// blocking pool; must be called within a Tokio runtime).
+    /// Loads the key of `data_dir` if it has one; otherwise checks that a file can be created
+    /// there (so that an unwritable directory stops the start, as it always did) and starts
+    /// generating the key in the background (must be called within a Tokio runtime).
     pub fn open(data_dir: &Path) -> Result<Self, String> {
         let path = data_dir.join(DEV_KEY_FILE);
-        let this = Self {
-            dir: Arc::new(data_dir.to_path_buf()),
-            cell: Arc::default(),
-        };
-        if path.exists() {
-            this.cell
-                .set(load_or_generate_dev_key(data_dir)?)
-                .map_err(|e| e.to_string())?;
-        } else {
-            let pending = this.clone();
-            tokio::spawn(async move {
-                if let Err(e) = pending.get().await {
-                    tracing::error!(error = %e, "cannot generate the development transmission key");
-                }
-            });
+        match std::fs::metadata(&path) {
+            Ok(_) => return Ok(Self::ready(load_or_generate_dev_key(data_dir)?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("{}: {e}", path.display())),
         }
+        super::keys::check_writable(&path)?;
+        let (tx, status) = tokio::sync::watch::channel(DevKeyStatus::Pending);
+        let this = Self {
+            key: Arc::default(),
+            status,
+        };
+        let (key, dir) = (this.key.clone(), data_dir.to_path_buf());
+        tokio::spawn(async move {
+            let mut pause = std::time::Duration::from_secs(1);
+            loop {
+                let dir = dir.clone();
+                let made = tokio::task::spawn_blocking(move || load_or_generate_dev_key(&dir))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r);
+                match made {
+                    Ok(made) => {
+                        let _ = key.set(made);
+                        let _ = tx.send(DevKeyStatus::Ready);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, retry_in_s = pause.as_secs(), "cannot generate the development password-transmission key");
+                        if tx.send(DevKeyStatus::Failed(e)).is_err() {
+                            return; // nobody holds the key any more
+                        }
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(DEV_KEY_RETRY_MAX);
+                    }
+                }
+            }
+        });
         Ok(this)
     }
 
     /// A key that is already there (tests, fixtures).
     pub fn ready(key: TransmissionKey) -> Self {
+        let (_, status) = tokio::sync::watch::channel(DevKeyStatus::Ready);
         Self {
-            dir: Arc::default(),
-            cell: Arc::new(tokio::sync::OnceCell::new_with(Some(key))),
+            key: Arc::new(std::sync::OnceLock::from(key)),
+            status,
         }
     }
 
-    /// The key, waiting for its generation if that has not finished; a failed generation is
-    /// tried again by the next caller.
+    /// The key, waiting for its generation if that is still under way; the error of the
+    /// last attempt if it failed.
     pub async fn get(&self) -> Result<&TransmissionKey, String> {
-        self.cell
-            .get_or_try_init(|| {
-                let dir = self.dir.clone();
-                async move {
-                    tokio::task::spawn_blocking(move || load_or_generate_dev_key(&dir))
-                        .await
-                        .map_err(|e| e.to_string())?
-                }
-            })
+        if let Some(key) = self.key.get() {
+            return Ok(key);
+        }
+        let mut status = self.status.clone();
+        let outcome = status
+            .wait_for(|s| !matches!(s, DevKeyStatus::Pending))
             .await
+            .map(|s| s.clone());
+        match (self.key.get(), outcome) {
+            (Some(key), _) => Ok(key),
+            (None, Ok(DevKeyStatus::Failed(e))) => {
+                Err(format!("the development transmission key: {e}"))
+            }
+            (None, _) => Err("the development transmission key is not available".into()),
+        }
     }
 }
 
@@ -444,5 +487,28 @@ mod tests {
             mode_of(&sent("rot13"), &[Transmission::Plain], "t"),
             Err(AuthError::Validation(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_first_start_generates_the_key_in_the_background_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = DevTransmissionKey::open(dir.path()).unwrap();
+        let (a, b) = tokio::join!(key.get(), key.get());
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(a.kid, b.kid);
+        assert!(dir.path().join(DEV_KEY_FILE).exists());
+        // The next start loads it.
+        let again = DevTransmissionKey::open(dir.path()).unwrap();
+        assert!(again.key.get().is_some(), "loaded at start");
+        assert_eq!(again.get().await.unwrap().kid, a.kid);
+    }
+
+    #[tokio::test]
+    async fn an_unusable_data_directory_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-directory");
+        std::fs::write(&file, "x").unwrap();
+        let e = DevTransmissionKey::open(&file).unwrap_err();
+        assert!(e.contains("not-a-directory"), "{e}");
     }
 }

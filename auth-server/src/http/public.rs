@@ -120,7 +120,7 @@ pub async fn auth_config(
         .transmission
         .find(None)
         .await
-        .map_err(|e| ApiError::new(ProblemKind::Internal, e))?
+        .map_err(|e| ApiError::from(crate::auth::error::AuthError::Internal(e)))?
         .ok_or_else(|| ApiError::new(ProblemKind::Internal, "no transmission key"))?;
     let captcha_enabled = policy.captcha.mode != CaptchaMode::Never;
     let provider = crate::auth::captcha::provider_name(policy.captcha.provider);
