@@ -3,6 +3,7 @@
 //! driver (portable statements, `$n` parameters in order, integers for time and flags); the
 //! schema lives in per-backend migrations. One contract test suite runs against both.
 
+mod conns;
 mod sql;
 
 pub use sql::{Backend, SqlStore};

@@ -1,12 +1,14 @@
 //! The SQL implementation of durable storage over sqlx's `Any` pool: connection set-up per
 //! backend (SQLite pragmas, Postgres pool), migrations, and every statement.
 
+use super::conns::{Conn, Connections};
 use super::{
     AuditQuery, AuditRecord, IdentityKind, LoginRecord, NewRefresh, NewUser, RefreshRecord,
     Session, StoreError, Tenant, TotpFactor, User,
 };
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Executor, Row};
+use sqlx::{AnyPool, Connection as _, Executor, Row};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Which database is behind the pool.
@@ -22,6 +24,7 @@ pub enum Backend {
 #[derive(Debug, Clone)]
 pub struct SqlStore {
     pool: AnyPool,
+    conns: Arc<Connections>,
     backend: Backend,
 }
 
@@ -133,17 +136,45 @@ const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
 type Statement<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
 
 impl SqlStore {
-    /// Runs one statement on the pool; the rows it affected.
+    /// A connection for one operation's statements; `keep` it when they are done.
+    async fn conn(&self) -> Result<Conn<'_>, StoreError> {
+        self.conns.get().await.map_err(db)
+    }
+
+    /// Runs one statement; the rows it affected.
     async fn affected<'q>(
         &self,
         sql: &'q str,
         bind: impl FnOnce(Statement<'q>) -> Statement<'q>,
     ) -> Result<u64, StoreError> {
-        bind(sqlx::query(sql))
-            .execute(&self.pool)
-            .await
-            .map(|r| r.rows_affected())
-            .map_err(db)
+        let mut c = self.conn().await?;
+        let done = bind(sqlx::query(sql)).execute(&mut *c).await.map_err(db)?;
+        c.keep();
+        Ok(done.rows_affected())
+    }
+
+    /// Runs one query; its first row, if any.
+    async fn optional(&self, query: Statement<'_>) -> Result<Option<AnyRow>, StoreError> {
+        let mut c = self.conn().await?;
+        let row = query.fetch_optional(&mut *c).await.map_err(db)?;
+        c.keep();
+        Ok(row)
+    }
+
+    /// Runs one query; its only row.
+    async fn one(&self, query: Statement<'_>) -> Result<AnyRow, StoreError> {
+        let mut c = self.conn().await?;
+        let row = query.fetch_one(&mut *c).await.map_err(db)?;
+        c.keep();
+        Ok(row)
+    }
+
+    /// Runs one query; all its rows.
+    async fn all(&self, query: Statement<'_>) -> Result<Vec<AnyRow>, StoreError> {
+        let mut c = self.conn().await?;
+        let rows = query.fetch_all(&mut *c).await.map_err(db)?;
+        c.keep();
+        Ok(rows)
     }
 
     /// Connects (creating the SQLite file when the URL allows it) without migrating.
@@ -163,13 +194,14 @@ impl SqlStore {
             Backend::Postgres => url.to_owned(),
         };
         let url = url.as_str();
-        let max = match backend {
+        let max: u32 = match backend {
             Backend::Sqlite => 4,
             Backend::Postgres => 16,
         };
+        let acquire_timeout = Duration::from_secs(5);
         let pool = AnyPoolOptions::new()
             .max_connections(max)
-            .acquire_timeout(Duration::from_secs(5))
+            .acquire_timeout(acquire_timeout)
             // A connection in steady use is not pinged before each statement (a round trip
             // per statement: a third of /auth/me's database CPU); one that sat idle is, so
             // that a database restart during a quiet spell costs no request.
@@ -203,7 +235,12 @@ impl SqlStore {
                 )),
                 Backend::Postgres => StoreError::Database(redact(&e.to_string(), url)),
             })?;
-        Ok(Self { pool, backend })
+        let conns = Connections::new(pool.clone(), max as usize, acquire_timeout);
+        Ok(Self {
+            pool,
+            conns,
+            backend,
+        })
     }
 
     /// Connects and applies pending migrations.
@@ -219,10 +256,13 @@ impl SqlStore {
             Backend::Sqlite => sqlx::migrate!("./migrations/sqlite"),
             Backend::Postgres => sqlx::migrate!("./migrations/postgres"),
         };
+        let mut c = self.conn().await?;
         migrator
-            .run(&self.pool)
+            .run(&mut *c)
             .await
-            .map_err(|e| StoreError::Migration(e.to_string()))
+            .map_err(|e| StoreError::Migration(e.to_string()))?;
+        c.keep();
+        Ok(())
     }
 
     /// `db.system.name` of the OpenTelemetry conventions.
@@ -246,17 +286,18 @@ impl SqlStore {
 
     /// Closes the pool (shutdown).
     pub async fn close(&self) {
+        self.conns.close();
         self.pool.close().await;
     }
 
     /// A tenant by canonical id.
     #[tracing::instrument(name = "store.tenant", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn tenant(&self, id: &str) -> Result<Option<Tenant>, StoreError> {
-        let row = sqlx::query("SELECT id, name, display_name FROM tenants WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db)?;
+        let row = self
+            .optional(
+                sqlx::query("SELECT id, name, display_name FROM tenants WHERE id = $1").bind(id),
+            )
+            .await?;
         row.map(|r| {
             Ok(Tenant {
                 id: r.try_get("id")?,
@@ -296,7 +337,8 @@ impl SqlStore {
         if self.tenant(&u.tenant_id).await?.is_none() {
             return Err(StoreError::NotFound("tenant"));
         }
-        let mut tx = self.pool.begin().await.map_err(db)?;
+        let mut c = self.conn().await?;
+        let mut tx = c.begin().await.map_err(db)?;
         let inserted = sqlx::query(
             "INSERT INTO users (id, tenant_id, username, email, phone, password_hash, status, roles, \
              must_change_password, password_changed_at, created_at, updated_at) \
@@ -328,6 +370,7 @@ impl SqlStore {
         }
         if let Err(StoreError::Conflict(reported)) = inserted {
             drop(tx);
+            drop(c);
             // Backends report whichever index they checked first; name the first taken field
             // in a fixed order so that answers do not depend on the backend.
             for (kind, value, field) in [
@@ -348,6 +391,7 @@ impl SqlStore {
         }
         inserted?;
         tx.commit().await.map_err(db)?;
+        c.keep();
         self.user(&u.id).await?.ok_or(StoreError::NotFound("user"))
     }
 
@@ -378,7 +422,7 @@ impl SqlStore {
         for b in binds {
             query = query.bind(*b);
         }
-        let row = query.fetch_optional(&self.pool).await.map_err(db)?;
+        let row = self.optional(query).await?;
         row.as_ref().map(user_from).transpose().map_err(db)
     }
 
@@ -390,16 +434,17 @@ impl SqlStore {
         issuer: &str,
         user_id: &str,
     ) -> Result<bool, StoreError> {
-        let row = sqlx::query(
-            "SELECT 1 AS one FROM federated_identities \
+        let row = self
+            .optional(
+                sqlx::query(
+                    "SELECT 1 AS one FROM federated_identities \
              WHERE tenant_id = $1 AND issuer = $2 AND user_id = $3",
-        )
-        .bind(tenant_id)
-        .bind(issuer)
-        .bind(user_id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db)?;
+                )
+                .bind(tenant_id)
+                .bind(issuer)
+                .bind(user_id),
+            )
+            .await?;
         Ok(row.is_some())
     }
 
@@ -414,9 +459,12 @@ impl SqlStore {
         user_id: &str,
         now: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db)?;
+        let mut c = self.conn().await?;
+        let mut tx = c.begin().await.map_err(db)?;
         insert_link(&mut tx, tenant_id, issuer, subject, user_id, now).await?;
-        tx.commit().await.map_err(db)
+        tx.commit().await.map_err(db)?;
+        c.keep();
+        Ok(())
     }
 
     /// A user by id.
@@ -473,12 +521,9 @@ impl SqlStore {
              (SELECT r.profile FROM risk_profiles r WHERE r.user_id = users.id) AS risk_profile \
              FROM users WHERE tenant_id = $1 AND {column} = $2"
         );
-        let row = sqlx::query(&sql)
-            .bind(tenant_id)
-            .bind(value)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db)?;
+        let row = self
+            .optional(sqlx::query(&sql).bind(tenant_id).bind(value))
+            .await?;
         row.map(|r| {
             Ok(LoginRecord {
                 user: user_from(&r)?,
@@ -517,7 +562,8 @@ impl SqlStore {
         now: i64,
         keep: usize,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db)?;
+        let mut c = self.conn().await?;
+        let mut tx = c.begin().await.map_err(db)?;
         if let Some(old) = old_hash {
             sqlx::query("INSERT INTO password_history (user_id, password_hash, created_at) VALUES ($1, $2, $3)")
                 .bind(user_id)
@@ -553,7 +599,9 @@ impl SqlStore {
                 .await
                 .map_err(db)?;
         }
-        tx.commit().await.map_err(db)
+        tx.commit().await.map_err(db)?;
+        c.keep();
+        Ok(())
     }
 
     /// The newest `limit` previous password hashes of a user.
@@ -563,14 +611,11 @@ impl SqlStore {
         user_id: &str,
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
-        let rows = sqlx::query(
+        let rows = self.all(sqlx::query(
             "SELECT password_hash FROM password_history WHERE user_id = $1 ORDER BY seq DESC LIMIT $2",
         )
         .bind(user_id)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?;
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))).await?;
         rows.iter()
             .map(|r| r.try_get("password_hash"))
             .collect::<Result<_, _>>()
@@ -586,7 +631,8 @@ impl SqlStore {
         now: i64,
         reason: &str,
     ) -> Result<Vec<String>, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db)?;
+        let mut c = self.conn().await?;
+        let mut tx = c.begin().await.map_err(db)?;
         let rows = sqlx::query(
             "SELECT id FROM sessions WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL",
         )
@@ -612,19 +658,17 @@ impl SqlStore {
         .await
         .map_err(db)?;
         tx.commit().await.map_err(db)?;
+        c.keep();
         Ok(ids)
     }
 
     /// The user's TOTP factor, if any.
     #[tracing::instrument(name = "store.totp", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn totp(&self, user_id: &str) -> Result<Option<TotpFactor>, StoreError> {
-        let row = sqlx::query(
+        let row = self.optional(sqlx::query(
             "SELECT secret_sealed, confirmed_at, last_used_step FROM mfa_totp WHERE user_id = $1",
         )
-        .bind(user_id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db)?;
+        .bind(user_id)).await?;
         row.map(|r| {
             Ok(TotpFactor {
                 secret_sealed: r.try_get("secret_sealed")?,
@@ -664,7 +708,8 @@ impl SqlStore {
         now: i64,
         backup_hashes: &[String],
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db)?;
+        let mut c = self.conn().await?;
+        let mut tx = c.begin().await.map_err(db)?;
         let done = sqlx::query(
             "UPDATE mfa_totp SET confirmed_at = $1, last_used_step = $2 \
              WHERE user_id = $3 AND confirmed_at IS NULL AND last_used_step < $4",
@@ -679,6 +724,7 @@ impl SqlStore {
         .rows_affected();
         if done != 1 {
             tx.rollback().await.map_err(db)?;
+            c.keep();
             return Ok(false);
         }
         sqlx::query("DELETE FROM backup_codes WHERE user_id = $1")
@@ -698,6 +744,7 @@ impl SqlStore {
             .map_err(db)?;
         }
         tx.commit().await.map_err(db)?;
+        c.keep();
         Ok(true)
     }
 
@@ -734,11 +781,11 @@ impl SqlStore {
     /// The stored risk profile (JSON) of a user.
     #[tracing::instrument(name = "store.risk_profile", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn risk_profile(&self, user_id: &str) -> Result<Option<String>, StoreError> {
-        let row = sqlx::query("SELECT profile FROM risk_profiles WHERE user_id = $1")
-            .bind(user_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db)?;
+        let row = self
+            .optional(
+                sqlx::query("SELECT profile FROM risk_profiles WHERE user_id = $1").bind(user_id),
+            )
+            .await?;
         row.map(|r| r.try_get("profile")).transpose().map_err(db)
     }
 
@@ -772,46 +819,39 @@ impl SqlStore {
         profile: Option<&str>,
         audit: &[AuditRecord],
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db)?;
+        let mut batch = Batch::default();
         if let Some(profile) = profile {
-            sqlx::query(UPSERT_RISK_PROFILE)
+            batch.push(UPSERT_RISK_PROFILE, move |q| {
+                q.bind(&s.user_id).bind(profile).bind(s.created_at)
+            });
+        }
+        batch.push(INSERT_SESSION, move |q| {
+            q.bind(&s.id)
+                .bind(&s.tenant_id)
                 .bind(&s.user_id)
-                .bind(profile)
+                .bind(s.amr.join(" "))
                 .bind(s.created_at)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
-        }
-        sqlx::query(
-            "INSERT INTO sessions (id, tenant_id, user_id, amr, created_at, expires_at, actor) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&s.id)
-        .bind(&s.tenant_id)
-        .bind(&s.user_id)
-        .bind(s.amr.join(" "))
-        .bind(s.created_at)
-        .bind(s.expires_at)
-        .bind(&s.actor)
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
-        insert_refresh(&mut tx, &s.id, first).await?;
+                .bind(s.expires_at)
+                .bind(&s.actor)
+        });
+        batch.push(INSERT_REFRESH, move |q| bind_refresh(q, &s.id, first));
         for e in audit {
-            audit_insert(e).execute(&mut *tx).await.map_err(db)?;
+            batch.push(INSERT_AUDIT, move |q| bind_audit(q, e));
         }
-        tx.commit().await.map_err(db)
+        let joined = batch.joined(self.backend);
+        let mut c = self.conn().await?;
+        let mut tx = c.begin().await.map_err(db)?;
+        batch.execute(&mut tx, joined.as_deref()).await?;
+        tx.commit().await.map_err(db)?;
+        c.keep();
+        Ok(())
     }
 
     /// A session by id.
     #[tracing::instrument(name = "store.session", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn session(&self, id: &str) -> Result<Option<Session>, StoreError> {
         let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions s WHERE s.id = $1");
-        let row = sqlx::query(&sql)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db)?;
+        let row = self.optional(sqlx::query(&sql).bind(id)).await?;
         row.as_ref().map(session_from).transpose().map_err(db)
     }
 
@@ -825,11 +865,7 @@ impl SqlStore {
             "SELECT rt.token_hash, rt.expires_at AS rt_expires_at, rt.rotated_at, {SESSION_COLUMNS} \
              FROM refresh_tokens rt JOIN sessions s ON s.id = rt.session_id WHERE rt.token_hash = $1"
         );
-        let row = sqlx::query(&sql)
-            .bind(token_hash)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db)?;
+        let row = self.optional(sqlx::query(&sql).bind(token_hash)).await?;
         row.map(|r| {
             Ok(RefreshRecord {
                 token_hash: r.try_get("token_hash")?,
@@ -852,7 +888,8 @@ impl SqlStore {
         now: i64,
         next: &NewRefresh,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db)?;
+        let mut c = self.conn().await?;
+        let mut tx = c.begin().await.map_err(db)?;
         let done = sqlx::query(
             "UPDATE refresh_tokens SET rotated_at = $1 WHERE token_hash = $2 AND session_id = $3 \
              AND rotated_at IS NULL",
@@ -866,32 +903,34 @@ impl SqlStore {
         .rows_affected();
         if done != 1 {
             tx.rollback().await.map_err(db)?;
+            c.keep();
             return Ok(false);
         }
         insert_refresh(&mut tx, session_id, next).await?;
         tx.commit().await.map_err(db)?;
+        c.keep();
         Ok(true)
     }
 
     /// Adds a refresh token to an existing session (a replay inside the grace window).
     #[tracing::instrument(name = "store.add_refresh", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn add_refresh(&self, session_id: &str, next: &NewRefresh) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db)?;
+        let mut c = self.conn().await?;
+        let mut tx = c.begin().await.map_err(db)?;
         insert_refresh(&mut tx, session_id, next).await?;
-        tx.commit().await.map_err(db)
+        tx.commit().await.map_err(db)?;
+        c.keep();
+        Ok(())
     }
 
     /// The latest expiry of an access token issued in a session (`None` for sessions older
     /// than that record).
     #[tracing::instrument(name = "store.session_access_expiry", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn session_access_expiry(&self, id: &str) -> Result<Option<i64>, StoreError> {
-        let row = sqlx::query(
+        let row = self.one(sqlx::query(
             "SELECT MAX(access_expires_at) AS latest FROM refresh_tokens WHERE session_id = $1",
         )
-        .bind(id)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db)?;
+        .bind(id)).await?;
         row.try_get::<Option<i64>, _>("latest").map_err(db)
     }
 
@@ -915,11 +954,10 @@ impl SqlStore {
     /// Appends an entry to the audit trail.
     #[tracing::instrument(name = "store.insert_audit", skip_all, fields(db.system.name = self.system_name()))]
     pub async fn insert_audit(&self, e: &AuditRecord) -> Result<(), StoreError> {
-        audit_insert(e)
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
-            .map_err(db)
+        let mut c = self.conn().await?;
+        audit_insert(e).execute(&mut *c).await.map_err(db)?;
+        c.keep();
+        Ok(())
     }
 
     /// Audit entries matching `q`, newest first.
@@ -935,17 +973,18 @@ impl SqlStore {
              AND ($5 IS NULL OR occurred_at < $5) \
              AND ($6 IS NULL OR id < $6) \
              ORDER BY id DESC LIMIT $7";
-        let rows = sqlx::query(sql)
-            .bind(&q.tenant_id)
-            .bind(&q.user_id)
-            .bind(&q.event_type)
-            .bind(q.since)
-            .bind(q.until)
-            .bind(&q.before_id)
-            .bind(i64::from(q.limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db)?;
+        let rows = self
+            .all(
+                sqlx::query(sql)
+                    .bind(&q.tenant_id)
+                    .bind(&q.user_id)
+                    .bind(&q.event_type)
+                    .bind(q.since)
+                    .bind(q.until)
+                    .bind(&q.before_id)
+                    .bind(i64::from(q.limit)),
+            )
+            .await?;
         rows.iter()
             .map(|row| {
                 Ok(AuditRecord {
@@ -1037,25 +1076,39 @@ async fn insert_link(
     })
 }
 
+/// Appends an audit entry (arguments: [`bind_audit`]).
+const INSERT_AUDIT: &str = "INSERT INTO audit_events (id, occurred_at, tenant_id, type, outcome, method, user_id, \
+     actor_id, client_ip, user_agent, reason, details) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+
+/// Opens a session ($1 id, $2 tenant, $3 user, $4 amr, $5 created, $6 expires, $7 actor).
+const INSERT_SESSION: &str = "INSERT INTO sessions (id, tenant_id, user_id, amr, created_at, expires_at, actor) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
+/// Stores a refresh token (arguments: [`bind_refresh`]).
+const INSERT_REFRESH: &str = "INSERT INTO refresh_tokens \
+     (token_hash, session_id, created_at, expires_at, access_expires_at) \
+     VALUES ($1, $2, $3, $4, $5)";
+
 /// The statement that appends `e` to the audit trail (on the pool or in a transaction).
 fn audit_insert(e: &AuditRecord) -> Statement<'_> {
-    sqlx::query(
-        "INSERT INTO audit_events (id, occurred_at, tenant_id, type, outcome, method, user_id, \
-         actor_id, client_ip, user_agent, reason, details) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-    )
-    .bind(&e.id)
-    .bind(e.occurred_at)
-    .bind(&e.tenant_id)
-    .bind(&e.event_type)
-    .bind(&e.outcome)
-    .bind(&e.method)
-    .bind(&e.user_id)
-    .bind(&e.actor_id)
-    .bind(&e.client_ip)
-    .bind(&e.user_agent)
-    .bind(&e.reason)
-    .bind(&e.details)
+    bind_audit(sqlx::query(INSERT_AUDIT), e)
+}
+
+/// Binds an audit entry to [`INSERT_AUDIT`]'s parameters.
+fn bind_audit<'q>(q: Statement<'q>, e: &'q AuditRecord) -> Statement<'q> {
+    q.bind(&e.id)
+        .bind(e.occurred_at)
+        .bind(&e.tenant_id)
+        .bind(&e.event_type)
+        .bind(&e.outcome)
+        .bind(&e.method)
+        .bind(&e.user_id)
+        .bind(&e.actor_id)
+        .bind(&e.client_ip)
+        .bind(&e.user_agent)
+        .bind(&e.reason)
+        .bind(&e.details)
 }
 
 async fn insert_refresh(
@@ -1063,19 +1116,99 @@ async fn insert_refresh(
     session_id: &str,
     r: &NewRefresh,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at, access_expires_at) \
-         VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(&r.token_hash)
-    .bind(session_id)
-    .bind(r.created_at)
-    .bind(r.expires_at)
-    .bind(r.access_expires_at)
-    .execute(&mut **tx)
-    .await
-    .map(|_| ())
-    .map_err(db)
+    bind_refresh(sqlx::query(INSERT_REFRESH), session_id, r)
+        .execute(&mut **tx)
+        .await
+        .map(|_| ())
+        .map_err(db)
+}
+
+/// Binds a refresh token of `session_id` to [`INSERT_REFRESH`]'s parameters.
+fn bind_refresh<'q>(q: Statement<'q>, session_id: &'q str, r: &'q NewRefresh) -> Statement<'q> {
+    q.bind(&r.token_hash)
+        .bind(session_id)
+        .bind(r.created_at)
+        .bind(r.expires_at)
+        .bind(r.access_expires_at)
+}
+
+/// Binds one statement's arguments.
+type Binder<'q> = Box<dyn FnOnce(Statement<'q>) -> Statement<'q> + Send + 'q>;
+
+/// The statements of one transaction with their arguments. On Postgres each is a round trip
+/// of its own (its extended protocol takes one statement per query); on SQLite they go to the
+/// connection's thread as one text, one round trip for all, with every statement's `$n`
+/// renumbered after the previous statements' (SQLite numbers them across the whole text).
+#[derive(Default)]
+struct Batch<'q> {
+    parts: Vec<(&'static str, Binder<'q>)>,
+}
+
+impl<'q> Batch<'q> {
+    /// Adds `sql` with the arguments `bind` gives it (numbered from `$1` in `sql`).
+    fn push(
+        &mut self,
+        sql: &'static str,
+        bind: impl FnOnce(Statement<'q>) -> Statement<'q> + Send + 'q,
+    ) {
+        self.parts.push((sql, Box::new(bind)));
+    }
+
+    /// The one text to send on `backend`, when it takes one (SQLite).
+    fn joined(&self, backend: Backend) -> Option<String> {
+        (backend == Backend::Sqlite)
+            .then(|| join_renumbered(self.parts.iter().map(|(sql, _)| *sql)))
+    }
+
+    /// Runs the statements in `tx`: `joined` (from [`Batch::joined`]) in one round trip, or
+    /// each on its own.
+    async fn execute(
+        self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        joined: Option<&'q str>,
+    ) -> Result<(), StoreError> {
+        if let Some(joined) = joined {
+            let mut q = sqlx::query(joined);
+            for (_, bind) in self.parts {
+                q = bind(q);
+            }
+            q.execute(&mut **tx).await.map_err(db)?;
+        } else {
+            for (sql, bind) in self.parts {
+                bind(sqlx::query(sql))
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Joins statements with `;`, each one's `$n` raised by the number of parameters before it.
+fn join_renumbered<'a>(statements: impl Iterator<Item = &'a str>) -> String {
+    let mut out = String::new();
+    let mut offset = 0;
+    for sql in statements {
+        if !out.is_empty() {
+            out.push_str("; ");
+        }
+        let mut highest = 0;
+        let mut rest = sql;
+        while let Some(at) = rest.find('$') {
+            out.push_str(&rest[..=at]);
+            rest = &rest[at + 1..];
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            if let Ok(n) = rest[..digits].parse::<usize>() {
+                highest = highest.max(n);
+                out.push_str(&(n + offset).to_string());
+                rest = &rest[digits..];
+            }
+        }
+        out.push_str(rest);
+        offset += highest;
+    }
+    out
 }
 
 /// The column an identity of `kind` is stored in.
@@ -1098,5 +1231,41 @@ fn redact(message: &str, url: &str) -> String {
             _ => message.to_owned(),
         },
         None => message.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joined_statements_number_their_parameters_one_after_another() {
+        let joined = join_renumbered(
+            [
+                "INSERT INTO a (x, y) VALUES ($1, $2)",
+                "UPDATE b SET x = $2 WHERE y = $1 AND z = '$'",
+                "SELECT 1",
+                "INSERT INTO c VALUES ($1, $10)",
+            ]
+            .into_iter(),
+        );
+        assert_eq!(
+            joined,
+            "INSERT INTO a (x, y) VALUES ($1, $2); UPDATE b SET x = $4 WHERE y = $3 AND z = '$'; \
+             SELECT 1; INSERT INTO c VALUES ($5, $14)"
+        );
+        let batch = {
+            let mut b = Batch::default();
+            b.push(INSERT_SESSION, |q| q);
+            b.push(INSERT_REFRESH, |q| q);
+            b
+        };
+        assert_eq!(batch.joined(Backend::Postgres), None);
+        let joined = batch.joined(Backend::Sqlite).unwrap();
+        assert!(joined.contains("($1, $2, $3, $4, $5, $6, $7); INSERT INTO refresh_tokens"));
+        assert!(
+            joined.ends_with("VALUES ($8, $9, $10, $11, $12)"),
+            "{joined}"
+        );
     }
 }

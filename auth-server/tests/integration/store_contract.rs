@@ -488,3 +488,226 @@ async fn a_sqlite_url_for_a_new_file_creates_it_or_says_why_not() {
         "{err}"
     );
 }
+
+/// Connections are kept between uses instead of going back to sqlx's pool (which pings each
+/// one handed back): a transaction that fails in its last statement, more operations at once
+/// than there are connections, and operations cancelled at every point leave nothing behind
+/// that a later use of a connection would inherit. `other` reads through connections of its
+/// own, so a write left uncommitted on one of `s`'s connections would not be seen there.
+async fn connections_contract(url: &str) {
+    let s = SqlStore::open(url).await.unwrap();
+    let other = SqlStore::open(url).await.unwrap();
+    s.create_user(&new_user("usr_c", "default", "conn", None, None))
+        .await
+        .unwrap();
+    let session = |id: &str| Session {
+        id: id.into(),
+        tenant_id: "default".into(),
+        user_id: "usr_c".into(),
+        amr: vec!["pwd".into()],
+        created_at: 1000,
+        expires_at: 5000,
+        revoked_at: None,
+        actor: None,
+    };
+    let audit = |id: &str| AuditRecord {
+        id: id.into(),
+        occurred_at: 1000,
+        tenant_id: "default".into(),
+        event_type: "sign_in".into(),
+        outcome: "success".into(),
+        method: Some("password".into()),
+        user_id: Some("usr_c".into()),
+        actor_id: None,
+        client_ip: None,
+        user_agent: None,
+        reason: None,
+        details: None,
+    };
+    let sign_in = |s: SqlStore, name: String| async move {
+        s.create_session_with_profile(
+            &session(&format!("ses_{name}")),
+            &refresh(&format!("h_{name}"), 1000),
+            Some(r#"{"v":1}"#),
+            &[audit(&format!("evt_{name}"))],
+        )
+        .await
+    };
+    // Whole or not at all, as `other` sees it: session, refresh token and audit entry.
+    let seen = |name: String| {
+        let other = other.clone();
+        async move {
+            let session = other.session(&format!("ses_{name}")).await.unwrap();
+            let token = other.refresh_token(&format!("h_{name}")).await.unwrap();
+            let q = AuditQuery {
+                tenant_id: "default".into(),
+                user_id: Some("usr_c".into()),
+                event_type: None,
+                since: None,
+                until: None,
+                before_id: None,
+                limit: 1000,
+            };
+            let entry = other
+                .audit_events(&q)
+                .await
+                .unwrap()
+                .iter()
+                .any(|e| e.id == format!("evt_{name}"));
+            assert_eq!(
+                session.is_some(),
+                token.is_some(),
+                "{name}: session and token"
+            );
+            assert_eq!(session.is_some(), entry, "{name}: session and audit entry");
+            session.is_some()
+        }
+    };
+
+    // The last statement fails (the audit id is taken): nothing of the sign-in stays.
+    s.insert_audit(&audit("evt_taken")).await.unwrap();
+    let err = s
+        .create_session_with_profile(
+            &session("ses_fail"),
+            &refresh("h_fail", 1000),
+            Some(r#"{"v":1}"#),
+            &[audit("evt_first"), audit("evt_taken")],
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    assert!(other.session("ses_fail").await.unwrap().is_none());
+    assert!(other.refresh_token("h_fail").await.unwrap().is_none());
+    assert!(!seen("first".into()).await);
+
+    // Many more operations at once than connections: all done, each write seen at once.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..48 {
+        tasks.spawn(sign_in(s.clone(), format!("p{i}")));
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap().unwrap();
+    }
+    for i in 0..48 {
+        assert!(seen(format!("p{i}")).await, "p{i}");
+    }
+
+    // Cancelled after 0 to 9 polls, 0 to 0.4 ms apart: every sign-in is whole or absent, and
+    // the connections go on working (a transaction left open would hide the writes after it
+    // from `other`, and on SQLite would block them).
+    let mut finished = 0;
+    for i in 0..50u32 {
+        let op = sign_in(s.clone(), format!("x{i}"));
+        let pause = std::time::Duration::from_micros(u64::from(i % 5) * 100);
+        if poll_then_drop(op, i / 5, pause)
+            .await
+            .is_some_and(|r| r.is_ok())
+        {
+            finished += 1;
+        }
+        sign_in(s.clone(), format!("after{i}")).await.unwrap();
+        assert!(seen(format!("after{i}")).await, "after{i}");
+    }
+    let mut present = 0;
+    for i in 0..50 {
+        let there = seen(format!("x{i}")).await;
+        // Never polled, never begun (one poll can be enough for all, when the database
+        // answers each round trip before the poll looks for the answer).
+        assert!(!(there && i < 5), "x{i} was never polled");
+        present += u32::from(there);
+    }
+    assert!(
+        present >= finished,
+        "{present} present, {finished} finished"
+    );
+
+    // A rotation cancelled midway leaves no row locked: the same token rotates (or is found
+    // rotated) through `other` at once, with nothing else using `s`'s connections meanwhile.
+    for i in 0..30u32 {
+        let name = format!("r{i}");
+        sign_in(s.clone(), name.clone()).await.unwrap();
+        let rotate = |s: SqlStore, next: &str| {
+            let (session, old, next) =
+                (format!("ses_{name}"), format!("h_{name}"), next.to_owned());
+            async move {
+                s.rotate_refresh(&session, &old, 2000, &refresh(&next, 2000))
+                    .await
+            }
+        };
+        let pause = std::time::Duration::from_micros(u64::from(i % 10) * 60);
+        let _ = poll_then_drop(rotate(s.clone(), &format!("{name}_s")), 1 + i / 10, pause).await;
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            rotate(other.clone(), &format!("{name}_other")),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{name}: a cancelled rotation left its row locked"))
+        .unwrap();
+    }
+}
+
+/// Polls `op` `polls` times, `pause` apart (the database works meanwhile), and drops it
+/// unless it finished; its result if it did.
+async fn poll_then_drop<F: std::future::Future>(
+    op: F,
+    polls: u32,
+    pause: std::time::Duration,
+) -> Option<F::Output> {
+    use std::task::{Context, Poll, Waker};
+    let mut op = std::pin::pin!(op);
+    for _ in 0..polls {
+        if let Poll::Ready(r) = op.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            return Some(r);
+        }
+        std::thread::sleep(pause);
+        // Lets the runtime's I/O driver see Postgres's answer.
+        tokio::task::yield_now().await;
+    }
+    None
+}
+
+#[tokio::test]
+async fn kept_connections_settle_what_failures_and_cancellations_left_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("k.db").display());
+    connections_contract(&url).await;
+}
+
+#[tokio::test]
+async fn kept_connections_settle_what_failures_and_cancellations_left_postgres() {
+    connections_contract(&keygate_tests::fresh_postgres_database().await).await;
+}
+
+/// Kept connections the server ended (a restart or failover does that) are found out by
+/// the ping before their next use after an idle second, and replaced: no operation fails.
+#[tokio::test]
+async fn kept_connections_ended_by_the_server_are_replaced() {
+    use sqlx::Connection as _;
+    let url = keygate_tests::fresh_postgres_database().await;
+    let s = SqlStore::open(&url).await.unwrap();
+    let in_parallel = |s: &SqlStore| {
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..12 {
+            let s = s.clone();
+            tasks.spawn(async move { s.tenant("default").await });
+        }
+        tasks.join_all()
+    };
+    for r in in_parallel(&s).await {
+        assert!(r.unwrap().is_some());
+    }
+    let mut admin = sqlx::AnyConnection::connect(&url).await.unwrap();
+    let ended = sqlx::query(
+        "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    let ended: i64 = sqlx::Row::get(&ended, "n");
+    assert!(ended >= 2, "{ended} connections ended");
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    for r in in_parallel(&s).await {
+        assert!(r.unwrap().is_some());
+    }
+}
