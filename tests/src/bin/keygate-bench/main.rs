@@ -259,7 +259,66 @@ impl CpuSplit {
 
 /// CPU seconds (user + system) a process has used so far, from /proc.
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat_cpu_seconds(&format!("/proc/{pid}/stat"))
+}
+
+/// A server's threads so far: CPU seconds of its password-hashing threads and of the rest,
+/// and context switches of all.
+#[derive(Debug, Default, Clone, Copy)]
+struct Threads {
+    hashing: f64,
+    rest: f64,
+    switches: u64,
+}
+
+impl std::ops::Sub for Threads {
+    type Output = Threads;
+    fn sub(self, before: Threads) -> Threads {
+        Threads {
+            hashing: self.hashing - before.hashing,
+            rest: self.rest - before.rest,
+            switches: self.switches.saturating_sub(before.switches),
+        }
+    }
+}
+
+impl std::ops::AddAssign for Threads {
+    fn add_assign(&mut self, other: Threads) {
+        self.hashing += other.hashing;
+        self.rest += other.rest;
+        self.switches += other.switches;
+    }
+}
+
+/// [`Threads`] of process `pid`, from /proc/PID/task (hashing threads are named
+/// `keygate-hash-N`).
+fn threads(pid: u32) -> Threads {
+    let mut t = Threads::default();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return t;
+    };
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let cpu = stat_cpu_seconds(&dir.join("stat").to_string_lossy());
+        if comm.starts_with("keygate-hash") {
+            t.hashing += cpu;
+        } else {
+            t.rest += cpu;
+        }
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        t.switches += status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    t
+}
+
+/// User + system CPU seconds from a `stat` file of /proc.
+fn stat_cpu_seconds(path: &str) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit(')')
         .next()
@@ -322,6 +381,8 @@ struct Row {
 struct Login {
     row: Row,
     server_cpu_ms: f64,
+    /// Per login: the server's hashing threads' CPU ms, the rest's, and context switches.
+    per_login: (f64, f64, f64),
     client_cpu_ms: f64,
     raw_cpu_ms: f64,
     rss_idle: f64,
@@ -363,14 +424,18 @@ async fn login(args: &Args) -> Result<Login> {
     let window = Duration::from_secs(args.seconds) / LOGIN_ROUNDS;
     let raw_argon2 = raw::Argon2Limit::new(args.memory_kib, args.iterations);
     let (mut ours, mut limit) = (Vec::new(), Vec::new());
-    let (mut server_cpu, mut own_cpu) = (0.0, 0.0);
+    let (mut server_cpu, mut own_cpu, mut by_thread) = (0.0, 0.0, Threads::default());
     for round in 0..LOGIN_ROUNDS {
         // Raw first in even rounds, last in odd ones (raw, Keygate, Keygate, raw, ...): a
         // steady drift adds to both sides alike.
         if round % 2 == 0 {
             limit.push(raw_argon2.measure(window));
         }
-        let (server_before, own_before) = (cpu_seconds(pid), cpu_seconds(std::process::id()));
+        let (server_before, own_before, threads_before) = (
+            cpu_seconds(pid),
+            cpu_seconds(std::process::id()),
+            threads(pid),
+        );
         ours.push(
             drive::closed_window(
                 args.concurrency,
@@ -381,6 +446,7 @@ async fn login(args: &Args) -> Result<Login> {
             .await?,
         );
         server_cpu += cpu_seconds(pid) - server_before;
+        by_thread += threads(pid) - threads_before;
         own_cpu += cpu_seconds(std::process::id()) - own_before;
         if round % 2 == 1 {
             limit.push(raw_argon2.measure(window));
@@ -392,6 +458,11 @@ async fn login(args: &Args) -> Result<Login> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     Ok(Login {
         server_cpu_ms: server_cpu * 1000.0 / m.total as f64,
+        per_login: (
+            by_thread.hashing * 1000.0 / m.total as f64,
+            by_thread.rest * 1000.0 / m.total as f64,
+            by_thread.switches as f64 / m.total as f64,
+        ),
         client_cpu_ms: own_cpu * 1000.0 / m.total as f64,
         raw_cpu_ms: cpus * 1000.0 / raw.rate(),
         rss_idle,
@@ -1455,10 +1526,13 @@ async fn main() -> Result<()> {
         let signin = login(&args).await?;
         login_facts = Some(format!(
             "raw argon2id verify ({cpus} threads, {LOGIN_ROUNDS} windows taken in turns with Keygate's): {:.1} ops/s\n\
-             CPU per login: server {:.2} ms, load generator {:.2} ms; raw argon2id verify {:.2} ms\n\
+             CPU per login: server {:.2} ms (hashing threads {:.2}, the rest {:.2}; {:.1} context switches), load generator {:.2} ms; raw argon2id verify {:.2} ms\n\
              Resident memory (login server, SQLite): {:.1} MiB idle, {:.1} MiB peak under login load",
             signin.row.limit.as_ref().map_or(f64::NAN, |l| l.1),
             signin.server_cpu_ms,
+            signin.per_login.0,
+            signin.per_login.1,
+            signin.per_login.2,
             signin.client_cpu_ms,
             signin.raw_cpu_ms,
             signin.rss_idle,
