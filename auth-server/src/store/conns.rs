@@ -111,6 +111,7 @@ impl Connections {
 
     /// Gives every kept connection back to sqlx's pool and refuses new uses (shutdown).
     pub(super) fn close(&self) {
+        // Closed before the list is cleared: a `keep` that takes the lock later sees it.
         self.permits.close();
         self.lock().clear();
     }
@@ -159,11 +160,16 @@ impl Conn<'_> {
             home,
             _permit,
         } = self;
-        home.lock().push(Kept {
-            conn,
-            idle_since: Instant::now(),
-            taken_at,
-        });
+        let mut kept = home.lock();
+        // After `close` a kept connection would hold up sqlx's pool close: it goes back.
+        if !home.permits.is_closed() {
+            kept.push(Kept {
+                conn,
+                idle_since: Instant::now(),
+                taken_at,
+            });
+        }
+        drop(kept);
         // The permit goes only now, with the connection already kept for its next user.
         drop(_permit);
     }

@@ -644,6 +644,22 @@ async fn connections_contract(url: &str) {
         .unwrap_or_else(|_| panic!("{name}: a cancelled rotation left its row locked"))
         .unwrap();
     }
+
+    // Closing while sign-ins are under way: they finish or fail, none keeps its connection
+    // past the close (sqlx's pool close waits for every connection to come back).
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        tasks.spawn(sign_in(s.clone(), format!("c{i}")));
+    }
+    tokio::task::yield_now().await;
+    tokio::time::timeout(std::time::Duration::from_secs(10), s.close())
+        .await
+        .expect("the close waited for a kept connection");
+    while tasks.join_next().await.is_some() {}
+    assert!(
+        s.tenant("default").await.is_err(),
+        "a closed store refuses work"
+    );
 }
 
 /// Polls `op` `polls` times, `pause` apart (the database works meanwhile), and drops it
