@@ -11,8 +11,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-/// How long a kept connection may sit unused before it is pinged on its next use.
-const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
+/// How long a connection may sit unused (kept here or idle in sqlx's pool) before it is
+/// pinged on its next use.
+pub(super) const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
 
 /// How long a connection may sit unused here before it goes back to sqlx's pool, whose idle
 /// timeout then closes it.
@@ -116,8 +117,8 @@ impl Connections {
         self.lock().clear();
     }
 
-    /// How many connections are kept unused now.
-    pub(super) fn kept_count(&self) -> usize {
+    /// How many connections are kept unused now (for `Debug`).
+    fn kept_count(&self) -> usize {
         self.lock().len()
     }
 

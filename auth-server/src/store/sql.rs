@@ -1,7 +1,7 @@
 //! The SQL implementation of durable storage over sqlx's `Any` pool: connection set-up per
 //! backend (SQLite pragmas, Postgres pool), migrations, and every statement.
 
-use super::conns::{Conn, Connections};
+use super::conns::{Conn, Connections, PING_AFTER_IDLE};
 use super::{
     AuditQuery, AuditRecord, IdentityKind, LoginRecord, NewRefresh, NewUser, RefreshRecord,
     Session, StoreError, Tenant, TotpFactor, User,
@@ -127,10 +127,6 @@ fn sqlite_url(url: &str) -> Result<String, StoreError> {
         format!("{url}?mode=rwc")
     })
 }
-
-/// How long a pooled connection may sit unused before it is checked with a ping on its next
-/// use.
-const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
 
 /// A statement with its arguments bound.
 type Statement<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
