@@ -262,13 +262,36 @@ fn cpu_seconds(pid: u32) -> f64 {
     stat_cpu_seconds(&format!("/proc/{pid}/stat"))
 }
 
-/// A server's threads so far: CPU seconds of its password-hashing threads and of the rest,
-/// and context switches of all.
+/// A server's threads so far: CPU seconds of its password-hashing threads, of SQLite's
+/// connection threads and of the rest (async workers and everything else), the system time
+/// of all but the hashing threads, and context switches of all.
 #[derive(Debug, Default, Clone, Copy)]
 struct Threads {
     hashing: f64,
-    rest: f64,
-    switches: u64,
+    database: f64,
+    other: f64,
+    /// Kernel time of the threads besides hashing (included in `database` and `other`).
+    system: f64,
+    switches: f64,
+}
+
+impl Threads {
+    /// The CPU besides the hashing threads.
+    fn rest(&self) -> f64 {
+        self.database + self.other
+    }
+
+    /// Every field over `n` operations, CPU in milliseconds.
+    fn per(&self, n: u64) -> Threads {
+        let n = n as f64;
+        Threads {
+            hashing: self.hashing * 1000.0 / n,
+            database: self.database * 1000.0 / n,
+            other: self.other * 1000.0 / n,
+            system: self.system * 1000.0 / n,
+            switches: self.switches / n,
+        }
+    }
 }
 
 impl std::ops::Sub for Threads {
@@ -276,8 +299,10 @@ impl std::ops::Sub for Threads {
     fn sub(self, before: Threads) -> Threads {
         Threads {
             hashing: self.hashing - before.hashing,
-            rest: self.rest - before.rest,
-            switches: self.switches.saturating_sub(before.switches),
+            database: self.database - before.database,
+            other: self.other - before.other,
+            system: self.system - before.system,
+            switches: (self.switches - before.switches).max(0.0),
         }
     }
 }
@@ -285,13 +310,15 @@ impl std::ops::Sub for Threads {
 impl std::ops::AddAssign for Threads {
     fn add_assign(&mut self, other: Threads) {
         self.hashing += other.hashing;
-        self.rest += other.rest;
+        self.database += other.database;
+        self.other += other.other;
+        self.system += other.system;
         self.switches += other.switches;
     }
 }
 
 /// [`Threads`] of process `pid`, from /proc/PID/task (hashing threads are named
-/// `keygate-hash-N`).
+/// `keygate-hash-N`, SQLite's `sqlx-sqlite-worker-N`, cut to 15 characters).
 fn threads(pid: u32) -> Threads {
     let mut t = Threads::default();
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -300,24 +327,29 @@ fn threads(pid: u32) -> Threads {
     for task in tasks.flatten() {
         let dir = task.path();
         let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        let cpu = stat_cpu_seconds(&dir.join("stat").to_string_lossy());
+        let (user, system) = stat_user_system(&dir.join("stat").to_string_lossy());
         if comm.starts_with("keygate-hash") {
-            t.hashing += cpu;
+            t.hashing += user + system;
         } else {
-            t.rest += cpu;
+            if comm.starts_with("sqlx-sqlite") {
+                t.database += user + system;
+            } else {
+                t.other += user + system;
+            }
+            t.system += system;
         }
         let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
         t.switches += status
             .lines()
             .filter(|l| l.contains("ctxt_switches:"))
-            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .sum::<u64>();
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .sum::<f64>();
     }
     t
 }
 
-/// User + system CPU seconds from a `stat` file of /proc.
-fn stat_cpu_seconds(path: &str) -> f64 {
+/// User and system CPU seconds from a `stat` file of /proc.
+fn stat_user_system(path: &str) -> (f64, f64) {
     let stat = std::fs::read_to_string(path).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit(')')
@@ -325,11 +357,20 @@ fn stat_cpu_seconds(path: &str) -> f64 {
         .unwrap_or_default()
         .split_whitespace()
         .collect();
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|i| fields.get(*i)?.parse::<f64>().ok())
-        .sum();
-    ticks / 100.0
+    let seconds = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 100.0
+    };
+    (seconds(11), seconds(12))
+}
+
+/// User + system CPU seconds from a `stat` file of /proc.
+fn stat_cpu_seconds(path: &str) -> f64 {
+    let (user, system) = stat_user_system(path);
+    user + system
 }
 
 /// A `/proc/PID/status` field in MiB (`VmRSS`, `VmHWM`).
@@ -381,18 +422,22 @@ struct Row {
 struct Login {
     row: Row,
     server_cpu_ms: f64,
-    /// Per login: the server's hashing threads' CPU ms, the rest's, and context switches.
-    per_login: (f64, f64, f64),
+    /// Per login: the server's threads' CPU ms and context switches.
+    per_login: Threads,
     client_cpu_ms: f64,
     raw_cpu_ms: f64,
+    /// Standard error of Keygate / raw, from the spread of the rounds' own ratios.
+    ratio_error: f64,
     rss_idle: f64,
     rss_peak: f64,
 }
 
 /// Rounds of the login scenario, each a window of raw argon2id and one of Keygate: this
 /// virtual machine's speed drifts by more than the gap being measured, and taking the two in
-/// turns puts the same drift into both.
-const LOGIN_ROUNDS: u32 = 6;
+/// turns puts the same drift into both. Many short rounds rather than a few long ones: the
+/// speed also moves by several per cent from one second to the next, and the spread of the
+/// rounds' ratios gives the figure's standard error.
+const LOGIN_ROUNDS: u32 = 20;
 
 async fn login(args: &Args) -> Result<Login> {
     let server = Server::start(args, None, false, args.concurrency, None);
@@ -452,19 +497,21 @@ async fn login(args: &Args) -> Result<Login> {
             limit.push(raw_argon2.measure(window));
         }
     }
+    let ratios: Vec<f64> = ours
+        .iter()
+        .zip(&limit)
+        .map(|(k, r)| k.rate() / r.rate())
+        .collect();
     let (m, raw) = (Measured::combined(ours), Measured::combined(limit));
     let rss_peak = memory_mib(pid, "VmHWM:");
     let half = drive::open(m.rate() / 2.0, args.seconds, op).await?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     Ok(Login {
         server_cpu_ms: server_cpu * 1000.0 / m.total as f64,
-        per_login: (
-            by_thread.hashing * 1000.0 / m.total as f64,
-            by_thread.rest * 1000.0 / m.total as f64,
-            by_thread.switches as f64 / m.total as f64,
-        ),
+        per_login: by_thread.per(m.total),
         client_cpu_ms: own_cpu * 1000.0 / m.total as f64,
         raw_cpu_ms: cpus * 1000.0 / raw.rate(),
+        ratio_error: standard_error(&ratios),
         rss_idle,
         rss_peak,
         row: Row {
@@ -475,6 +522,18 @@ async fn login(args: &Args) -> Result<Login> {
             limit_half: None,
         },
     })
+}
+
+/// Standard error of the mean of `values` (the sample standard deviation over the square root
+/// of their count).
+fn standard_error(values: &[f64]) -> f64 {
+    let n = values.len() as f64;
+    if n < 2.0 {
+        return f64::NAN;
+    }
+    let mean = values.iter().sum::<f64>() / n;
+    let variance = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (variance / n).sqrt()
 }
 
 /// The database work of one operation, measured by `pgbench` on a database of its own with
@@ -1525,16 +1584,31 @@ async fn main() -> Result<()> {
     if want("login") {
         let signin = login(&args).await?;
         login_facts = Some(format!(
-            "raw argon2id verify ({cpus} threads, {LOGIN_ROUNDS} windows taken in turns with Keygate's): {:.1} ops/s\n\
-             CPU per login: server {:.2} ms (hashing threads {:.2}, the rest {:.2}; {:.1} context switches), load generator {:.2} ms; raw argon2id verify {:.2} ms\n\
+            "raw argon2id verify ({cpus} threads, {LOGIN_ROUNDS} windows taken in turns with Keygate's): {:.1} ops/s; \
+             Keygate / raw {:.3}, standard error {:.3} (the rounds' own ratios)\n\
+             CPU per login: server {:.2} ms (hashing threads {:.2}, the rest {:.2}: SQLite's connection threads {:.2}, async workers and others {:.2}, of it kernel time {:.2}; {:.1} context switches), load generator {:.2} ms; raw argon2id verify {:.2} ms\n\
+             What that CPU allows with both CPUs busy: raw / (server + load generator) = {:.3}; with the server's CPU besides hashing at zero {:.3}, and with the hashing threads as fast as raw {:.3}\n\
              Resident memory (login server, SQLite): {:.1} MiB idle, {:.1} MiB peak under login load",
             signin.row.limit.as_ref().map_or(f64::NAN, |l| l.1),
+            signin
+                .row
+                .limit
+                .as_ref()
+                .map_or(f64::NAN, |l| signin.row.keygate.rate() / l.1),
+            signin.ratio_error,
             signin.server_cpu_ms,
-            signin.per_login.0,
-            signin.per_login.1,
-            signin.per_login.2,
+            signin.per_login.hashing,
+            signin.per_login.rest(),
+            signin.per_login.database,
+            signin.per_login.other,
+            signin.per_login.system,
+            signin.per_login.switches,
             signin.client_cpu_ms,
             signin.raw_cpu_ms,
+            signin.raw_cpu_ms / (signin.server_cpu_ms + signin.client_cpu_ms),
+            signin.raw_cpu_ms / (signin.per_login.hashing + signin.client_cpu_ms),
+            signin.raw_cpu_ms
+                / (signin.raw_cpu_ms + signin.per_login.rest() + signin.client_cpu_ms),
             signin.rss_idle,
             signin.rss_peak
         ));
