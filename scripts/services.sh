@@ -4,6 +4,12 @@
 # KEYGATE_TEST_REDIS_URL and registers stop_services on EXIT. With PG_DURABLE=1 Postgres keeps
 # its durable defaults (the benchmark's setting).
 
+# The SMTP server the code tests and the benchmark's code scenario deliver to.
+SMTP_SERVER_PACKAGE=aiosmtpd==1.4.6
+pip_install() {
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "$@"
+}
+
 apt_updated=0
 apt_install() {
   if [ "$apt_updated" = 0 ]; then

@@ -259,7 +259,8 @@ impl CpuSplit {
 
 /// CPU seconds (user + system) a process has used so far, from /proc.
 fn cpu_seconds(pid: u32) -> f64 {
-    stat_cpu_seconds(&format!("/proc/{pid}/stat"))
+    let (user, system) = stat_user_system(&format!("/proc/{pid}/stat"));
+    user + system
 }
 
 /// A server's threads so far: CPU seconds of its password-hashing threads, of SQLite's
@@ -365,12 +366,6 @@ fn stat_user_system(path: &str) -> (f64, f64) {
             / 100.0
     };
     (seconds(11), seconds(12))
-}
-
-/// User + system CPU seconds from a `stat` file of /proc.
-fn stat_cpu_seconds(path: &str) -> f64 {
-    let (user, system) = stat_user_system(path);
-    user + system
 }
 
 /// A `/proc/PID/status` field in MiB (`VmRSS`, `VmHWM`).

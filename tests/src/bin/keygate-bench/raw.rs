@@ -39,54 +39,14 @@ impl Argon2Limit {
         Self { argon, params, phc }
     }
 
-    /// Verifications per second over `window`. Each thread verifies once before the window
-    /// (its memory faulted in), and its rate is the verifications that ended inside the
-    /// window over the time to the last of them: a window does not end on a verification's
-    /// end, and counting over the whole window would drop half a verification per thread on
-    /// average (1 % of a half-second window).
+    /// Verifications per second over `window`, one thread per CPU, each after verifying once
+    /// (its memory faulted in); see [`Self::thread_rate`] for how a thread's rate is taken.
     pub fn measure(&self, window: Duration) -> Measured {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let start = std::sync::Barrier::new(threads);
         let per_thread: Vec<(u64, f64)> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..threads)
-                .map(|_| {
-                    scope.spawn(|| {
-                        let parsed = PasswordHash::new(&self.phc).expect("phc");
-                        let expected = parsed.hash.expect("hash part");
-                        let mut salt = [0u8; 64];
-                        let salt = parsed
-                            .salt
-                            .expect("salt part")
-                            .decode_b64(&mut salt)
-                            .expect("salt bytes");
-                        let mut memory = vec![argon2::Block::default(); self.params.block_count()];
-                        let mut out = vec![0u8; expected.len()];
-                        let mut verify = || {
-                            self.argon
-                                .hash_password_into_with_memory(
-                                    DIGEST.as_bytes(),
-                                    salt,
-                                    &mut out,
-                                    &mut memory,
-                                )
-                                .expect("argon2id");
-                            assert_eq!(out.as_slice(), expected.as_bytes());
-                        };
-                        verify();
-                        start.wait();
-                        let started = Instant::now();
-                        let (mut count, mut last) = (0u64, Duration::ZERO);
-                        loop {
-                            verify();
-                            let at = started.elapsed();
-                            if at > window {
-                                break;
-                            }
-                            (count, last) = (count + 1, at);
-                        }
-                        (count, last.as_secs_f64())
-                    })
-                })
+                .map(|_| scope.spawn(|| self.thread_rate(window, &start)))
                 .collect();
             handles
                 .into_iter()
@@ -94,11 +54,7 @@ impl Argon2Limit {
                 .collect()
         });
         let ops: u64 = per_thread.iter().map(|(n, _)| n).sum();
-        let rate: f64 = per_thread
-            .iter()
-            .filter(|(_, last)| *last > 0.0)
-            .map(|(n, last)| *n as f64 / last)
-            .sum();
+        let rate: f64 = per_thread.iter().map(|(_, rate)| rate).sum();
         // The window length at which `ops` is that rate.
         Measured::count(
             ops,
@@ -108,6 +64,47 @@ impl Argon2Limit {
                 window.as_secs_f64()
             },
         )
+    }
+
+    /// One thread's verifications inside `window` (started when every thread has reached
+    /// `start`) and their rate: the count over the time to the last of them. A window does
+    /// not end on a verification's end, and counting over the whole window would drop half a
+    /// verification per thread on average (2 % of a half-second window at 22 ms each).
+    fn thread_rate(&self, window: Duration, start: &std::sync::Barrier) -> (u64, f64) {
+        let parsed = PasswordHash::new(&self.phc).expect("phc");
+        let expected = parsed.hash.expect("hash part");
+        let mut salt = [0u8; 64];
+        let salt = parsed
+            .salt
+            .expect("salt part")
+            .decode_b64(&mut salt)
+            .expect("salt bytes");
+        let mut memory = vec![argon2::Block::default(); self.params.block_count()];
+        let mut out = vec![0u8; expected.len()];
+        let mut verify = || {
+            self.argon
+                .hash_password_into_with_memory(DIGEST.as_bytes(), salt, &mut out, &mut memory)
+                .expect("argon2id");
+            assert_eq!(out.as_slice(), expected.as_bytes());
+        };
+        verify();
+        start.wait();
+        let started = Instant::now();
+        let (mut count, mut last) = (0u64, Duration::ZERO);
+        loop {
+            verify();
+            let at = started.elapsed();
+            if at > window {
+                break;
+            }
+            (count, last) = (count + 1, at);
+        }
+        let rate = if count == 0 {
+            0.0
+        } else {
+            count as f64 / last.as_secs_f64()
+        };
+        (count, rate)
     }
 }
 
