@@ -2,7 +2,9 @@
 //! it (one more round trip per use, to the database or to SQLite's connection thread), so a
 //! connection whose work finished cleanly is kept here instead and handed out again as it is;
 //! one that sat idle is pinged before its next use, and one left mid-statement or
-//! mid-transaction (an error, a cancelled request) goes back to sqlx, which settles it.
+//! mid-transaction (an error, a cancelled request) goes back to sqlx, which settles it; one
+//! left inside a transaction that a statement's text began (which sqlx does not know of) is
+//! closed instead, which rolls that transaction back.
 
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyPool, Connection as _};
@@ -173,6 +175,40 @@ impl Conn<'_> {
         drop(kept);
         // The permit goes only now, with the connection already kept for its next user.
         drop(_permit);
+    }
+}
+
+impl Conn<'_> {
+    /// Runs `query`, a text that begins a transaction and commits it, and keeps the
+    /// connection. When the text fails or the call is cancelled before its end, that
+    /// transaction may still be open, and sqlx (which did not begin it) would hand the
+    /// connection to its next user inside it: the connection is closed instead, which rolls
+    /// the transaction back, and sqlx's pool opens another when one is needed.
+    pub(super) async fn run_transaction_text<'q>(
+        self,
+        query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    ) -> Result<(), sqlx::Error> {
+        let mut open = CloseUnlessKept(Some(self));
+        if let Some(c) = open.0.as_mut() {
+            query.execute(&mut **c).await?;
+        }
+        if let Some(c) = open.0.take() {
+            c.keep();
+        }
+        Ok(())
+    }
+}
+
+/// A connection that is closed when dropped, unless taken out to be kept.
+struct CloseUnlessKept<'a>(Option<Conn<'a>>);
+
+impl Drop for CloseUnlessKept<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            // Dropped outside the pool, the connection closes: SQLite's connection thread
+            // ends the statement under way, then closes the database, rolling back.
+            drop(c.conn.detach());
+        }
     }
 }
 

@@ -835,12 +835,7 @@ impl SqlStore {
             batch.push(INSERT_AUDIT, move |q| bind_audit(q, e));
         }
         let joined = batch.joined(self.backend);
-        let mut c = self.conn().await?;
-        let mut tx = c.begin().await.map_err(db)?;
-        batch.execute(&mut tx, joined.as_deref()).await?;
-        tx.commit().await.map_err(db)?;
-        c.keep();
-        Ok(())
+        batch.execute(self.conn().await?, joined.as_deref()).await
     }
 
     /// A session by id.
@@ -1132,9 +1127,11 @@ fn bind_refresh<'q>(q: Statement<'q>, session_id: &'q str, r: &'q NewRefresh) ->
 type Binder<'q> = Box<dyn FnOnce(Statement<'q>) -> Statement<'q> + Send + 'q>;
 
 /// The statements of one transaction with their arguments. On Postgres each is a round trip
-/// of its own (its extended protocol takes one statement per query); on SQLite they go to the
-/// connection's thread as one text, one round trip for all, with every statement's `$n`
-/// renumbered after the previous statements' (SQLite numbers them across the whole text).
+/// of its own (its extended protocol takes one statement per query) between sqlx's `BEGIN`
+/// and `COMMIT`; on SQLite the transaction's whole text, `BEGIN IMMEDIATE` and `COMMIT`
+/// included, goes to the connection's thread in one round trip instead of three, with every
+/// statement's `$n` renumbered after the previous statements' (SQLite numbers them across
+/// the whole text).
 #[derive(Default)]
 struct Batch<'q> {
     parts: Vec<(&'static str, Binder<'q>)>,
@@ -1150,33 +1147,31 @@ impl<'q> Batch<'q> {
         self.parts.push((sql, Box::new(bind)));
     }
 
-    /// The one text to send on `backend`, when it takes one (SQLite).
+    /// The one text to send on `backend`, when it takes one (SQLite): the transaction with
+    /// its begin and commit.
     fn joined(&self, backend: Backend) -> Option<String> {
-        (backend == Backend::Sqlite)
-            .then(|| join_renumbered(self.parts.iter().map(|(sql, _)| *sql)))
+        (backend == Backend::Sqlite).then(|| {
+            let statements = join_renumbered(self.parts.iter().map(|(sql, _)| *sql));
+            format!("BEGIN IMMEDIATE; {statements}; COMMIT")
+        })
     }
 
-    /// Runs the statements in `tx`: `joined` (from [`Batch::joined`]) in one round trip, or
-    /// each on its own.
-    async fn execute(
-        self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-        joined: Option<&'q str>,
-    ) -> Result<(), StoreError> {
+    /// Runs the statements as one transaction on `c` and keeps it: `joined` (from
+    /// [`Batch::joined`]) in one round trip, or each on its own inside sqlx's transaction.
+    async fn execute(self, mut c: Conn<'_>, joined: Option<&'q str>) -> Result<(), StoreError> {
         if let Some(joined) = joined {
             let mut q = sqlx::query(joined);
             for (_, bind) in self.parts {
                 q = bind(q);
             }
-            q.execute(&mut **tx).await.map_err(db)?;
-        } else {
-            for (sql, bind) in self.parts {
-                bind(sqlx::query(sql))
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(db)?;
-            }
+            return c.run_transaction_text(q).await.map_err(db);
         }
+        let mut tx = c.begin().await.map_err(db)?;
+        for (sql, bind) in self.parts {
+            bind(sqlx::query(sql)).execute(&mut *tx).await.map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        c.keep();
         Ok(())
     }
 }
@@ -1258,9 +1253,13 @@ mod tests {
         };
         assert_eq!(batch.joined(Backend::Postgres), None);
         let joined = batch.joined(Backend::Sqlite).unwrap();
+        assert!(
+            joined.starts_with("BEGIN IMMEDIATE; INSERT INTO sessions"),
+            "{joined}"
+        );
         assert!(joined.contains("($1, $2, $3, $4, $5, $6, $7); INSERT INTO refresh_tokens"));
         assert!(
-            joined.ends_with("VALUES ($8, $9, $10, $11, $12)"),
+            joined.ends_with("VALUES ($8, $9, $10, $11, $12); COMMIT"),
             "{joined}"
         );
     }
