@@ -12,6 +12,7 @@ mod drive;
 mod issuer;
 mod pg;
 mod raw;
+mod wire;
 
 use anyhow::{Context, Result, ensure};
 use clap::Parser;
@@ -439,19 +440,21 @@ async fn login(args: &Args) -> Result<Login> {
     let pid = server.process.pid();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_idle = memory_mib(pid, "VmRSS:");
-    let client = client();
-    let url = server.url("/api/v1/auth/login");
+    let client = Arc::new(wire::Client::new(&server.process.base_url)?);
+    let requests: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..8)
+            .map(|i| {
+                wire::post_json(
+                    &client.host(),
+                    "/api/v1/auth/login",
+                    &json!({"identity": format!("bench{i}"), "password": PW}),
+                )
+            })
+            .collect(),
+    );
     let op = move |w: u64| {
-        let (client, url) = (client.clone(), url.clone());
-        async move {
-            post(
-                &client,
-                &url,
-                &json!({"identity": format!("bench{}", w % 8), "password": PW}),
-            )
-            .await?;
-            Ok(())
-        }
+        let (client, requests) = (client.clone(), requests.clone());
+        async move { client.expect(&requests[(w % 8) as usize], 200).await }
     };
     // One warm-up (connections, the account's cached state), then the rounds.
     drive::closed_window(
