@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 use tracing::Subscriber;
-use tracing::dispatcher::WeakDispatch;
+use tracing::dispatcher::{Dispatch, WeakDispatch};
 use tracing::field::{Field, Visit};
 use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::format::{DefaultFields, Writer};
@@ -118,22 +118,29 @@ impl Event {
         N: for<'a> FormatFields<'a> + 'static,
     {
         let dispatch = self.dispatch.get()?.upgrade()?;
-        let registry = dispatch.downcast_ref::<tracing_subscriber::Registry>()?;
-        let mut id = match event.parent() {
+        let id = match event.parent() {
             Some(parent) => parent.clone(),
             None if event.is_contextual() => ctx.current_span().id()?.clone(),
             None => return None,
         };
-        loop {
-            if let Some(cx) = tracing_opentelemetry::get_otel_context(&id, &dispatch) {
-                let span = cx.span();
-                let sc = span.span_context();
-                if sc.is_valid() {
-                    return Some((sc.trace_id().to_string(), sc.span_id().to_string()));
-                }
+        ids_from(id, &dispatch)
+    }
+}
+
+/// The ids (lowercase hex, as in `traceparent`) of span `id` or, when it has no
+/// OpenTelemetry span (when nothing is exported only a trace's first span has one), of its
+/// innermost ancestor that has.
+pub(crate) fn ids_from(mut id: tracing::span::Id, dispatch: &Dispatch) -> Option<(String, String)> {
+    let registry = dispatch.downcast_ref::<tracing_subscriber::Registry>()?;
+    loop {
+        if let Some(cx) = tracing_opentelemetry::get_otel_context(&id, dispatch) {
+            let span = cx.span();
+            let sc = span.span_context();
+            if sc.is_valid() {
+                return Some((sc.trace_id().to_string(), sc.span_id().to_string()));
             }
-            id = registry.span(&id)?.parent()?.id();
         }
+        id = registry.span(&id)?.parent()?.id();
     }
 }
 

@@ -10,11 +10,10 @@ mod export;
 mod format;
 pub mod propagation;
 
-use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use std::sync::{Arc, OnceLock};
 use tracing::dispatcher::Dispatch;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::Layer;
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
@@ -85,7 +84,7 @@ pub type ExtraLayer = Box<dyn Layer<Registry> + Send + Sync>;
 
 /// Installs the global subscriber: the log layer (filtered by `KEYGATE_LOG`, then `RUST_LOG`,
 /// then `default_filter`), the OpenTelemetry layer (spans at info and above of every crate but
-/// the transport crates), and `extra`. Call it inside the Tokio runtime (the exporters run on
+/// the transport crates; only a trace's first span when nothing is exported), and `extra`. Call it inside the Tokio runtime (the exporters run on
 /// it). Fails on a malformed filter or an unsupported `OTEL_*` setting.
 pub fn init(options: &Options, extra: Option<ExtraLayer>) -> anyhow::Result<Telemetry> {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -148,8 +147,18 @@ where
         .with_target("opentelemetry", LevelFilter::OFF)
         .with_target("opentelemetry_sdk", LevelFilter::OFF)
         .with_target("opentelemetry_otlp", LevelFilter::OFF);
-    let span_filter = tracing_subscriber::filter::filter_fn(move |meta| {
-        meta.is_span() && span_targets.would_enable(meta.target(), meta.level())
+    // When nothing is exported, only a trace's first span gets an OpenTelemetry span: the
+    // spans inside it would never be seen, and what they cost is kept off every request
+    // (log lines and problem bodies inside them carry the first span's ids).
+    let span_filter = tracing_subscriber::filter::dynamic_filter_fn(move |_, cx| {
+        exporting || cx.lookup_current().is_none()
+    })
+    .with_callsite_filter(move |meta| {
+        if meta.is_span() && span_targets.would_enable(meta.target(), meta.level()) {
+            tracing::subscriber::Interest::sometimes()
+        } else {
+            tracing::subscriber::Interest::never()
+        }
     })
     .with_max_level_hint(LevelFilter::INFO);
     let otel_layer = tracing_opentelemetry::layer()
@@ -171,17 +180,11 @@ where
     ))
 }
 
-/// Trace id and span id (lowercase hex, as in `traceparent`) of the current span, when there
-/// is one.
+/// Trace id and span id (lowercase hex, as in `traceparent`) of the current span, or of its
+/// innermost ancestor with an OpenTelemetry span, when there is one.
 pub fn current_ids() -> Option<(String, String)> {
-    ids_of(&tracing::Span::current().context())
-}
-
-fn ids_of(cx: &opentelemetry::Context) -> Option<(String, String)> {
-    let span = cx.span();
-    let sc = span.span_context();
-    sc.is_valid()
-        .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
+    let id = tracing::Span::current().id()?;
+    tracing::dispatcher::get_default(|dispatch| format::ids_from(id.clone(), dispatch))
 }
 
 #[cfg(test)]
@@ -278,6 +281,50 @@ mod tests {
         assert_eq!(line["span"]["name"], "request");
         assert_eq!(line["span"]["route"], "/x");
         assert!(line["timestamp"].as_str().unwrap().ends_with('Z'));
+    }
+
+    /// Nothing exported: a span inside a trace's first one gets no OpenTelemetry span of its
+    /// own (what one costs is kept off every request), and its log lines and `current_ids`
+    /// carry the first span's ids. Exported, it has ids of its own in the same trace.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn spans_inside_the_first_have_ids_of_their_own_only_when_exported() {
+        let exported: &[(&str, &str)] = &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ];
+        for (env, own) in [(&[][..], false), (exported, true)] {
+            let out = Buffer::default();
+            let (dispatch, telemetry) = build(
+                &options(LogFormat::Json),
+                None,
+                &vars(env),
+                out.clone(),
+                false,
+            )
+            .unwrap();
+            assert_eq!(telemetry.exporting(), own);
+            let (first, inner, tracked) = tracing::dispatcher::with_default(&dispatch, || {
+                let span = tracing::info_span!("request");
+                let _entered = span.enter();
+                let first = current_ids().unwrap();
+                let step = tracing::info_span!("store.step");
+                let _inner = step.enter();
+                tracing::warn!("inside");
+                let tracked = step
+                    .id()
+                    .and_then(|id| tracing_opentelemetry::get_otel_context(&id, &dispatch))
+                    .is_some();
+                (first, current_ids().unwrap(), tracked)
+            });
+            assert_eq!(tracked, own, "exporting {own}");
+            assert_eq!(inner.0, first.0, "one trace");
+            assert_eq!(inner.1 != first.1, own, "exporting {own}");
+            let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+            let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+            assert_eq!(line["trace_id"], inner.0.as_str(), "{text}");
+            assert_eq!(line["span_id"], inner.1.as_str(), "{text}");
+            telemetry.shutdown().await;
+        }
     }
 
     #[test]
