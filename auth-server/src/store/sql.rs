@@ -835,7 +835,9 @@ impl SqlStore {
             batch.push(INSERT_AUDIT, move |q| bind_audit(q, e));
         }
         let joined = batch.joined(self.backend);
-        batch.execute(self.conn().await?, joined.as_deref()).await
+        batch
+            .execute(self.conn().await?, self.backend, &joined)
+            .await
     }
 
     /// A session by id.
@@ -1126,12 +1128,15 @@ fn bind_refresh<'q>(q: Statement<'q>, session_id: &'q str, r: &'q NewRefresh) ->
 /// Binds one statement's arguments.
 type Binder<'q> = Box<dyn FnOnce(Statement<'q>) -> Statement<'q> + Send + 'q>;
 
-/// The statements of one transaction with their arguments. On Postgres each is a round trip
-/// of its own (its extended protocol takes one statement per query) between sqlx's `BEGIN`
-/// and `COMMIT`; on SQLite the transaction's whole text, `BEGIN IMMEDIATE` and `COMMIT`
-/// included, goes to the connection's thread in one round trip instead of three, with every
-/// statement's `$n` renumbered after the previous statements' (SQLite numbers them across
-/// the whole text).
+/// The statements of one transaction with their arguments, sent in one round trip. On SQLite
+/// the transaction's whole text, `BEGIN IMMEDIATE` and `COMMIT` included, goes to the
+/// connection's thread as one text; on Postgres, whose extended protocol takes one statement
+/// per query, the statements become one: all but the last in a `WITH` of data-modifying
+/// statements, which Postgres runs atomically as a single statement (foreign keys checked at
+/// its end) instead of `BEGIN`, each statement and `COMMIT` as round trips of their own. Every
+/// statement's `$n` is renumbered after the previous statements' (both number them across the
+/// whole text). The statements must not touch the same row twice: in one Postgres statement
+/// they all see the snapshot it began with.
 #[derive(Default)]
 struct Batch<'q> {
     parts: Vec<(&'static str, Binder<'q>)>,
@@ -1147,43 +1152,58 @@ impl<'q> Batch<'q> {
         self.parts.push((sql, Box::new(bind)));
     }
 
-    /// The one text to send on `backend`, when it takes one (SQLite): the transaction with
-    /// its begin and commit.
-    fn joined(&self, backend: Backend) -> Option<String> {
-        (backend == Backend::Sqlite).then(|| {
-            let statements = join_renumbered(self.parts.iter().map(|(sql, _)| *sql));
-            format!("BEGIN IMMEDIATE; {statements}; COMMIT")
-        })
+    /// The one text to send on `backend`.
+    fn joined(&self, backend: Backend) -> String {
+        let statements = renumbered(self.parts.iter().map(|(sql, _)| *sql));
+        match backend {
+            Backend::Sqlite => format!("BEGIN IMMEDIATE; {}; COMMIT", statements.join("; ")),
+            Backend::Postgres => {
+                let Some((last, first)) = statements.split_last() else {
+                    return String::new();
+                };
+                if first.is_empty() {
+                    return last.clone();
+                }
+                let with = first
+                    .iter()
+                    .enumerate()
+                    .map(|(i, sql)| format!("w{} AS ({sql})", i + 1))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                format!("WITH {with} {last}")
+            }
+        }
     }
 
-    /// Runs the statements as one transaction on `c` and keeps it: `joined` (from
-    /// [`Batch::joined`]) in one round trip, or each on its own inside sqlx's transaction.
-    async fn execute(self, mut c: Conn<'_>, joined: Option<&'q str>) -> Result<(), StoreError> {
-        if let Some(joined) = joined {
-            let mut q = sqlx::query(joined);
-            for (_, bind) in self.parts {
-                q = bind(q);
+    /// Runs `joined` (from [`Batch::joined`] for `c`'s backend) with the statements'
+    /// arguments as one transaction on `c`, and keeps the connection.
+    async fn execute(
+        self,
+        mut c: Conn<'_>,
+        backend: Backend,
+        joined: &'q str,
+    ) -> Result<(), StoreError> {
+        let mut q = sqlx::query(joined);
+        for (_, bind) in self.parts {
+            q = bind(q);
+        }
+        match backend {
+            Backend::Sqlite => c.run_transaction_text(q).await.map_err(db),
+            Backend::Postgres => {
+                q.execute(&mut *c).await.map_err(db)?;
+                c.keep();
+                Ok(())
             }
-            return c.run_transaction_text(q).await.map_err(db);
         }
-        let mut tx = c.begin().await.map_err(db)?;
-        for (sql, bind) in self.parts {
-            bind(sqlx::query(sql)).execute(&mut *tx).await.map_err(db)?;
-        }
-        tx.commit().await.map_err(db)?;
-        c.keep();
-        Ok(())
     }
 }
 
-/// Joins statements with `;`, each one's `$n` raised by the number of parameters before it.
-fn join_renumbered<'a>(statements: impl Iterator<Item = &'a str>) -> String {
-    let mut out = String::new();
+/// The statements, each one's `$n` raised by the number of parameters before it.
+fn renumbered<'a>(statements: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut all = Vec::new();
     let mut offset = 0;
     for sql in statements {
-        if !out.is_empty() {
-            out.push_str("; ");
-        }
+        let mut out = String::new();
         let mut highest = 0;
         let mut rest = sql;
         while let Some(at) = rest.find('$') {
@@ -1198,8 +1218,9 @@ fn join_renumbered<'a>(statements: impl Iterator<Item = &'a str>) -> String {
         }
         out.push_str(rest);
         offset += highest;
+        all.push(out);
     }
-    out
+    all
 }
 
 /// The column an identity of `kind` is stored in.
@@ -1231,7 +1252,7 @@ mod tests {
 
     #[test]
     fn joined_statements_number_their_parameters_one_after_another() {
-        let joined = join_renumbered(
+        let joined = renumbered(
             [
                 "INSERT INTO a (x, y) VALUES ($1, $2)",
                 "UPDATE b SET x = $2 WHERE y = $1 AND z = '$'",
@@ -1239,20 +1260,22 @@ mod tests {
                 "INSERT INTO c VALUES ($1, $10)",
             ]
             .into_iter(),
-        );
+        )
+        .join("; ");
         assert_eq!(
             joined,
             "INSERT INTO a (x, y) VALUES ($1, $2); UPDATE b SET x = $4 WHERE y = $3 AND z = '$'; \
              SELECT 1; INSERT INTO c VALUES ($5, $14)"
         );
-        let batch = {
+        let batch = |parts: &[&'static str]| {
             let mut b = Batch::default();
-            b.push(INSERT_SESSION, |q| q);
-            b.push(INSERT_REFRESH, |q| q);
+            for sql in parts {
+                b.push(sql, |q| q);
+            }
             b
         };
-        assert_eq!(batch.joined(Backend::Postgres), None);
-        let joined = batch.joined(Backend::Sqlite).unwrap();
+        let two = batch(&[INSERT_SESSION, INSERT_REFRESH]);
+        let joined = two.joined(Backend::Sqlite);
         assert!(
             joined.starts_with("BEGIN IMMEDIATE; INSERT INTO sessions"),
             "{joined}"
@@ -1261,6 +1284,25 @@ mod tests {
         assert!(
             joined.ends_with("VALUES ($8, $9, $10, $11, $12); COMMIT"),
             "{joined}"
+        );
+        let joined =
+            batch(&[INSERT_SESSION, INSERT_REFRESH, INSERT_AUDIT]).joined(Backend::Postgres);
+        assert!(
+            joined.starts_with("WITH w1 AS (INSERT INTO sessions"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("($1, $2, $3, $4, $5, $6, $7)), w2 AS (INSERT INTO refresh_tokens"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("VALUES ($8, $9, $10, $11, $12)) INSERT INTO audit_events"),
+            "{joined}"
+        );
+        assert!(joined.ends_with("$23, $24)"), "{joined}");
+        assert_eq!(
+            batch(&[INSERT_SESSION]).joined(Backend::Postgres),
+            INSERT_SESSION
         );
     }
 }
