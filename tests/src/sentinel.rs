@@ -1,6 +1,7 @@
 //! Redis under Sentinel for tests: one primary, one replica and three sentinels (Debian
 //! `redis-server` and `redis-sentinel`) on free loopback ports, stopped by PID; the primary can
-//! be killed so that the sentinels fail over, and a killed node can rejoin as a replica.
+//! be killed so that the sentinels fail over, the replica can be cut off as one that has fallen
+//! behind, and a killed node can rejoin as a replica.
 
 use crate::free_port;
 use std::collections::HashMap;
@@ -37,6 +38,15 @@ fn pairs(lines: &[String]) -> HashMap<String, String> {
         .chunks(2)
         .filter_map(|c| Some((c.first()?.clone(), c.get(1)?.clone())))
         .collect()
+}
+
+/// `kill SIGNAL PID`.
+fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {signal} {pid}");
 }
 
 fn wait_until(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) {
@@ -139,6 +149,52 @@ impl SentinelSet {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Cuts the replica off, as one that has fallen behind: stops it (SIGSTOP, waited for)
+    /// and has the primary close its link to it, so that nothing the primary writes from now
+    /// on reaches it (a stopped process would still read what its socket had received) and
+    /// nothing is acknowledged by it, until [`Self::resume`].
+    pub fn cut_off_replica(&mut self) -> u16 {
+        let (primary, replica) = (self.primary(), self.replica());
+        self.pause(replica);
+        let killed = cli(primary, &["CLIENT", "KILL", "TYPE", "replica"]);
+        assert_eq!(killed.first().map(String::as_str), Some("1"), "{killed:?}");
+        wait_until(
+            Duration::from_secs(5),
+            "the primary to drop the replica",
+            || {
+                cli(primary, &["INFO", "replication"])
+                    .iter()
+                    .any(|l| l.trim() == "connected_slaves:0")
+            },
+        );
+        replica
+    }
+
+    /// Stops the data node on `port` (SIGSTOP) and waits until the kernel has stopped it.
+    pub fn pause(&mut self, port: u16) {
+        let pid = self.pid(port);
+        signal(pid, "-STOP");
+        wait_until(Duration::from_secs(5), "the node to stop", || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| Some(s.rsplit_once(") ")?.1.starts_with('T')))
+                .unwrap_or(false)
+        });
+    }
+
+    /// Lets a node stopped by [`Self::pause`] go on.
+    pub fn resume(&mut self, port: u16) {
+        signal(self.pid(port), "-CONT");
+    }
+
+    fn pid(&self, port: u16) -> u32 {
+        self.nodes
+            .get(&port)
+            .and_then(Option::as_ref)
+            .expect("a running data node on that port")
+            .id()
     }
 
     /// Kills the primary; its port.

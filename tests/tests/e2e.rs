@@ -228,12 +228,20 @@ async fn two_replicas_share_postgres_redis_and_keys() {
 #[tokio::test]
 async fn sigterm_lets_in_flight_requests_finish() {
     let dir = tempfile::tempdir().unwrap();
+    // One hashing thread and hashes of about half a second: the eight sign-ins below queue
+    // behind each other for seconds, so that they are provably in flight at the signal.
+    let config = write_config(
+        dir.path(),
+        &json!({"password_hashing": {"memory_kib": 19456, "iterations": 16, "parallelism": 1, "max_concurrent": 1}}),
+    );
+    let env = [("KEYGATE_CONFIG".to_owned(), config)];
     // One user per request: concurrent sign-ins of one account count against its gate.
     for n in 0..8 {
-        add_user(dir.path(), &[], &["--username", &format!("user{n}")], PW);
+        add_user(dir.path(), &env, &["--username", &format!("user{n}")], PW);
     }
     let mut server = ServerProcess::start(ServerOptions {
         data_dir: Some(dir.path().to_path_buf()),
+        env: env.to_vec(),
         ..Default::default()
     });
     let base = server.base_url.clone();
@@ -252,9 +260,24 @@ async fn sigterm_lets_in_flight_requests_finish() {
             (status, std::time::Instant::now())
         }));
     }
-    // The logins queue on the hashing pool (8 hashes, about 70 ms each, on the pool's
-    // threads); stop the server while they run.
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    // Stop the server once every sign-in has reached it: one hashing, seven waiting for the
+    // thread (the first finishes only after its half second or more).
+    let started = std::time::Instant::now();
+    loop {
+        let metrics = server.metrics().await;
+        let waiting = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("keygate_password_hash_queue_depth "))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        if waiting == Some(7.0) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the eight sign-ins never all waited for the hashing thread: {waiting:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let signalled = std::time::Instant::now();
     let status = tokio::task::spawn_blocking(move || {
         let s = server.terminate(Duration::from_secs(30));
@@ -270,8 +293,11 @@ async fn sigterm_lets_in_flight_requests_finish() {
             after_signal += 1;
         }
     }
-    // Not vacuous: sign-ins answered 200 after the signal, so they were in flight at it.
-    assert!(after_signal > 0, "every sign-in finished before the signal");
+    // Not vacuous: the seven waiting at the signal were answered 200 after it.
+    assert!(
+        after_signal >= 7,
+        "{after_signal} sign-ins answered after the signal"
+    );
     assert!(
         status.0.success(),
         "exit status {:?}\n{}",

@@ -2,13 +2,14 @@
 //! CustomResourceDefinitions: applied and established; a resource created, refused by its
 //! schema, watched, patched and server-side applied, with its status subresource;
 //! ServiceAccount tokens minted through
-//! the TokenRequest API; RBAC refusing an identity without a role and admitting it with one;
-//! kubectl and helm working against the same cluster.
+//! the TokenRequest API; RBAC refusing an identity without a role on Keygate's resources and
+//! admitting it, to reading only, with one;
+//! kubectl discovering and listing Keygate's kinds and helm working against the same cluster.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use futures::StreamExt;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use keygate_crds::{RateLimitPolicy, RateLimitPolicySpec, Status};
@@ -25,6 +26,17 @@ fn rule(name: &str, limit: u64) -> Map<String, Value> {
         .as_object()
         .unwrap()
         .clone()
+}
+
+/// A `RateLimitPolicy` named `name` with one rule.
+fn policy(name: &str) -> RateLimitPolicy {
+    RateLimitPolicy::new(
+        name,
+        RateLimitPolicySpec {
+            rules: vec![rule("login-per-ip", 30)],
+            replace_defaults: false,
+        },
+    )
 }
 
 /// The environment's API server against Keygate's own resources, with nobody reconciling
@@ -54,16 +66,7 @@ async fn keygate_resources_are_created_watched_patched_applied_and_their_status_
     });
 
     let created = policies
-        .create(
-            &PostParams::default(),
-            &RateLimitPolicy::new(
-                "limits",
-                RateLimitPolicySpec {
-                    rules: vec![rule("login-per-ip", 30)],
-                    replace_defaults: false,
-                },
-            ),
-        )
+        .create(&PostParams::default(), &policy("limits"))
         .await
         .unwrap();
     assert_eq!(created.metadata.generation, Some(1));
@@ -208,6 +211,7 @@ async fn keygate_resources_are_created_watched_patched_applied_and_their_status_
 #[tokio::test]
 async fn service_account_tokens_are_minted_and_rbac_refuses_without_a_role() {
     let cp = control_plane();
+    keygate_tests::operator::apply_crds(cp);
     let admin = cp.admin_client().await;
     let ns = cp.namespace("kg-rbac").await;
     let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), &ns.name);
@@ -241,7 +245,7 @@ async fn service_account_tokens_are_minted_and_rbac_refuses_without_a_role() {
     );
     assert_eq!(claims["aud"], json!(["keygate"]));
     // A token for another audience does not authenticate to the API server itself.
-    let wrong_audience: Api<ConfigMap> =
+    let wrong_audience: Api<RateLimitPolicy> =
         Api::namespaced(cp.client_with_token(&token).await, &ns.name);
     let refused = wrong_audience.list(&Default::default()).await.unwrap_err();
     assert!(
@@ -249,7 +253,8 @@ async fn service_account_tokens_are_minted_and_rbac_refuses_without_a_role() {
         "{refused:?}"
     );
 
-    // A token for the API server: without a role the account may not read ConfigMaps.
+    // A token for the API server: without a role the account may not read Keygate's
+    // resources.
     let token = sas
         .create_token_request("reader", &PostParams::default(), &TokenRequest::default())
         .await
@@ -258,8 +263,8 @@ async fn service_account_tokens_are_minted_and_rbac_refuses_without_a_role() {
         .expect("token status")
         .token;
     let as_reader = cp.client_with_token(&token).await;
-    let cms: Api<ConfigMap> = Api::namespaced(as_reader, &ns.name);
-    let refused = cms.list(&Default::default()).await.unwrap_err();
+    let policies: Api<RateLimitPolicy> = Api::namespaced(as_reader, &ns.name);
+    let refused = policies.list(&Default::default()).await.unwrap_err();
     assert!(
         matches!(refused, kube::Error::Api(ref s) if s.code == 403),
         "{refused:?}"
@@ -271,8 +276,8 @@ async fn service_account_tokens_are_minted_and_rbac_refuses_without_a_role() {
         .create(
             &PostParams::default(),
             &serde_json::from_value(json!({
-                "metadata": {"name": "read-configmaps"},
-                "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}]
+                "metadata": {"name": "read-rate-limit-policies"},
+                "rules": [{"apiGroups": ["keygate.dev"], "resources": ["ratelimitpolicies"], "verbs": ["get", "list"]}]
             }))
             .unwrap(),
         )
@@ -284,23 +289,33 @@ async fn service_account_tokens_are_minted_and_rbac_refuses_without_a_role() {
             &PostParams::default(),
             &serde_json::from_value(json!({
                 "metadata": {"name": "reader-reads"},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "read-configmaps"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "read-rate-limit-policies"},
                 "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": ns.name}]
             }))
             .unwrap(),
         )
         .await
         .unwrap();
-    let mut allowed = false;
-    for _ in 0..50 {
-        if cms.list(&Default::default()).await.is_ok() {
-            allowed = true;
-            break;
-        }
+    // The authorizer's cache takes the binding in within moments; a loaded machine gets 30 s.
+    let started = std::time::Instant::now();
+    while let Err(e) = policies.list(&Default::default()).await {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the RoleBinding did not take effect: {e:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(allowed, "the RoleBinding did not take effect");
-    let elsewhere: Api<ConfigMap> = Api::namespaced(cp.client_with_token(&token).await, "default");
+    // Reading is all it grants.
+    let refused = policies
+        .create(&PostParams::default(), &policy("written-by-a-reader"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, kube::Error::Api(ref s) if s.code == 403),
+        "{refused:?}"
+    );
+    let elsewhere: Api<RateLimitPolicy> =
+        Api::namespaced(cp.client_with_token(&token).await, "default");
     let refused = elsewhere.list(&Default::default()).await.unwrap_err();
     assert!(
         matches!(refused, kube::Error::Api(ref s) if s.code == 403),
@@ -308,41 +323,44 @@ async fn service_account_tokens_are_minted_and_rbac_refuses_without_a_role() {
     );
 }
 
+/// Runs `cmd`, which must succeed; its standard output.
+fn stdout_of(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn kubectl_and_helm_work_against_the_cluster() {
     let cp = control_plane();
-    let out = cp
-        .kubectl()
-        .args(["get", "namespaces", "-o", "name"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    keygate_tests::operator::apply_crds(cp);
+    // kubectl discovers Keygate's kinds and lists them across namespaces.
+    let kinds =
+        stdout_of(
+            cp.kubectl()
+                .args(["api-resources", "--api-group", "keygate.dev", "-o", "name"]),
+        );
+    for kind in ["ratelimitpolicies", "signingkeys", "oidcproviders"] {
+        assert!(
+            kinds.contains(&format!("{kind}.keygate.dev")),
+            "{kind}: {kinds}"
+        );
+    }
+    stdout_of(
+        cp.kubectl()
+            .args(["get", "ratelimitpolicies.keygate.dev", "--all-namespaces"]),
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("namespace/default"));
-    let out = cp
-        .kubectl()
-        .args(["auth", "can-i", "create", "customresourcedefinitions"])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "yes");
-    let out = cp.helm().args(["version", "--short"]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("v3."));
-    let out = cp
-        .helm()
-        .args(["list", "--all-namespaces"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "helm cannot reach the cluster: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let can =
+        stdout_of(
+            cp.kubectl()
+                .args(["auth", "can-i", "create", "ratelimitpolicies.keygate.dev"]),
+        );
+    assert_eq!(can.trim(), "yes");
+    assert!(stdout_of(cp.helm().args(["version", "--short"])).starts_with("v3."));
+    // Helm reaches the cluster.
+    stdout_of(cp.helm().args(["list", "--all-namespaces"]));
 }

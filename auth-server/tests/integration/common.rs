@@ -1,7 +1,8 @@
 //! Builds an in-process application on a temporary SQLite file with a settable clock, its
-//! ephemeral state in process or on a Redis server of its own.
+//! ephemeral state in process or on a Redis server of its own; or replicas of one deployment
+//! sharing a Postgres database and a Redis server.
 
-use auth_server::auth::clock::ManualClock;
+use auth_server::auth::clock::{Clock, ManualClock};
 use auth_server::auth::keys::load_or_generate_dev_key;
 use auth_server::auth::password::PasswordHasher;
 use auth_server::auth::{AuthService, DevKeys, Runtime};
@@ -35,7 +36,19 @@ pub struct TestApp {
     pub clock: Arc<ManualClock>,
     dev: DevKeys,
     _dir: tempfile::TempDir,
-    _redis: Option<keygate_tests::RedisProcess>,
+    _redis: Option<Arc<keygate_tests::RedisProcess>>,
+}
+
+/// Where an application's data lives: its own SQLite file and `Store`, or, for a replica, a
+/// Postgres database and a Redis server that other applications use too.
+enum Backing {
+    Own(Store),
+    Shared {
+        database: String,
+        redis: Arc<keygate_tests::RedisProcess>,
+        /// The signing, transmission and MFA data keys, the same for every replica.
+        keys: Arc<tempfile::TempDir>,
+    },
 }
 
 /// Where an application keeps its ephemeral state (codes, tickets, challenges, counters).
@@ -90,28 +103,65 @@ impl TestApp {
         config: RuntimeConfig,
         delivery: Option<auth_server::delivery::DeliveryConfig>,
     ) -> Self {
+        Self::build(Backing::Own(store), config, delivery).await
+    }
+
+    /// `n` applications as replicas of one deployment: one fresh Postgres database and one
+    /// Redis server shared by all, each with its own clock set to the real time.
+    pub async fn replicas(n: usize, config: RuntimeConfig) -> Vec<Self> {
+        let database = keygate_tests::fresh_postgres_database().await;
+        let redis = Arc::new(keygate_tests::RedisProcess::start());
+        let keys = Arc::new(tempfile::tempdir().unwrap());
+        let mut apps = Vec::new();
+        for _ in 0..n {
+            let backing = Backing::Shared {
+                database: database.clone(),
+                redis: redis.clone(),
+                keys: keys.clone(),
+            };
+            let app = Self::build(backing, config.clone(), None).await;
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            app.clock.advance(now - app.clock.unix());
+            apps.push(app);
+        }
+        apps
+    }
+
+    async fn build(
+        backing: Backing,
+        config: RuntimeConfig,
+        delivery: Option<auth_server::delivery::DeliveryConfig>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
-        let kind = store;
+        let (url, keys) = match &backing {
+            Backing::Own(_) => (
+                format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display()),
+                dir.path().to_path_buf(),
+            ),
+            Backing::Shared { database, keys, .. } => (database.clone(), keys.path().to_path_buf()),
+        };
         let store = SqlStore::open(&url).await.unwrap();
         let clock = ManualClock::at(1_800_000_000);
         let dev = DevKeys {
-            signing: Some(load_or_generate_dev_key(dir.path(), SigningAlgorithm::ES256).unwrap()),
+            signing: Some(load_or_generate_dev_key(&keys, SigningAlgorithm::ES256).unwrap()),
             transmission: Some(auth_server::auth::transmission::DevTransmissionKey::ready(
-                auth_server::auth::transmission::load_or_generate_dev_key(dir.path()).unwrap(),
+                auth_server::auth::transmission::load_or_generate_dev_key(&keys).unwrap(),
             )),
         };
         let hasher = PasswordHasher::new(&config.password_hashing, None).unwrap();
         let runtime = Runtime::build(config, &dev.clone()).unwrap();
-        let (ephemeral, redis) = match kind {
-            Store::Memory => (Ephemeral::Memory(MemoryEphemeral::new(clock.clone())), None),
-            Store::Redis => {
-                let redis = keygate_tests::RedisProcess::start();
-                let e = RedisEphemeral::connect(&redis.url(), clock.clone())
+        let redis = match backing {
+            Backing::Own(Store::Memory) => None,
+            Backing::Own(Store::Redis) => Some(Arc::new(keygate_tests::RedisProcess::start())),
+            Backing::Shared { redis, .. } => Some(redis),
+        };
+        let ephemeral = match &redis {
+            None => Ephemeral::Memory(MemoryEphemeral::new(clock.clone())),
+            Some(redis) => Ephemeral::Redis(
+                RedisEphemeral::connect(&redis.url(), clock.clone())
                     .await
-                    .unwrap();
-                (Ephemeral::Redis(e), Some(redis))
-            }
+                    .unwrap(),
+            ),
         };
         let auth = AuthService::new(
             store,
@@ -120,7 +170,7 @@ impl TestApp {
             hasher,
             runtime,
             ISSUER.into(),
-            auth_server::auth::mfa::DataKey::load_or_generate(dir.path()).unwrap(),
+            auth_server::auth::mfa::DataKey::load_or_generate(&keys).unwrap(),
         );
         let auth = match delivery {
             Some(d) => auth.with_delivery(auth_server::delivery::Delivery::new(&d).unwrap()),
@@ -148,22 +198,7 @@ impl TestApp {
 
     /// POSTs every body at once; the replies in the bodies' order.
     pub async fn replies_in_parallel(&self, path: &str, bodies: Vec<Value>) -> Vec<Reply> {
-        let tasks: Vec<_> = bodies
-            .into_iter()
-            .map(|body| {
-                let router = self.router.clone();
-                let req = Request::post(path)
-                    .header("content-type", "application/json")
-                    .body(Body::from(body.to_string()))
-                    .unwrap();
-                tokio::spawn(reply_of(router, req))
-            })
-            .collect();
-        let mut replies = Vec::new();
-        for t in tasks {
-            replies.push(t.await.unwrap());
-        }
-        replies
+        replies_in_parallel_over(std::slice::from_ref(self), path, bodies).await
     }
 
     /// The application accepting ServiceAccount tokens of `cluster`.
@@ -266,6 +301,32 @@ pub fn assert_problem(r: &Reply, status: u16, code: u64) -> &Value {
     assert!(r.body["request_id"].as_str().unwrap().starts_with("req_"));
     assert!(r.body["errors"].is_array());
     &r.body
+}
+
+/// POSTs every body at once, the `i`-th to `apps[i % apps.len()]` (replicas behind a
+/// balancer); the replies in the bodies' order.
+pub async fn replies_in_parallel_over(
+    apps: &[TestApp],
+    path: &str,
+    bodies: Vec<Value>,
+) -> Vec<Reply> {
+    let tasks: Vec<_> = bodies
+        .into_iter()
+        .enumerate()
+        .map(|(i, body)| {
+            let router = apps[i % apps.len()].router.clone();
+            let req = Request::post(path)
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap();
+            tokio::spawn(reply_of(router, req))
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for t in tasks {
+        replies.push(t.await.unwrap());
+    }
+    replies
 }
 
 /// `req` answered by `router`, its body parsed as JSON (or kept as a string).

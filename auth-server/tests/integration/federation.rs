@@ -2,7 +2,7 @@
 //! `oidc-provider`, tokens obtained through its authorization-code flow): provisioning modes,
 //! every rejection OpenID Connect Core 3.1.3.7 asks for, and key rotation at the provider.
 
-use crate::common::{TestApp, assert_problem, small_hashing};
+use crate::common::{TestApp, assert_problem, replies_in_parallel_over, small_hashing};
 use auth_server::auth::clock::Clock;
 use auth_server::auth::users::UserInput;
 use base64::Engine;
@@ -375,15 +375,9 @@ async fn linking_by_email_refuses_accounts_with_totp_or_a_link_of_the_issuer() {
     assert_eq!(r.body["user_id"], dave.as_str());
 }
 
-#[tokio::test]
-async fn racing_first_sign_ins_of_one_external_account_make_one_local_account() {
-    let first = OidcProvider::start(&[("k1", "RS256")]);
-    let second = OidcProvider::start_sharing_keys(&first, &[("k1", "RS256")]);
-    let app = app(&first, &second).await;
-    let bodies = (0..6)
-        .map(|_| json!({"provider": "corp", "id_token": first.id_token("keygate", "alice")}))
-        .collect();
-    let replies = app.replies_in_parallel(SIGNIN, bodies).await;
+/// Every reply of a race of first sign-ins is a 200 for one and the same account, and `app`'s
+/// audit trail shows that account created once.
+async fn one_account_created_once(app: &TestApp, replies: &[crate::common::Reply]) {
     assert!(
         replies.iter().all(|r| r.status == 200),
         "{:?}",
@@ -410,7 +404,59 @@ async fn racing_first_sign_ins_of_one_external_account_make_one_local_account() 
         .filter(|e| e.reason.as_deref() == Some("created"))
         .count();
     assert_eq!(created, 1, "one external account, one local account");
+}
+
+#[tokio::test]
+async fn racing_first_sign_ins_of_one_external_account_make_one_local_account() {
+    let first = OidcProvider::start(&[("k1", "RS256")]);
+    let second = OidcProvider::start_sharing_keys(&first, &[("k1", "RS256")]);
+    let app = app(&first, &second).await;
+    let bodies = (0..6)
+        .map(|_| json!({"provider": "corp", "id_token": first.id_token("keygate", "alice")}))
+        .collect();
+    let replies = app.replies_in_parallel(SIGNIN, bodies).await;
+    one_account_created_once(&app, &replies).await;
     let r = sign_in(&app, "corp", &first.id_token("keygate", "alice")).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["user"]["email"], "alice@example.com");
+}
+
+/// Two replicas of one deployment on a shared Postgres database and Redis server: the first
+/// sign-ins of one external account racing on both make one local account (the loser of the
+/// insert finds the winner's link), and one single-use id_token presented on both at once
+/// signs in once.
+#[tokio::test]
+async fn on_two_replicas_over_postgres_racing_first_sign_ins_make_one_account_and_a_token_signs_in_once()
+ {
+    let first = OidcProvider::start(&[("k1", "RS256")]);
+    let mut once = provider("corp-once", &first.issuer, Provisioning::Create);
+    once.single_use = true;
+    let replicas = TestApp::replicas(
+        2,
+        RuntimeConfig {
+            password_hashing: small_hashing(),
+            oidc_providers: vec![provider("corp", &first.issuer, Provisioning::Create), once],
+            ..Default::default()
+        },
+    )
+    .await;
+    let bodies = (0..8)
+        .map(|_| json!({"provider": "corp", "id_token": first.id_token("keygate", "carol")}))
+        .collect();
+    // Every request is sent before any is answered, half to each replica.
+    let replies = replies_in_parallel_over(&replicas, SIGNIN, bodies).await;
+    one_account_created_once(&replicas[1], &replies).await;
+
+    let token = first.id_token("keygate", "carol");
+    let bodies = vec![json!({"provider": "corp-once", "id_token": token}); 8];
+    let replies = replies_in_parallel_over(&replicas, SIGNIN, bodies).await;
+    let statuses: Vec<u16> = replies.iter().map(|r| r.status.as_u16()).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    for r in replies.iter().filter(|r| r.status != 200) {
+        rejected(r, "replayed");
+    }
 }
