@@ -55,10 +55,14 @@ impl std::fmt::Debug for Connections {
 /// A connection in use; [`Conn::keep`] hands it back for the next use, dropping it gives it
 /// back to sqlx's pool (which pings it, rolling back what a dropped transaction left).
 pub(super) struct Conn<'a> {
-    conn: PoolConnection<Any>,
+    /// The connection; `None` only inside [`Conn::keep`] and the close of
+    /// [`CloseUnlessKept`], which consume the `Conn`.
+    conn: Option<PoolConnection<Any>>,
     taken_at: Instant,
     home: &'a Connections,
     _permit: SemaphorePermit<'a>,
+    /// A `BEGIN` was sent and its answer not yet read ([`Conn::begin`]).
+    beginning: bool,
 }
 
 impl Connections {
@@ -95,20 +99,22 @@ impl Connections {
                 continue;
             }
             return Ok(Conn {
-                conn: kept.conn,
+                conn: Some(kept.conn),
                 taken_at: kept.taken_at,
                 home: self,
                 _permit: permit,
+                beginning: false,
             });
         }
         // Within the permits sqlx's pool has room: every connection taken from it is in use
         // (holding a permit) or kept here, and none is kept now.
         let conn = self.pool.acquire().await?;
         Ok(Conn {
-            conn,
+            conn: Some(conn),
             taken_at: Instant::now(),
             home: self,
             _permit: permit,
+            beginning: false,
         })
     }
 
@@ -156,25 +162,50 @@ async fn return_unused(conns: Weak<Connections>) {
 impl Conn<'_> {
     /// Hands the connection back for the next use. Call it only when the connection's work
     /// is done: every statement finished and any transaction committed or rolled back.
-    pub(super) fn keep(self) {
-        let Conn {
-            conn,
-            taken_at,
-            home,
-            _permit,
-        } = self;
-        let mut kept = home.lock();
+    pub(super) fn keep(mut self) {
+        let Some(conn) = self.conn.take() else { return };
+        let mut kept = self.home.lock();
         // After `close` a kept connection would hold up sqlx's pool close: it goes back.
-        if !home.permits.is_closed() {
+        if !self.home.permits.is_closed() {
             kept.push(Kept {
                 conn,
                 idle_since: Instant::now(),
-                taken_at,
+                taken_at: self.taken_at,
             });
         }
         drop(kept);
-        // The permit goes only now, with the connection already kept for its next user.
-        drop(_permit);
+        // The permit goes only now (with `self`), the connection already kept for its next
+        // user.
+    }
+
+    /// Begins a transaction, as `sqlx::Connection::begin` does, but safe to cancel. sqlx
+    /// sends `BEGIN` and counts the transaction only once the database has answered:
+    /// cancelled in between (a client that went away), the connection is inside a
+    /// transaction that sqlx neither knows of nor rolls back, and its next user's writes
+    /// would run inside it, acknowledged but never committed, holding their locks. A
+    /// connection whose `BEGIN` was not answered is therefore closed when dropped, which
+    /// ends that transaction.
+    pub(super) async fn begin(&mut self) -> Result<sqlx::Transaction<'_, Any>, sqlx::Error> {
+        let Conn {
+            conn, beginning, ..
+        } = self;
+        let Some(conn) = conn.as_mut() else {
+            return Err(sqlx::Error::PoolClosed);
+        };
+        *beginning = true;
+        let tx = sqlx::Connection::begin(&mut **conn).await?;
+        *beginning = false;
+        Ok(tx)
+    }
+}
+
+impl Drop for Conn<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.as_mut()
+            && self.beginning
+        {
+            conn.close_on_drop();
+        }
     }
 }
 
@@ -204,24 +235,28 @@ struct CloseUnlessKept<'a>(Option<Conn<'a>>);
 
 impl Drop for CloseUnlessKept<'_> {
     fn drop(&mut self) {
-        if let Some(c) = self.0.take() {
+        if let Some(conn) = self.0.take().and_then(|mut c| c.conn.take()) {
             // Dropped outside the pool, the connection closes: SQLite's connection thread
             // ends the statement under way, then closes the database, rolling back.
-            drop(c.conn.detach());
+            drop(conn.detach());
         }
     }
 }
 
+// `conn` is `Some` for as long as a `Conn` can be used: only `keep` and `CloseUnlessKept`,
+// which consume it, take the connection out.
+#[allow(clippy::expect_used)]
 impl Deref for Conn<'_> {
     type Target = sqlx::AnyConnection;
 
     fn deref(&self) -> &Self::Target {
-        &self.conn
+        self.conn.as_ref().expect("a connection in use")
     }
 }
 
+#[allow(clippy::expect_used)]
 impl DerefMut for Conn<'_> {
     fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.conn
+        self.conn.as_mut().expect("a connection in use")
     }
 }

@@ -7,7 +7,7 @@ use super::{
     Session, StoreError, Tenant, TotpFactor, User,
 };
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Connection as _, Executor, Row};
+use sqlx::{AnyPool, Executor, Row};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -835,9 +835,7 @@ impl SqlStore {
             batch.push(INSERT_AUDIT, move |q| bind_audit(q, e));
         }
         let joined = batch.joined(self.backend);
-        batch
-            .execute(self.conn().await?, self.backend, &joined)
-            .await
+        batch.execute(self, &joined).await
     }
 
     /// A session by id.
@@ -1175,25 +1173,22 @@ impl<'q> Batch<'q> {
         }
     }
 
-    /// Runs `joined` (from [`Batch::joined`] for `c`'s backend) with the statements'
-    /// arguments as one transaction on `c`, and keeps the connection.
-    async fn execute(
-        self,
-        mut c: Conn<'_>,
-        backend: Backend,
-        joined: &'q str,
-    ) -> Result<(), StoreError> {
-        let mut q = sqlx::query(joined);
-        for (_, bind) in self.parts {
-            q = bind(q);
-        }
-        match backend {
-            Backend::Sqlite => c.run_transaction_text(q).await.map_err(db),
-            Backend::Postgres => {
-                q.execute(&mut *c).await.map_err(db)?;
-                c.keep();
-                Ok(())
+    /// Runs `joined` (from [`Batch::joined`] for `store`'s backend) with the statements'
+    /// arguments as one transaction, and keeps the connection.
+    async fn execute(self, store: &SqlStore, joined: &'q str) -> Result<(), StoreError> {
+        let bind = |q: Statement<'q>| self.parts.into_iter().fold(q, |q, (_, bind)| bind(q));
+        match store.backend {
+            Backend::Sqlite => {
+                let q = bind(sqlx::query(joined));
+                store
+                    .conn()
+                    .await?
+                    .run_transaction_text(q)
+                    .await
+                    .map_err(db)
             }
+            // One statement, atomic on its own.
+            Backend::Postgres => store.affected(joined, bind).await.map(drop),
         }
     }
 }

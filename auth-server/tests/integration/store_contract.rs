@@ -625,7 +625,20 @@ async fn connections_contract(url: &str) {
     // rotated) through `other` at once, with nothing else using `s`'s connections meanwhile.
     for i in 0..30u32 {
         let name = format!("r{i}");
-        sign_in(s.clone(), name.clone()).await.unwrap();
+        // A connection left inside a transaction by the cancellation before would run this
+        // sign-in inside it, never committed, and hold its locks: a later one would wait
+        // forever.
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            sign_in(s.clone(), name.clone()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{name}: a sign-in waited for a transaction left open"))
+        .unwrap();
+        assert!(
+            seen(name.clone()).await,
+            "{name}: a sign-in was not committed"
+        );
         let rotate = |s: SqlStore, next: &str| {
             let (session, old, next) =
                 (format!("ses_{name}"), format!("h_{name}"), next.to_owned());
@@ -644,6 +657,19 @@ async fn connections_contract(url: &str) {
         .unwrap_or_else(|_| panic!("{name}: a cancelled rotation left its row locked"))
         .unwrap();
     }
+    // A rotation cancelled after its `BEGIN` went out but before the answer (which sqlx does
+    // not count as a transaction) closed its connection: none is left inside a transaction.
+    if url.starts_with("postgres") {
+        let mut open = -1;
+        for _ in 0..50 {
+            open = idle_in_transaction(url).await;
+            if open == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(open, 0, "connections left inside a transaction");
+    }
 
     // Closing while sign-ins are under way: they finish or fail, none keeps its connection
     // past the close (sqlx's pool close waits for every connection to come back).
@@ -660,6 +686,21 @@ async fn connections_contract(url: &str) {
         s.tenant("default").await.is_err(),
         "a closed store refuses work"
     );
+}
+
+/// The connections to the database at `url` that sit inside a transaction, doing nothing.
+async fn idle_in_transaction(url: &str) -> i64 {
+    use sqlx::Connection as _;
+    let mut c = sqlx::AnyConnection::connect(url).await.unwrap();
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND state = 'idle in transaction'",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    c.close().await.unwrap();
+    n
 }
 
 /// Polls `op` `polls` times, `pause` apart (the database works meanwhile), and drops it
