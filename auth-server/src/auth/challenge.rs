@@ -209,12 +209,14 @@ impl AuthService {
 
     /// Ends a sign-in whose first factor was not the password (a sent code, a federated
     /// id_token): users with TOTP are asked for it when the policy says so; otherwise the
-    /// session opens.
+    /// session opens, its `sign_in` audit entry (`method`, naming `identity`) written in the
+    /// session's statement. The caller records every other outcome (`audit_sign_in`).
     pub(super) async fn finish_sign_in(
         &self,
         user: User,
         first_factor: &str,
         totp_active: bool,
+        (method, identity): (&str, Option<&str>),
     ) -> Result<LoginOutcome, AuthError> {
         if user.status != crate::store::status::ACTIVE {
             return Err(AuthError::AccountDisabled);
@@ -229,8 +231,18 @@ impl AuthService {
         {
             return Ok(LoginOutcome::MfaRequired(pending));
         }
+        let record = self.sign_in_record(
+            method,
+            &user.tenant_id,
+            identity,
+            "success",
+            Some(&user.id),
+            None,
+        );
         let tokens = self
-            .open_session(&user, vec![first_factor.into()], None)
+            .open_session_recording(&user, vec![first_factor.into()], None, None, |_| {
+                vec![record]
+            })
             .await?;
         Ok(LoginOutcome::SignedIn(SignedIn {
             password: self.password_status(&user),

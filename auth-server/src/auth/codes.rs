@@ -298,16 +298,21 @@ impl AuthService {
             Channel::Sms => "sms_code",
         };
         let mut account = None;
-        let result = self.login_with_code_unaudited(req, &mut account).await;
-        self.audit_sign_in(
-            method,
-            &tenant_id,
-            Some(&target.value),
-            account.as_deref(),
-            &result,
-            |(outcome, _)| outcome.audit_summary(),
-        )
-        .await;
+        let result = self
+            .login_with_code_unaudited(req, method, &mut account)
+            .await;
+        // A success is recorded in its session's statement.
+        if !matches!(result, Ok((LoginOutcome::SignedIn(_), _))) {
+            self.audit_sign_in(
+                method,
+                &tenant_id,
+                Some(&target.value),
+                account.as_deref(),
+                &result,
+                |(outcome, _)| outcome.audit_summary(),
+            )
+            .await;
+        }
         result
     }
 
@@ -315,6 +320,7 @@ impl AuthService {
     async fn login_with_code_unaudited(
         &self,
         req: CodeLogin,
+        method: &str,
         account: &mut Option<String>,
     ) -> Result<(LoginOutcome, bool), AuthError> {
         let code = req.code.trim();
@@ -348,8 +354,9 @@ impl AuthService {
             Channel::Email => "otp_email",
             Channel::Sms => "otp_sms",
         };
+        let success = (method, Some(req.request.target.value.as_str()));
         let outcome = self
-            .finish_sign_in(user, amr, totp_active && !is_new)
+            .finish_sign_in(user, amr, totp_active && !is_new, success)
             .await?;
         Ok((outcome, is_new))
     }

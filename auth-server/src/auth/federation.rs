@@ -107,10 +107,14 @@ impl AuthService {
                 )])
             })?;
         let result = self.federated_account(p, id_token.trim()).await;
-        self.audit_sign_in("federated", &p.tenant_id, None, None, &result, |s| {
-            s.outcome.audit_summary()
-        })
-        .await;
+        // A success is recorded in its session's statement.
+        let signed_in = |s: &FederatedSignIn| matches!(s.outcome, LoginOutcome::SignedIn(_));
+        if !result.as_ref().is_ok_and(signed_in) {
+            self.audit_sign_in("federated", &p.tenant_id, None, None, &result, |s| {
+                s.outcome.audit_summary()
+            })
+            .await;
+        }
         result
     }
 
@@ -176,7 +180,9 @@ impl AuthService {
             .totp(&user.id)
             .await?
             .is_some_and(|f| f.confirmed);
-        let outcome = self.finish_sign_in(user, "fed", totp_active).await?;
+        let outcome = self
+            .finish_sign_in(user, "fed", totp_active, ("federated", None))
+            .await?;
         Ok(FederatedSignIn {
             outcome,
             created,
