@@ -182,11 +182,15 @@ impl Server {
 
 fn config_file(dir: &std::path::Path, args: &Args, oidc_providers: Value) -> String {
     let path = dir.join("bench-config.json");
-    // The limiter is not what is measured here: no rules.
+    // The limiter is not what is measured here: no rules. The code scenario sends all its
+    // codes before the first sign-in (minutes at the SMTP server's pace), so they live the
+    // longest time the policy allows; at the default five minutes the first ones sent expired
+    // before they were used on a slow day.
     let config = json!({
         "password_hashing": {"memory_kib": args.memory_kib, "iterations": args.iterations, "parallelism": 1},
         "rate_limits": {"rules": []},
         "oidc_providers": oidc_providers,
+        "policy": {"login_codes": {"ttl_seconds": CODE_TTL_SECONDS}},
     });
     std::fs::write(&path, config.to_string()).unwrap();
     path.display().to_string()
@@ -212,19 +216,59 @@ fn machine_busy_seconds() -> f64 {
 /// CPU seconds used so far by the Postgres backends serving database `db` (their command
 /// line names it).
 fn backend_cpu_seconds(db: &str) -> f64 {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0.0;
-    };
-    entries
+    backends(db).map(cpu_seconds).sum()
+}
+
+/// The PIDs of the Postgres backends connected to database `db`.
+fn backends(db: &str) -> impl Iterator<Item = u32> + '_ {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
+        .filter(move |pid| {
             std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
                 let c = String::from_utf8_lossy(&c);
                 c.starts_with("postgres: ") && c.contains(&format!(" {db} "))
             })
         })
-        .map(cpu_seconds)
-        .sum()
+}
+
+/// CPU seconds of the backends of a database whose clients come and go (pgbench's close
+/// when it ends, and an exited backend's CPU can no longer be read): each backend's last
+/// reading, taken every 50 ms until [`BackendSampler::stop`]. What a backend spends after its
+/// last reading is missed (at most 50 ms of its time).
+struct BackendSampler {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<f64>,
+}
+
+impl BackendSampler {
+    fn start(db: String) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut last = std::collections::HashMap::new();
+            loop {
+                let done = stopped.load(std::sync::atomic::Ordering::SeqCst);
+                for pid in backends(&db) {
+                    let cpu = cpu_seconds(pid);
+                    let seen = last.entry(pid).or_insert(0.0);
+                    *seen = f64::max(*seen, cpu);
+                }
+                if done {
+                    return last.values().sum();
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        Self { stop, thread }
+    }
+
+    /// The backends' CPU seconds seen.
+    fn stop(self) -> f64 {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().unwrap_or(0.0)
+    }
 }
 
 /// Where the CPU of one operation went, in milliseconds.
@@ -601,7 +645,7 @@ impl Ctx<'_> {
         ours: &pg::Statements,
         ops: u64,
         rate: Option<f64>,
-    ) -> Result<raw::PgbenchRun> {
+    ) -> Result<Pgbench> {
         let url = keygate_tests::fresh_postgres_database_on(&self.args.postgres_url).await;
         pg::migrate(&url, &self.migrations).await?;
         pg::run(&url, &baseline.seed).await?;
@@ -610,6 +654,7 @@ impl Ctx<'_> {
         let db = pg::database_name(&url);
         let script = self.bench_dir.join(baseline.script);
         let control = pg::script_control(&std::fs::read_to_string(&script)?);
+        let sampler = BackendSampler::start(db.to_owned());
         let run = raw::pgbench(
             &self.args.pgbench,
             &url,
@@ -618,12 +663,23 @@ impl Ctx<'_> {
             self.args.seconds,
             &baseline.defines,
             rate,
-        )?;
+        );
+        let backends_seconds = sampler.stop();
+        let run = run?;
         let theirs = pg::statements(&self.args.postgres_url, db).await?;
         ours.same_work(ops, &theirs, run.transactions, &control)
             .with_context(|| format!("checking {}", baseline.script))?;
-        Ok(run)
+        Ok(Pgbench {
+            backends_ms: backends_seconds * 1000.0 / run.transactions.max(1) as f64,
+            run,
+        })
     }
+}
+
+/// A pgbench run and the CPU its Postgres backends spent per transaction (ms).
+struct Pgbench {
+    run: raw::PgbenchRun,
+    backends_ms: f64,
 }
 
 /// What the code and id-token scenarios need besides Postgres and Redis: the SMTP server
@@ -684,9 +740,11 @@ struct StoreRun {
     redis: String,
     /// Tables the statements' generic plans read by sequential scan.
     scans: Vec<String>,
-    /// CPU per operation in Keygate's closed loop, and the machine's per baseline transaction.
+    /// CPU per operation in Keygate's closed loop, and the machine's and the Postgres
+    /// backends' per baseline transaction.
     cpu: CpuSplit,
     baseline_machine_ms: Option<f64>,
+    baseline_backends_ms: Option<f64>,
 }
 
 /// Runs Keygate's side of a store-bound operation (closed loop, statements and commands
@@ -723,6 +781,7 @@ where
         scans,
         cpu,
         baseline_machine_ms: None,
+        baseline_backends_ms: None,
         row: Row {
             name,
             limit: None,
@@ -735,12 +794,16 @@ where
         return Ok(run);
     }
     let busy = machine_busy_seconds();
-    let pgb = ctx
+    let Pgbench {
+        run: pgb,
+        backends_ms,
+    } = ctx
         .pgbench(baseline, &ours, run.row.keygate.total, None)
         .await?;
     // Set-up and the statement check are inside this reading too: an upper bound.
     run.baseline_machine_ms =
         Some((machine_busy_seconds() - busy) * 1000.0 / pgb.transactions.max(1) as f64);
+    run.baseline_backends_ms = Some(backends_ms);
     // The database's own latency at the rate Keygate's open loop ran at.
     let at_half = ctx
         .pgbench(
@@ -749,7 +812,8 @@ where
             run.row.keygate.total,
             Some(run.row.keygate.rate() / 2.0),
         )
-        .await?;
+        .await?
+        .run;
     run.row.limit_half = at_half.latency;
     let mut limit_ms = 1000.0 / pgb.tps;
     let mut what = format!("pgbench {}", baseline.script);
@@ -1167,6 +1231,9 @@ fn sign_in_defines(amr: &str, method: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// How long the benchmark server's login codes stay valid: the most the policy allows.
+const CODE_TTL_SECONDS: u64 = 3600;
+
 /// The address of the `i`-th account of the code scenario.
 fn code_email(i: usize) -> String {
     format!("code{i}@bench.keygate.test")
@@ -1204,6 +1271,14 @@ async fn code(ctx: &Ctx<'_>, shared: &Shared) -> Result<(Row, StoreRun)> {
         }
     })
     .await?;
+    // Every code must still be valid when the last sign-in uses it: the two loops that use
+    // them take 2 x seconds, the statement checks between them a few more.
+    ensure!(
+        started.elapsed().as_secs() + 2 * args.seconds + 60 < CODE_TTL_SECONDS,
+        "sending {needed} codes took {:.0} s: they would expire (after {CODE_TTL_SECONDS} s) \
+         before the sign-ins that use them; run fewer --seconds",
+        started.elapsed().as_secs_f64()
+    );
     let send = Row {
         name: shared.label("POST /auth/send-login-code (SMTP, prepared)"),
         keygate: Measured::count(needed as u64, started.elapsed().as_secs_f64()),
@@ -1652,18 +1727,19 @@ async fn main() -> Result<()> {
         println!("{}\n  Redis: {}", s.statements, s.redis);
     }
     println!(
-        "\nCPU per operation, ms (Keygate's closed loop; the baseline's machine-wide figure includes its set-up)\n\n| operation | machine | server | Postgres backends | load generator | baseline machine |\n|---|---:|---:|---:|---:|---:|"
+        "\nCPU per operation, ms (Keygate's closed loop; the baseline's machine-wide figure includes its set-up)\n\n| operation | machine | server | Postgres backends | load generator | baseline machine | baseline Postgres backends |\n|---|---:|---:|---:|---:|---:|---:|"
     );
+    let ms = |v: Option<f64>| v.map_or(String::new(), |b| format!("{b:.3}"));
     for s in &runs {
         println!(
-            "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {} |",
+            "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} |",
             s.row.name,
             s.cpu.machine,
             s.cpu.server,
             s.cpu.database,
             s.cpu.client,
-            s.baseline_machine_ms
-                .map_or(String::new(), |b| format!("{b:.3}"))
+            ms(s.baseline_machine_ms),
+            ms(s.baseline_backends_ms),
         );
     }
     if want("ready") {
