@@ -3,8 +3,8 @@
 //! connection whose work finished cleanly is kept here instead and handed out again as it is;
 //! one that sat idle is pinged before its next use, and one left mid-statement or
 //! mid-transaction (an error, a cancelled request) goes back to sqlx, which settles it; one
-//! left inside a transaction that a statement's text began (which sqlx does not know of) is
-//! closed instead, which rolls that transaction back.
+//! left inside a transaction that sqlx does not know of (begun by a statement's text, or by a
+//! `BEGIN` whose answer never came) is closed instead, which rolls that transaction back.
 
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyPool, Connection as _};
@@ -53,7 +53,8 @@ impl std::fmt::Debug for Connections {
 }
 
 /// A connection in use; [`Conn::keep`] hands it back for the next use, dropping it gives it
-/// back to sqlx's pool (which pings it, rolling back what a dropped transaction left).
+/// back to sqlx's pool (which pings it, rolling back what a dropped transaction left), or
+/// closes it when its `BEGIN` was not answered ([`Conn::begin`]).
 pub(super) struct Conn<'a> {
     /// The connection; `None` only inside [`Conn::keep`] and the close of
     /// [`CloseUnlessKept`], which consume the `Conn`.
