@@ -40,6 +40,13 @@ fn pairs(lines: &[String]) -> HashMap<String, String> {
         .collect()
 }
 
+/// Whether `INFO replication` of the node on `port` has the line `line`.
+fn replication_says(port: u16, line: &str) -> bool {
+    cli(port, &["INFO", "replication"])
+        .iter()
+        .any(|l| l.trim() == line)
+}
+
 /// `kill SIGNAL PID`.
 fn signal(pid: u32, signal: &str) {
     let status = Command::new("kill")
@@ -163,11 +170,7 @@ impl SentinelSet {
         wait_until(
             Duration::from_secs(5),
             "the primary to drop the replica",
-            || {
-                cli(primary, &["INFO", "replication"])
-                    .iter()
-                    .any(|l| l.trim() == "connected_slaves:0")
-            },
+            || replication_says(primary, "connected_slaves:0"),
         );
         replica
     }
@@ -259,11 +262,7 @@ impl SentinelSet {
             wait_until(
                 Duration::from_secs(20),
                 "the replica to sync with its primary",
-                || {
-                    cli(port, &["INFO", "replication"])
-                        .iter()
-                        .any(|l| l.trim() == "master_link_status:up")
-                },
+                || replication_says(port, "master_link_status:up"),
             );
         }
     }
